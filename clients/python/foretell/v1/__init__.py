@@ -1,0 +1,1 @@
+"""Generated from protos/foretell/v1 by clients/python/generate.py."""

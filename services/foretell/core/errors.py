@@ -1,0 +1,123 @@
+"""Domain errors raised by core code; the server interceptor maps them to google.rpc.Status.
+
+Core code never imports grpc: it raises these, and `to_status` builds the rich,
+language-neutral status (AIP-193) with ErrorInfo and, for bad input, BadRequest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DOMAIN = "foretell.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class ForetellError(Exception):
+    """Base of all errors a client may see; `code` is a google.rpc.Code value."""
+
+    code: int = code_pb2.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata or {}
+
+    def details(self) -> list[any_pb2.Any]:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata))
+        return [info]
+
+    def to_status(self) -> status_pb2.Status:
+        return status_pb2.Status(code=self.code, message=self.message, details=self.details())
+
+
+class InvalidArgument(ForetellError):
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation] | FieldViolation, message: str = "") -> None:
+        self.violations = [violations] if isinstance(violations, FieldViolation) else list(violations)
+        if not message:
+            first = self.violations[0]
+            more = f" (and {len(self.violations) - 1} more)" if len(self.violations) > 1 else ""
+            message = f"{first.field}: {first.description}{more}"
+        super().__init__(message)
+
+    def details(self) -> list[any_pb2.Any]:
+        bad = any_pb2.Any()
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in self.violations
+                ]
+            )
+        )
+        return [*super().details(), bad]
+
+
+def invalid(field_name: str, description: str) -> InvalidArgument:
+    return InvalidArgument(FieldViolation(field_name, description))
+
+
+class NotFound(ForetellError):
+    code = code_pb2.NOT_FOUND
+    reason = "RESOURCE_NOT_FOUND"
+
+    def __init__(self, resource: str, what: str = "resource") -> None:
+        super().__init__(f"{what} {resource!r} not found", metadata={"resource": resource})
+
+
+class AlreadyExists(ForetellError):
+    code = code_pb2.ALREADY_EXISTS
+    reason = "RESOURCE_ALREADY_EXISTS"
+
+    def __init__(self, resource: str, message: str = "") -> None:
+        super().__init__(message or f"{resource!r} already exists", metadata={"resource": resource})
+
+
+class FailedPrecondition(ForetellError):
+    code = code_pb2.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Aborted(ForetellError):
+    code = code_pb2.ABORTED
+    reason = "ABORTED"
+
+
+class Cancelled(ForetellError):
+    code = code_pb2.CANCELLED
+    reason = "CANCELLED"
+
+
+class ResourceExhausted(ForetellError):
+    code = code_pb2.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+@dataclass
+class Violations:
+    """Collects field violations so one response names every bad field."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_name: str, description: str) -> None:
+        self.items.append(FieldViolation(field_name, description))
+
+    def require(self, value: object, field_name: str) -> None:
+        if not value:
+            self.add(field_name, "is required")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

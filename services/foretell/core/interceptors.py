@@ -1,0 +1,136 @@
+"""Server interceptor: request-scoped log context and domain-error mapping.
+
+Every handler kind (unary/streaming) is wrapped so that a ForetellError becomes a
+rich google.rpc.Status and anything unexpected becomes INTERNAL without a traceback
+reaching the client (it is logged instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from foretell.core import logs
+from foretell.core.errors import ForetellError, invalid
+from foretell.core.wire import find_bad_field
+
+log = logging.getLogger("foretell.rpc")
+
+
+def _abort(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return str(value)
+    return ""
+
+
+class Malformed:
+    """Stands in for a request that failed to parse, so the handler can answer INVALID_ARGUMENT."""
+
+    def __init__(self, deserializer: Callable[[bytes], Any], data: bytes) -> None:
+        self.deserializer = deserializer
+        self.data = data
+
+    def error(self) -> ForetellError:
+        descriptor = getattr(getattr(self.deserializer, "__self__", None), "DESCRIPTOR", None)
+        where = find_bad_field(descriptor, self.data) if descriptor is not None else ""
+        if where:
+            return invalid(where, "is not valid UTF-8")
+        return invalid("request", "is not a valid protobuf message of the expected type")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Malformed(deserializer, data)
+
+    return parse
+
+
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, Malformed):
+            raise request.error()
+        yield request
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def guard(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                token_m = logs.rpc_method.set(method)
+                token_r = logs.request_id.set(_request_id(context))
+                start = time.perf_counter()
+                try:
+                    if isinstance(request, Malformed):
+                        raise request.error()
+                    if not hasattr(request, "DESCRIPTOR"):
+                        request = _checked(request)  # client-streaming: check each message
+                    result = behavior(request, context)
+                    if streaming_response:
+                        return _guard_stream(result, context)
+                    return result
+                except ForetellError as exc:
+                    log.info("rejected", extra={"code": code_pb2.Code.Name(exc.code), "error": exc.message})
+                    _abort(context, exc.to_status())
+                except NotImplementedError:
+                    # Generated base servicers raise this for RPCs a release does not serve yet.
+                    _abort(context, status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=f"{method} is not implemented yet"))
+                except Exception as exc:
+                    if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                        raise  # context.abort() inside the handler: already a status
+                    log.exception("unhandled error")
+                    _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
+                finally:
+                    log.debug("rpc", extra={"ms": round((time.perf_counter() - start) * 1e3, 3)})
+                    logs.rpc_method.reset(token_m)
+                    logs.request_id.reset(token_r)
+                return None
+
+            return run
+
+        def _guard_stream(items: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from items
+            except ForetellError as exc:
+                _abort(context, exc.to_status())
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary, False), _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream, True), _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                guard(handler.stream_unary, False), _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            guard(handler.stream_stream, True), _tolerant(handler.request_deserializer), handler.response_serializer
+        )

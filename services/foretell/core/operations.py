@@ -1,0 +1,234 @@
+"""Long-running operations (AIP-151): a table of operations and the google.longrunning servicer.
+
+Jobs report progress into the row; clients poll Operations.GetOperation/WaitOperation.
+Cancellation only sets a flag: jobs check it between batches, so it works the same for
+in-process threads and for workers in other processes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
+
+from foretell.core import pagination
+from foretell.core.errors import NotFound, invalid
+from foretell.v1 import common_pb2
+
+metadata = MetaData()
+
+operations_table = Table(
+    "operations",
+    metadata,
+    Column("name", String(80), primary_key=True),
+    Column("target", String(512), nullable=False, index=True),
+    Column("verb", String(32), nullable=False),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("metadata", LargeBinary, nullable=False),
+    Column("response", LargeBinary, nullable=True),
+    Column("error", LargeBinary, nullable=True),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class OperationStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    def create(self, target: str, verb: str, job: str = "") -> operations_pb2.Operation:
+        now = _now()
+        meta = common_pb2.OperationMetadata(target=target, verb=verb, job=job)
+        meta.create_time.FromDatetime(now)
+        meta.update_time.FromDatetime(now)
+        name = f"operations/{uuid.uuid4().hex}"
+        with self._engine.begin() as conn:
+            conn.execute(
+                operations_table.insert().values(
+                    name=name,
+                    target=target,
+                    verb=verb,
+                    done=False,
+                    cancel_requested=False,
+                    metadata=_pack(meta).SerializeToString(),
+                    create_time=now,
+                )
+            )
+        return operations_pb2.Operation(name=name, metadata=_pack(meta))
+
+    def get(self, name: str) -> operations_pb2.Operation:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(operations_table).where(operations_table.c.name == name)).first()
+        if row is None:
+            raise NotFound(name, "operation")
+        return _to_proto(row)
+
+    def metadata(self, name: str) -> common_pb2.OperationMetadata:
+        meta = common_pb2.OperationMetadata()
+        self.get(name).metadata.Unpack(meta)
+        return meta
+
+    def _update_metadata(self, name: str, **changes: object) -> common_pb2.OperationMetadata:
+        meta = self.metadata(name)
+        counters = changes.pop("counters", None)
+        for key, value in changes.items():
+            setattr(meta, key, value)
+        if counters:
+            meta.counters.update(counters)  # type: ignore[arg-type]
+        meta.update_time.FromDatetime(_now())
+        return meta
+
+    def report_progress(
+        self, name: str, percent: float, message: str = "", counters: dict[str, float] | None = None
+    ) -> None:
+        meta = self._update_metadata(
+            name, progress_percent=max(0.0, min(100.0, percent)), status_message=message, counters=counters
+        )
+        with self._engine.begin() as conn:
+            conn.execute(
+                operations_table.update()
+                .where(operations_table.c.name == name)
+                .values(metadata=_pack(meta).SerializeToString())
+            )
+
+    def finish(self, name: str, response: Message) -> None:
+        self._complete(name, response=_pack(response).SerializeToString(), percent=100.0)
+
+    def fail(self, name: str, error: status_pb2.Status) -> None:
+        self._complete(name, error=error.SerializeToString())
+
+    def _complete(self, name: str, *, percent: float | None = None, **values: bytes) -> None:
+        meta = self.metadata(name)
+        now = _now()
+        meta.end_time.FromDatetime(now)
+        meta.update_time.FromDatetime(now)
+        if percent is not None:
+            meta.progress_percent = percent
+        with self._engine.begin() as conn:
+            conn.execute(
+                operations_table.update()
+                .where(operations_table.c.name == name)
+                .values(done=True, metadata=_pack(meta).SerializeToString(), **values)
+            )
+
+    def request_cancel(self, name: str) -> None:
+        operation = self.get(name)
+        if operation.done:
+            return
+        meta = self._update_metadata(name, requested_cancellation=True)
+        with self._engine.begin() as conn:
+            conn.execute(
+                operations_table.update()
+                .where(operations_table.c.name == name)
+                .values(cancel_requested=True, metadata=_pack(meta).SerializeToString())
+            )
+
+    def cancel_requested(self, name: str) -> bool:
+        with self._engine.connect() as conn:
+            flag = conn.execute(
+                select(operations_table.c.cancel_requested).where(operations_table.c.name == name)
+            ).scalar()
+        return bool(flag)
+
+    def list(self, filter_text: str, size: int, token: str) -> tuple[list[operations_pb2.Operation], str]:
+        query = select(operations_table).order_by(operations_table.c.name)
+        for clause in filter(None, (c.strip() for c in filter_text.split(" AND "))):
+            key, _, value = (s.strip() for s in clause.partition("="))
+            if key == "done" and value in ("true", "false"):
+                query = query.where(operations_table.c.done == (value == "true"))
+            elif key == "verb" and value:
+                query = query.where(operations_table.c.verb == value.strip('"'))
+            elif key == "target" and value:
+                query = query.where(operations_table.c.target == value.strip('"'))
+            else:
+                raise invalid("filter", f"unsupported clause {clause!r}; use done=true|false, verb=..., target=...")
+        after = pagination.decode_token(token, filter_text)
+        if after is not None:
+            query = query.where(operations_table.c.name > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.limit(size + 1)).fetchall()
+        items = [_to_proto(r) for r in rows[:size]]
+        next_token = pagination.encode_token(items[-1].name, filter_text) if len(rows) > size else ""
+        return items, next_token
+
+    def delete(self, name: str) -> None:
+        with self._engine.begin() as conn:
+            deleted = conn.execute(operations_table.delete().where(operations_table.c.name == name)).rowcount
+        if not deleted:
+            raise NotFound(name, "operation")
+
+
+def _to_proto(row: object) -> operations_pb2.Operation:
+    op = operations_pb2.Operation(name=row.name, done=row.done)  # type: ignore[attr-defined]
+    op.metadata.ParseFromString(row.metadata)  # type: ignore[attr-defined]
+    if row.response is not None:  # type: ignore[attr-defined]
+        op.response.ParseFromString(row.response)  # type: ignore[attr-defined]
+    elif row.error is not None:  # type: ignore[attr-defined]
+        op.error.ParseFromString(row.error)  # type: ignore[attr-defined]
+    return op
+
+
+def error_status(code: int, message: str, details: list[any_pb2.Any] | None = None) -> status_pb2.Status:
+    return status_pb2.Status(code=code, message=message, details=details or [])
+
+
+CANCELLED_STATUS = error_status(code_pb2.CANCELLED, "cancelled by request")
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
+    """google.longrunning.Operations over the shared store (one per process)."""
+
+    def __init__(self, store: OperationStore) -> None:
+        self._store = store
+
+    def GetOperation(self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext):  # noqa: N802
+        return self._store.get(_op_name(request.name))
+
+    def ListOperations(self, request: operations_pb2.ListOperationsRequest, context: grpc.ServicerContext):  # noqa: N802
+        if request.name not in ("", "operations"):
+            raise invalid("name", 'must be "operations" or empty')
+        items, token = self._store.list(request.filter, pagination.page_size(request.page_size), request.page_token)
+        return operations_pb2.ListOperationsResponse(operations=items, next_page_token=token)
+
+    def DeleteOperation(self, request: operations_pb2.DeleteOperationRequest, context: grpc.ServicerContext):  # noqa: N802
+        self._store.delete(_op_name(request.name))
+        return empty_pb2.Empty()
+
+    def CancelOperation(self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext):  # noqa: N802
+        self._store.request_cancel(_op_name(request.name))
+        return empty_pb2.Empty()
+
+    def WaitOperation(self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext):  # noqa: N802
+        name = _op_name(request.name)
+        budget = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 60.0
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + min(budget, remaining - 0.05 if remaining is not None else budget)
+        operation = self._store.get(name)
+        while not operation.done and time.monotonic() < deadline and context.is_active():
+            time.sleep(0.05)
+            operation = self._store.get(name)
+        return operation
+
+
+def _op_name(name: str) -> str:
+    if not name.startswith("operations/") or len(name) > 80:
+        raise invalid("name", "must be an operation name of the form operations/{id}")
+    return name

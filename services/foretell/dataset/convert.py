@@ -1,0 +1,121 @@
+"""Stored rows -> protos, and proto enums <-> the plain names the core uses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+from sqlalchemy.engine import Row
+
+from foretell.dataset.schema_rules import Field
+from foretell.dataset.store import utc
+from foretell.v1 import dataset_pb2 as pb
+
+
+def enum_name(enum: Any, value: int, prefix: str) -> str:
+    """ "DATASET_TYPE_ITEMS" -> "ITEMS"; "" for UNSPECIFIED or an unknown number."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return ""
+    short = name.removeprefix(prefix)
+    return "" if short == "UNSPECIFIED" else short
+
+
+def enum_value(enum: Any, name: str, prefix: str) -> int:
+    return int(enum.Value(prefix + name)) if name else 0
+
+
+def _ts(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(utc(moment))
+    return stamp
+
+
+def fields_from_proto(fields: Any) -> list[Field]:
+    return [
+        Field(f.name, enum_name(pb.FieldType, f.type, "FIELD_TYPE_"), f.nullable, f.categorical, f.textual)
+        for f in fields
+    ]
+
+
+def fields_from_row(row: Row[Any]) -> list[Field]:
+    return [Field(**f) for f in row.fields]
+
+
+def dataset_group(row: Row[Any]) -> pb.DatasetGroup:
+    return pb.DatasetGroup(
+        name=row.name,
+        domain=enum_value(pb.Domain, row.domain, "DOMAIN_"),
+        display_name=row.display_name,
+        state=pb.DatasetGroup.State.Value("STATE_" + row.state),
+        labels=row.labels or {},
+        create_time=_ts(row.create_time),
+        update_time=_ts(row.update_time),
+    )
+
+
+def schema(row: Row[Any]) -> pb.Schema:
+    return pb.Schema(
+        name=row.name,
+        domain=enum_value(pb.Domain, row.domain, "DOMAIN_"),
+        fields=[
+            pb.SchemaField(
+                name=f.name,
+                type=enum_value(pb.FieldType, f.type, "FIELD_TYPE_"),
+                nullable=f.nullable,
+                categorical=f.categorical,
+                textual=f.textual,
+            )
+            for f in fields_from_row(row)
+        ],
+        create_time=_ts(row.create_time),
+        update_time=_ts(row.update_time),
+    )
+
+
+def dataset(row: Row[Any], row_count: int) -> pb.Dataset:
+    return pb.Dataset(
+        name=row.name,
+        dataset_type=enum_value(pb.DatasetType, row.dataset_type, "DATASET_TYPE_"),
+        schema=row.schema,
+        data_frequency=row.data_frequency,
+        state=pb.Dataset.State.Value("STATE_" + row.state),
+        row_count=row_count,
+        create_time=_ts(row.create_time),
+        update_time=_ts(row.update_time),
+    )
+
+
+def _error(data: bytes | None) -> status_pb2.Status | None:
+    return status_pb2.Status.FromString(data) if data else None
+
+
+def import_job(row: Row[Any]) -> pb.ImportJob:
+    return pb.ImportJob(
+        name=row.name,
+        source_uri=row.source_uri,
+        import_mode=enum_value(pb.ImportMode, row.import_mode, "IMPORT_MODE_"),
+        state=enum_value(pb.JobState, row.state, "JOB_STATE_"),
+        rows_imported=row.rows_imported,
+        bytes_total=row.bytes_total,
+        error=_error(row.error),
+        operation=row.operation,
+        create_time=_ts(row.create_time),
+        update_time=_ts(row.update_time),
+    )
+
+
+def export_job(row: Row[Any]) -> pb.ExportJob:
+    return pb.ExportJob(
+        name=row.name,
+        destination_uri=row.destination_uri,
+        state=enum_value(pb.JobState, row.state, "JOB_STATE_"),
+        rows_exported=row.rows_exported,
+        error=_error(row.error),
+        operation=row.operation,
+        create_time=_ts(row.create_time),
+        update_time=_ts(row.update_time),
+    )

@@ -1,0 +1,210 @@
+"""Bulk CSV import and export, streaming: memory stays flat whatever the file size.
+
+Rows are parsed and validated in order; valid rows are staged in batches. If any row is
+bad (or the job is cancelled) the staged rows are discarded and the dataset is untouched;
+otherwise they are made visible in one transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from foretell.core.errors import Cancelled, FieldViolation, InvalidArgument
+from foretell.dataset.rows import RowMapper
+from foretell.dataset.store import DatasetStore
+
+Progress = Callable[[float, str, dict[str, float]], None]
+
+csv.field_size_limit(1 << 20)
+
+
+class CountingReader(io.RawIOBase):
+    """Counts bytes read so progress can be reported as a share of the file."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
+def local_path(uri: str) -> Path:
+    """A filesystem path from "file:///x" or a plain path."""
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if "://" in uri:
+        raise InvalidArgument(FieldViolation("source_uri", "only file:// URIs and paths are supported"))
+    return Path(uri)
+
+
+def _decoded_lines(binary: IO[bytes]) -> Iterator[str]:
+    first = True
+    for line in binary:
+        text = line.decode("utf-8")
+        if first:
+            text, first = text.removeprefix("\ufeff"), False
+        yield text
+
+
+def parse_header(prefix: bytes) -> list[str] | None:
+    """The header row from the first bytes of a CSV file; None if no full line arrived yet."""
+    end = prefix.find(b"\n")
+    if end < 0:
+        return None
+    try:
+        line = prefix[:end].decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidArgument(FieldViolation("header", "is not valid UTF-8")) from None
+    return next(csv.reader([line.rstrip("\r")]), [])
+
+
+def read_header(path: Path) -> list[str]:
+    with path.open("rb") as f:
+        prefix = f.read(1 << 16)
+    header = parse_header(prefix if b"\n" in prefix else prefix + b"\n")
+    if not header or header == [""]:
+        raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
+    return header
+
+
+@dataclass
+class ImportOutcome:
+    rows: int
+    bytes_total: int
+
+
+class Importer:
+    def __init__(self, store: DatasetStore, batch_rows: int, max_violations: int) -> None:
+        self._store = store
+        self._batch_rows = batch_rows
+        self._max_violations = max_violations
+
+    def run(
+        self,
+        *,
+        job: str,
+        dataset_name: str,
+        mapper: RowMapper,
+        path: Path,
+        mode: str,
+        progress: Progress,
+        cancelled: Callable[[], bool],
+    ) -> ImportOutcome:
+        total = os.path.getsize(path)
+        try:
+            rows = self._stage(job, dataset_name, mapper, path, total, progress, cancelled)
+            self._store.commit_import(
+                mapper.table, dataset_name, job, mode, state="SUCCEEDED", rows_imported=rows, bytes_total=total
+            )
+        except BaseException:
+            self._store.discard_import(mapper.table, job)
+            raise
+        return ImportOutcome(rows, total)
+
+    def _stage(
+        self,
+        job: str,
+        dataset_name: str,
+        mapper: RowMapper,
+        path: Path,
+        total: int,
+        progress: Progress,
+        cancelled: Callable[[], bool],
+    ) -> int:
+        problems: list[FieldViolation] = []
+        batch: list[dict[str, Any]] = []
+        rows = 0
+        last_report = time.monotonic()
+        with path.open("rb") as raw:
+            counter = CountingReader(raw)
+            # Decode line by line (not in big blocks) so a UTF-8 error is pinned to its row.
+            reader = csv.reader(_decoded_lines(io.BufferedReader(counter, 1 << 20)))
+            row = 0
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
+                mapper.bind_header(header)
+                for row, values in enumerate(reader, start=1):
+                    if not values:
+                        continue
+                    parsed = mapper.parse(values, row)
+                    if isinstance(parsed, list):
+                        problems += parsed
+                        if len(problems) >= self._max_violations:
+                            break
+                        continue
+                    if problems:
+                        continue  # keep reading to report more bad rows, but stage nothing
+                    batch.append(parsed)
+                    rows += 1
+                    if len(batch) >= self._batch_rows:
+                        self._store.stage_rows(mapper.table, dataset_name, job, batch)
+                        batch = []
+                        if cancelled():
+                            raise Cancelled("import cancelled by request")
+                        if time.monotonic() - last_report > 0.5:
+                            last_report = time.monotonic()
+                            progress(
+                                95.0 * counter.count / max(total, 1),
+                                f"{rows} rows staged",
+                                {"rows_processed": float(rows), "bytes_read": float(counter.count)},
+                            )
+            except UnicodeDecodeError:
+                problems.append(FieldViolation(f"rows[{row + 1}]", "is not valid UTF-8"))
+            except csv.Error as exc:
+                problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
+        if problems:
+            raise InvalidArgument(
+                problems[: self._max_violations],
+                f"{len(problems)}{'+' if len(problems) >= self._max_violations else ''} bad rows; "
+                f"first: {problems[0].field}: {problems[0].description}",
+            )
+        self._store.stage_rows(mapper.table, dataset_name, job, batch)
+        if cancelled():
+            raise Cancelled("import cancelled by request")
+        progress(95.0, f"{rows} rows staged; committing", {"rows_processed": float(rows)})
+        return rows
+
+
+def export_csv(
+    store: DatasetStore,
+    dataset_name: str,
+    mapper: RowMapper,
+    path: Path,
+    progress: Progress,
+    cancelled: Callable[[], bool],
+) -> int:
+    """Writes the visible rows as CSV (the import format); written to a temp file, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = max(store.row_count(dataset_name, mapper.table), 1)
+    partial = path.with_name(path.name + ".partial")
+    written = 0
+    with partial.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([f.name for f in mapper.fields])
+        for record in store.iter_rows(dataset_name, mapper.table):
+            writer.writerow(mapper.to_csv(record))
+            written += 1
+            if written % 50_000 == 0:
+                if cancelled():
+                    partial.unlink(missing_ok=True)
+                    raise Cancelled("export cancelled by request")
+                progress(100.0 * written / total, f"{written} rows written", {"rows_processed": float(written)})
+    partial.replace(path)
+    return written

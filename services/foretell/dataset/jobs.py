@@ -1,0 +1,125 @@
+"""Runs import and export jobs in background threads and mirrors them into operations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from google.longrunning import operations_pb2
+from google.rpc import code_pb2
+from sqlalchemy.engine import Row
+
+from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.operations import OperationStore, error_status
+from foretell.dataset import convert
+from foretell.dataset.importer import Importer, export_csv
+from foretell.dataset.rows import RowMapper
+from foretell.dataset.store import DatasetStore
+
+log = logging.getLogger("foretell.dataset.jobs")
+
+
+class DatasetJobs:
+    def __init__(
+        self, store: DatasetStore, operations: OperationStore, workers: int, batch_rows: int, max_violations: int
+    ) -> None:
+        self._store = store
+        self._ops = operations
+        self._importer = Importer(store, batch_rows, max_violations)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dataset-job")
+
+    def recover(self) -> None:
+        """Fails jobs a stopped server left unfinished and drops their staged rows."""
+        for kind, name, operation in self._store.unfinished_jobs():
+            status = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
+            if kind == "import":
+                self._store.discard_all_staged(name)
+                self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
+            else:
+                self._store.update_export_job(name, state="FAILED", error=status.SerializeToString())
+            if operation:
+                self._ops.fail(operation, status)
+            log.warning("marked unfinished job failed", extra={"job": name})
+
+    def start_import(
+        self,
+        *,
+        dataset: Row[Any],
+        job_id: str,
+        mapper: RowMapper,
+        path: Path,
+        mode: str,
+        source_uri: str,
+        remove_file: bool,
+    ) -> operations_pb2.Operation:
+        job = f"{dataset.name}/importJobs/{job_id}"
+        operation = self._ops.create(job, "import")
+        self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
+
+        def work() -> None:
+            self._store.update_import_job(job, state="RUNNING")
+            try:
+                outcome = self._importer.run(
+                    job=job,
+                    dataset_name=dataset.name,
+                    mapper=mapper,
+                    path=path,
+                    mode=mode,
+                    progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
+                    cancelled=lambda: self._ops.cancel_requested(operation.name),
+                )
+                log.info("import done", extra={"job": job, "rows": outcome.rows})
+                self._ops.finish(operation.name, convert.import_job(self._store.get_import_job(job)))
+            finally:
+                if remove_file:
+                    path.unlink(missing_ok=True)
+
+        self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v))
+        return self._ops.get(operation.name)
+
+    def start_export(
+        self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, path: Path
+    ) -> operations_pb2.Operation:
+        job = f"{dataset.name}/exportJobs/{job_id}"
+        operation = self._ops.create(job, "export")
+        self._store.create_export_job(job, dataset.name, path.resolve().as_uri(), operation.name)
+
+        def work() -> None:
+            self._store.update_export_job(job, state="RUNNING")
+            rows = export_csv(
+                self._store,
+                dataset.name,
+                mapper,
+                path,
+                progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
+                cancelled=lambda: self._ops.cancel_requested(operation.name),
+            )
+            self._ops.finish(
+                operation.name,
+                convert.export_job(self._store.update_export_job(job, state="SUCCEEDED", rows_exported=rows)),
+            )
+
+        self._run(operation.name, work, lambda **v: self._store.update_export_job(job, **v))
+        return self._ops.get(operation.name)
+
+    def _run(self, operation: str, work: Callable[[], None], mark: Callable[..., Any]) -> None:
+        def guarded() -> None:
+            try:
+                work()
+            except Exception as exc:
+                if isinstance(exc, ForetellError):
+                    status = exc.to_status()
+                else:
+                    log.exception("job failed", extra={"operation": operation})
+                    status = error_status(code_pb2.INTERNAL, f"job failed: {type(exc).__name__}")
+                state = "CANCELLED" if isinstance(exc, Cancelled) else "FAILED"
+                mark(state=state, error=status.SerializeToString())
+                self._ops.fail(operation, status)
+
+        self._pool.submit(guarded)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)

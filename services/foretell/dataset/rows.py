@@ -1,0 +1,298 @@
+"""CSV rows <-> storage records for each dataset type, with row-numbered validation.
+
+A `RowMapper` binds a schema to a CSV header once, then turns each row into the column
+values of the table that stores that dataset type (interactions, entities or series).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from foretell.core.errors import FieldViolation, InvalidArgument
+from foretell.dataset.schema_rules import NUMERIC, RESERVED, Field
+
+MAX_ID_LENGTH = 256
+MAX_STRING_LENGTH = 10_000
+
+TABLE_OF = {
+    "INTERACTIONS": "interactions",
+    "ITEMS": "entities",
+    "USERS": "entities",
+    "ITEM_METADATA": "entities",
+    "TARGET_TIME_SERIES": "series",
+    "RELATED_TIME_SERIES": "series",
+}
+_ENTITY_KEY = {"ITEMS": "ITEM_ID", "USERS": "USER_ID", "ITEM_METADATA": "ITEM_ID"}
+# Reserved field -> storage column, per table.
+_COLUMNS = {
+    "interactions": {
+        "USER_ID": "user_id",
+        "ITEM_ID": "item_id",
+        "TIMESTAMP": "ts",
+        "EVENT_TYPE": "event_type",
+        "EVENT_VALUE": "event_value",
+        "IMPRESSION": "impression",
+        "RECOMMENDATION_ID": "recommendation_id",
+        "SESSION_ID": "session_id",
+    },
+    "entities": {"ITEM_ID": "entity_id", "USER_ID": "entity_id", "CREATION_TIMESTAMP": "creation_ts"},
+    "series": {"ITEM_ID": "item_id", "TIMESTAMP": "ts", "TARGET_VALUE": "target_value"},
+}
+
+
+class ValueError_(Exception):
+    """A cell that does not fit its field type (message says why)."""
+
+
+def _string(raw: str) -> str:
+    if len(raw) > MAX_STRING_LENGTH:
+        raise ValueError_(f"is longer than {MAX_STRING_LENGTH} characters")
+    return raw
+
+
+def _identifier(raw: str) -> str:
+    if len(raw) > MAX_ID_LENGTH:
+        raise ValueError_(f"is longer than {MAX_ID_LENGTH} characters")
+    return raw
+
+
+def _integer(bits: int) -> Callable[[str], int]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError_(f"{raw[:40]!r} is not an integer") from None
+        if not low <= value <= high:
+            raise ValueError_(f"{value} is outside the {bits}-bit integer range")
+        return value
+
+    return convert
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError_(f"{raw[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError_(f"{raw[:40]!r} is not a finite number")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ValueError_(f"{raw[:40]!r} is not a boolean (true/false)")
+
+
+def parse_timestamp(raw: str) -> int:
+    """Epoch seconds from epoch seconds or ISO 8601 text (naive times are UTC)."""
+    text = raw.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+        if math.isfinite(number):
+            return int(number)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError_(f"{raw[:40]!r} is not epoch seconds or an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def format_timestamp(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "STRING": _string,
+    "INT": _integer(32),
+    "LONG": _integer(64),
+    "FLOAT": _float,
+    "DOUBLE": _float,
+    "BOOLEAN": _boolean,
+    "TIMESTAMP": parse_timestamp,
+}
+
+
+def converter_for(f: Field) -> Callable[[str], Any]:
+    if f.name in ("USER_ID", "ITEM_ID"):
+        return _identifier
+    if f.name in ("TIMESTAMP", "CREATION_TIMESTAMP"):
+        return parse_timestamp  # epoch seconds whatever the declared time type
+    return _CONVERTERS[f.type]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    field: Field
+    convert: Callable[[str], Any]
+    column: str | None  # storage column, or None for attributes/dimensions
+    dimension: bool
+
+
+class RowMapper:
+    """Maps one dataset type's rows to storage records using its schema."""
+
+    def __init__(self, dataset_type: str, fields: list[Field]) -> None:
+        self.dataset_type = dataset_type
+        self.table = TABLE_OF[dataset_type]
+        self.fields = fields
+        columns = _COLUMNS[self.table]
+        self._slots = {
+            f.name: _Slot(
+                f,
+                converter_for(f),
+                columns.get(f.name) if f.name in RESERVED else None,
+                # Forecast dimensions: string fields of time-series datasets.
+                dimension=self.table == "series" and f.name not in RESERVED and f.type == "STRING",
+            )
+            for f in fields
+        }
+        self._order: list[_Slot | None] = []
+
+    @property
+    def dimension_names(self) -> list[str]:
+        return [name for name, slot in self._slots.items() if slot.dimension]
+
+    def bind_header(self, header: list[str]) -> None:
+        self._order = self.check_header(header)
+
+    def check_header(self, header: list[str]) -> list[_Slot | None]:
+        """Column slots for a CSV header; INVALID_ARGUMENT naming unknown, duplicate or missing columns."""
+        problems: list[FieldViolation] = []
+        seen: set[str] = set()
+        for i, column in enumerate(header):
+            name = column.strip()
+            if name in seen:
+                problems.append(FieldViolation(f"header[{i}]", f"column {name!r} appears twice"))
+            seen.add(name)
+            if name not in self._slots:
+                problems.append(FieldViolation(f"header[{i}]", f"column {name!r} is not in the schema"))
+        for name, slot in self._slots.items():
+            if name not in seen and not slot.field.nullable:
+                problems.append(FieldViolation("header", f"required column {name!r} is missing"))
+        if problems:
+            raise InvalidArgument(problems)
+        return [self._slots.get(c.strip()) for c in header]
+
+    def parse(
+        self, values: list[str], row: int, order: list[_Slot | None] | None = None
+    ) -> dict[str, Any] | list[FieldViolation]:
+        """A storage record, or the violations of row `row` (1-based data row)."""
+        order = self._order if order is None else order
+        if len(values) != len(order):
+            return [FieldViolation(f"rows[{row}]", f"has {len(values)} columns, the header has {len(order)}")]
+        record: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        dims: dict[str, str] = {}
+        problems: list[FieldViolation] = []
+        for slot, raw in zip(order, values, strict=True):
+            assert slot is not None
+            if raw == "":
+                if not slot.field.nullable:
+                    problems.append(FieldViolation(f"rows[{row}].{slot.field.name}", "is required"))
+                continue
+            try:
+                value = slot.convert(raw)
+            except ValueError_ as exc:
+                problems.append(FieldViolation(f"rows[{row}].{slot.field.name}", str(exc)))
+                continue
+            if slot.column:
+                record[slot.column] = value
+            elif slot.dimension:
+                dims[slot.field.name] = value
+            else:
+                extra[slot.field.name] = value
+        if problems:
+            return problems
+        return self._finish(record, extra, dims)
+
+    def from_mapping(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """A record from named, possibly typed values (PutItems/PutUsers properties)."""
+        problems: list[FieldViolation] = []
+        cells: dict[str, str] = {}
+        for name, value in values.items():
+            if name not in self._slots:
+                problems.append(FieldViolation(f"{where}.{name}", "is not in the schema"))
+            elif value is None:
+                cells[name] = ""
+            elif isinstance(value, bool):
+                cells[name] = "true" if value else "false"
+            elif (
+                isinstance(value, float)
+                and value.is_integer()
+                and self._slots[name].field.type not in ("FLOAT", "DOUBLE")
+            ):
+                cells[name] = str(int(value))
+            else:
+                cells[name] = str(value)
+        if problems:
+            raise InvalidArgument(problems)
+        names = list(cells)
+        problems = [
+            FieldViolation(f"{where}.{n}", "is required")
+            for n, s in self._slots.items()
+            if not s.field.nullable and n not in cells
+        ]
+        parsed = self.parse([cells[n] for n in names], 0, [self._slots[n] for n in names])
+        if isinstance(parsed, list):
+            problems += [FieldViolation(v.field.replace("rows[0]", where), v.description) for v in parsed]
+        if problems:
+            raise InvalidArgument(problems)
+        assert isinstance(parsed, dict)
+        return parsed
+
+    def _finish(self, record: dict[str, Any], extra: dict[str, Any], dims: dict[str, str]) -> dict[str, Any]:
+        if self.table == "interactions" or self.table == "entities":
+            record["attributes"] = extra or None
+        else:
+            record["dimensions"] = dims or None
+            record["attributes"] = extra or None
+        return record
+
+    def to_csv(self, record: Mapping[str, Any]) -> list[str]:
+        """The CSV cells of a stored record, in schema order (the export format)."""
+        out: list[str] = []
+        for f in self.fields:
+            slot = self._slots[f.name]
+            if slot.column:
+                value = record.get(slot.column)
+            elif slot.dimension:
+                value = (record.get("dimensions") or {}).get(f.name)
+            else:
+                value = (record.get("attributes") or {}).get(f.name)
+            out.append(_cell(f, value))
+        return out
+
+
+def _cell(f: Field, value: Any) -> str:
+    if value is None:
+        return ""
+    if f.type == "TIMESTAMP":
+        return format_timestamp(int(value))
+    if f.type == "BOOLEAN":
+        return "true" if value else "false"
+    if f.type in NUMERIC and f.type in ("FLOAT", "DOUBLE"):
+        return repr(float(value))
+    return str(value)
+
+
+def entity_key(dataset_type: str) -> str:
+    return _ENTITY_KEY[dataset_type]

@@ -1,0 +1,39 @@
+"""Wires the dataset service into a gRPC server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from sqlalchemy import Engine
+
+from foretell.core.idempotency import IdempotencyStore
+from foretell.core.operations import OperationStore
+from foretell.core.settings import Settings
+from foretell.dataset.jobs import DatasetJobs
+from foretell.dataset.servicer import DatasetServicer
+from foretell.dataset.store import DatasetStore
+from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc
+
+SERVICE_NAME = dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
+
+
+def add_dataset_service(
+    server: grpc.Server, settings: Settings, engine: Engine, operations: OperationStore
+) -> Callable[[bool], None]:
+    """Registers DatasetService; returns the function that stops its background jobs."""
+    store = DatasetStore(engine)
+    jobs = DatasetJobs(
+        store, operations, settings.import_workers, settings.import_batch_rows, settings.max_reported_violations
+    )
+    jobs.recover()
+    servicer = DatasetServicer(
+        store,
+        jobs,
+        IdempotencyStore(engine),
+        settings.artifacts / "uploads",
+        settings.artifacts / "exports",
+        settings.max_upload_bytes,
+    )
+    dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
+    return lambda wait: jobs.shutdown(wait)

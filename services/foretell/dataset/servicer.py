@@ -1,0 +1,456 @@
+"""DatasetService: checks requests, calls the store and jobs, maps rows to protos."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf import json_format
+from sqlalchemy.engine import Row
+
+from foretell.core import names, pagination
+from foretell.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations, invalid
+from foretell.core.idempotency import IdempotencyStore
+from foretell.dataset import convert
+from foretell.dataset.importer import local_path, parse_header, read_header
+from foretell.dataset.jobs import DatasetJobs
+from foretell.dataset.rows import RowMapper, entity_key
+from foretell.dataset.schema_rules import DOMAIN_TYPES, check_fits, validate_schema
+from foretell.dataset.store import DatasetStore
+from foretell.v1 import dataset_pb2 as pb
+from foretell.v1 import dataset_service_pb2 as api
+from foretell.v1 import dataset_service_pb2_grpc
+
+MAX_PUT = 100
+MAX_LABELS = 64
+GROUP = ("datasetGroups",)
+DATASET = ("datasetGroups", "datasets")
+SCHEMA = ("schemas",)
+
+
+def _domain(value: int, field_name: str) -> str:
+    domain = convert.enum_name(pb.Domain, value, "DOMAIN_")
+    if domain not in DOMAIN_TYPES:
+        raise invalid(field_name, "must be DOMAIN_RECOMMENDATION or DOMAIN_FORECASTING")
+    return domain
+
+
+def _import_mode(value: int, field_name: str) -> str:
+    mode = convert.enum_name(pb.ImportMode, value, "IMPORT_MODE_")
+    if value and not mode:
+        raise invalid(field_name, "is not a known import mode")
+    return mode or "FULL"
+
+
+def _struct(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message) if message.ByteSize() else {}
+
+
+class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        store: DatasetStore,
+        jobs: DatasetJobs,
+        idempotency: IdempotencyStore,
+        upload_dir: Path,
+        export_dir: Path,
+        max_upload_bytes: int,
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._idem = idempotency
+        self._uploads = upload_dir
+        self._exports = export_dir
+        self._max_upload = max_upload_bytes
+        self._uploads.mkdir(parents=True, exist_ok=True)
+
+    # ---- dataset groups ------------------------------------------------------------------
+
+    def CreateDatasetGroup(
+        self, request: api.CreateDatasetGroupRequest, context: grpc.ServicerContext
+    ) -> pb.DatasetGroup:  # noqa: N802
+        group_id = names.check_id(request.dataset_group_id, "dataset_group_id")
+        domain = _domain(request.dataset_group.domain, "dataset_group.domain")
+        labels = dict(request.dataset_group.labels)
+        if len(labels) > MAX_LABELS or any(len(k) > 63 or len(v) > 256 for k, v in labels.items()):
+            raise invalid(
+                "dataset_group.labels", f"at most {MAX_LABELS} labels, keys <= 63 and values <= 256 characters"
+            )
+        if len(request.dataset_group.display_name) > 256:
+            raise invalid("dataset_group.display_name", "is longer than 256 characters")
+        return self._idem.run(
+            "CreateDatasetGroup",
+            request.request_id,
+            pb.DatasetGroup,
+            lambda: convert.dataset_group(
+                self._store.create_group(
+                    f"datasetGroups/{group_id}", domain, request.dataset_group.display_name, labels
+                )
+            ),
+        )
+
+    def GetDatasetGroup(self, request: api.GetDatasetGroupRequest, context: grpc.ServicerContext) -> pb.DatasetGroup:  # noqa: N802
+        return convert.dataset_group(self._store.get_group(names.check_name(request.name, "name", *GROUP)))
+
+    def ListDatasetGroups(
+        self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
+    ) -> api.ListDatasetGroupsResponse:  # noqa: N802
+        size = pagination.page_size(request.page_size)
+        page = self._store.list_groups(size, pagination.decode_token(request.page_token, "groups"))
+        return api.ListDatasetGroupsResponse(
+            dataset_groups=[convert.dataset_group(r) for r in page.rows],
+            next_page_token=pagination.encode_token(page.last, "groups") if page.last else "",
+        )
+
+    def DeleteDatasetGroup(
+        self, request: api.DeleteDatasetGroupRequest, context: grpc.ServicerContext
+    ) -> api.DeleteDatasetGroupResponse:  # noqa: N802
+        name = names.check_name(request.name, "name", *GROUP)
+        names.check_request_id(request.request_id)
+        self._store.delete_group(name, request.force)
+        return api.DeleteDatasetGroupResponse()
+
+    # ---- schemas -----------------------------------------------------------------------
+
+    def CreateSchema(self, request: api.CreateSchemaRequest, context: grpc.ServicerContext) -> pb.Schema:  # noqa: N802
+        schema_id = names.check_id(request.schema_id, "schema_id")
+        domain = _domain(request.schema.domain, "schema.domain")
+        fields = convert.fields_from_proto(request.schema.fields)
+        validate_schema(domain, fields, "schema")
+        return self._idem.run(
+            "CreateSchema",
+            request.request_id,
+            pb.Schema,
+            lambda: convert.schema(self._store.create_schema(f"schemas/{schema_id}", domain, fields)),
+        )
+
+    def GetSchema(self, request: api.GetSchemaRequest, context: grpc.ServicerContext) -> pb.Schema:  # noqa: N802
+        return convert.schema(self._store.get_schema(names.check_name(request.name, "name", *SCHEMA)))
+
+    def ListSchemas(self, request: api.ListSchemasRequest, context: grpc.ServicerContext) -> api.ListSchemasResponse:  # noqa: N802
+        size = pagination.page_size(request.page_size)
+        page = self._store.list_schemas(size, pagination.decode_token(request.page_token, "schemas"))
+        return api.ListSchemasResponse(
+            schemas=[convert.schema(r) for r in page.rows],
+            next_page_token=pagination.encode_token(page.last, "schemas") if page.last else "",
+        )
+
+    def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
+        names.check_request_id(request.request_id)
+        self._store.delete_schema(names.check_name(request.name, "name", *SCHEMA))
+        return api.DeleteSchemaResponse()
+
+    # ---- datasets ----------------------------------------------------------------------
+
+    def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
+        parent = names.check_name(request.parent, "parent", *GROUP)
+        dataset_id = names.check_id(request.dataset_id, "dataset_id")
+        dataset_type = convert.enum_name(pb.DatasetType, request.dataset.dataset_type, "DATASET_TYPE_")
+        if not dataset_type:
+            raise invalid("dataset.dataset_type", "is required")
+        schema_name = names.check_name(request.dataset.schema, "dataset.schema", *SCHEMA)
+        frequency = request.dataset.data_frequency
+        if len(frequency) > 16:
+            raise invalid("dataset.data_frequency", "is longer than 16 characters")
+        group = self._store.get_group(parent)
+        schema = self._store.get_schema(schema_name)
+        if schema.domain != group.domain:
+            raise invalid("dataset.schema", f"is a {schema.domain} schema; the group's domain is {group.domain}")
+        check_fits(dataset_type, group.domain, convert.fields_from_row(schema), "dataset")
+        return self._idem.run(
+            "CreateDataset",
+            request.request_id,
+            pb.Dataset,
+            lambda: convert.dataset(
+                self._store.create_dataset(
+                    f"{parent}/datasets/{dataset_id}", parent, dataset_type, schema_name, frequency
+                ),
+                0,
+            ),
+        )
+
+    def _dataset(self, name: str, field_name: str) -> tuple[Row[Any], RowMapper]:
+        row = self._store.get_dataset(names.check_name(name, field_name, *DATASET))
+        return row, RowMapper(row.dataset_type, convert.fields_from_row(self._store.get_schema(row.schema)))
+
+    def GetDataset(self, request: api.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
+        row, mapper = self._dataset(request.name, "name")
+        return convert.dataset(row, self._store.row_count(row.name, mapper.table))
+
+    def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
+        parent = names.check_name(request.parent, "parent", *GROUP)
+        size = pagination.page_size(request.page_size)
+        self._store.get_group(parent)
+        page = self._store.list_datasets(parent, size, pagination.decode_token(request.page_token, parent))
+        return api.ListDatasetsResponse(
+            datasets=[convert.dataset(r, self._store.row_count(r.name, _table(r))) for r in page.rows],
+            next_page_token=pagination.encode_token(page.last, parent) if page.last else "",
+        )
+
+    def DeleteDataset(
+        self, request: api.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> api.DeleteDatasetResponse:  # noqa: N802
+        names.check_request_id(request.request_id)
+        self._store.delete_dataset(names.check_name(request.name, "name", *DATASET))
+        return api.DeleteDatasetResponse()
+
+    # ---- import ------------------------------------------------------------------------
+
+    def ImportData(
+        self, request_iterator: Iterator[api.ImportDataRequest], context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:  # noqa: N802
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "config":
+            raise invalid("config", "the first message must carry the import config")
+        config = first.config
+        dataset, mapper = self._dataset(config.dataset, "config.dataset")
+        mode = _import_mode(config.import_mode, "config.import_mode")
+        job_id = (
+            names.check_id(config.import_job_id, "config.import_job_id") if config.import_job_id else names.new_id()
+        )
+        names.check_request_id(config.request_id, "config.request_id")
+
+        def start() -> operations_pb2.Operation:
+            path = self._spool(request_iterator, mapper)
+            try:
+                return self._jobs.start_import(
+                    dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
+                )
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+
+        return self._idem.run("ImportData", config.request_id, operations_pb2.Operation, start)
+
+    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> Path:
+        """Writes the upload to a file, checking the header as soon as it has arrived."""
+        path = self._uploads / f"{uuid.uuid4().hex}.csv"
+        size = 0
+        prefix = b""
+        header_checked = False
+        try:
+            with path.open("wb") as out:
+                for message in chunks:
+                    if message.WhichOneof("payload") != "chunk":
+                        raise invalid("config", "only the first message may carry the import config")
+                    size += len(message.chunk)
+                    if size > self._max_upload:
+                        raise invalid("chunk", f"the upload is larger than {self._max_upload} bytes")
+                    out.write(message.chunk)
+                    if not header_checked:
+                        prefix += message.chunk
+                        header = parse_header(prefix)
+                        if header is not None:
+                            mapper.check_header(header)
+                            header_checked = True
+            if size == 0:
+                raise invalid("chunk", "the upload is empty")
+            if not header_checked:
+                mapper.check_header(parse_header(prefix + b"\n") or [])
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def CreateImportJob(
+        self, request: api.CreateImportJobRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:  # noqa: N802
+        dataset, mapper = self._dataset(request.parent, "parent")
+        job_id = names.check_id(request.import_job_id, "import_job_id") if request.import_job_id else names.new_id()
+        mode = _import_mode(request.import_job.import_mode, "import_job.import_mode")
+        uri = request.import_job.source_uri
+        if not uri:
+            raise invalid("import_job.source_uri", "is required")
+        try:
+            path = local_path(uri)
+        except InvalidArgument:
+            raise invalid("import_job.source_uri", "only file:// URIs and server paths are supported") from None
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise invalid("import_job.source_uri", f"{uri!r} is not a readable file on the server")
+        try:
+            mapper.check_header(read_header(path))
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                [FieldViolation(f"import_job.source_uri.{v.field}", v.description) for v in exc.violations]
+            ) from None
+        return self._idem.run(
+            "CreateImportJob",
+            request.request_id,
+            operations_pb2.Operation,
+            lambda: self._jobs.start_import(
+                dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri=uri, remove_file=False
+            ),
+        )
+
+    def GetImportJob(self, request: api.GetImportJobRequest, context: grpc.ServicerContext) -> pb.ImportJob:  # noqa: N802
+        names.check_name(request.name, "name", "datasetGroups", "datasets", "importJobs")
+        return convert.import_job(self._store.get_import_job(request.name))
+
+    def ListImportJobs(
+        self, request: api.ListImportJobsRequest, context: grpc.ServicerContext
+    ) -> api.ListImportJobsResponse:  # noqa: N802
+        dataset, _ = self._dataset(request.parent, "parent")
+        size = pagination.page_size(request.page_size)
+        page = self._store.list_import_jobs(
+            dataset.name, size, pagination.decode_token(request.page_token, dataset.name)
+        )
+        return api.ListImportJobsResponse(
+            import_jobs=[convert.import_job(r) for r in page.rows],
+            next_page_token=pagination.encode_token(page.last, dataset.name) if page.last else "",
+        )
+
+    # ---- export ------------------------------------------------------------------------
+
+    def ExportDataset(
+        self, request: api.ExportDatasetRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:  # noqa: N802
+        dataset, mapper = self._dataset(request.name, "name")
+        job_id = names.check_id(request.export_job_id, "export_job_id") if request.export_job_id else names.new_id()
+        if request.destination_uri:
+            try:
+                path = local_path(request.destination_uri)
+            except InvalidArgument:
+                raise invalid("destination_uri", "only file:// URIs and server paths are supported") from None
+            if path.is_dir() or not path.parent.is_dir():
+                raise invalid("destination_uri", "must name a file in an existing directory")
+        else:
+            path = self._exports / dataset.name.replace("/", "_") / f"{job_id}.csv"
+        return self._idem.run(
+            "ExportDataset",
+            request.request_id,
+            operations_pb2.Operation,
+            lambda: self._jobs.start_export(dataset=dataset, job_id=job_id, mapper=mapper, path=path),
+        )
+
+    def GetExportJob(self, request: api.GetExportJobRequest, context: grpc.ServicerContext) -> pb.ExportJob:  # noqa: N802
+        names.check_name(request.name, "name", "datasetGroups", "datasets", "exportJobs")
+        return convert.export_job(self._store.get_export_job(request.name))
+
+    def ListExportJobs(
+        self, request: api.ListExportJobsRequest, context: grpc.ServicerContext
+    ) -> api.ListExportJobsResponse:  # noqa: N802
+        dataset, _ = self._dataset(request.parent, "parent")
+        size = pagination.page_size(request.page_size)
+        page = self._store.list_export_jobs(
+            dataset.name, size, pagination.decode_token(request.page_token, dataset.name)
+        )
+        return api.ListExportJobsResponse(
+            export_jobs=[convert.export_job(r) for r in page.rows],
+            next_page_token=pagination.encode_token(page.last, dataset.name) if page.last else "",
+        )
+
+    # ---- real-time data ----------------------------------------------------------------
+
+    def _typed_dataset(self, group: str, dataset_type: str, field_name: str) -> tuple[Row[Any], RowMapper]:
+        row = self._store.dataset_of_type(group, dataset_type)
+        if row is None:
+            raise FailedPrecondition(
+                f"dataset group {group!r} has no {dataset_type} dataset", metadata={"resource": group}
+            )
+        return row, RowMapper(row.dataset_type, convert.fields_from_row(self._store.get_schema(row.schema)))
+
+    def PutEvents(self, request: api.PutEventsRequest, context: grpc.ServicerContext) -> api.PutEventsResponse:  # noqa: N802
+        group = names.check_name(request.dataset_group, "dataset_group", *GROUP)
+        problems = Violations()
+        problems.require(request.session_id, "session_id")
+        if not 1 <= len(request.events) <= MAX_PUT:
+            problems.add("events", f"must hold 1 to {MAX_PUT} events")
+        for key, value in (("session_id", request.session_id), ("user_id", request.user_id)):
+            if len(value) > 256:
+                problems.add(key, "is longer than 256 characters")
+        problems.raise_if_any()
+        self._store.get_group(group)
+        dataset, mapper = self._typed_dataset(group, "INTERACTIONS", "dataset_group")
+        records = []
+        for i, event in enumerate(request.events):
+            where = f"events[{i}]"
+            if not event.HasField("sent_at"):
+                problems.add(f"{where}.sent_at", "is required")
+            for key in ("event_type", "item_id"):
+                if not getattr(event, key):
+                    problems.add(f"{where}.{key}", "is required")
+            for key in ("event_id", "event_type", "item_id", "recommendation_id"):
+                if len(getattr(event, key)) > 256:
+                    problems.add(f"{where}.{key}", "is longer than 256 characters")
+            if len(event.impression) > 500:
+                problems.add(f"{where}.impression", "holds more than 500 items")
+            props = _struct(event.properties)
+            reserved = [k for k in props if k.upper() in {"USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE"}]
+            for key in reserved:
+                problems.add(f"{where}.properties.{key}", "is a reserved field; use the event's own field")
+            try:
+                attributes = mapper.from_mapping(
+                    {
+                        "USER_ID": request.user_id or request.session_id,
+                        "ITEM_ID": event.item_id or "-",
+                        "TIMESTAMP": str(event.sent_at.seconds),
+                        **{k: v for k, v in props.items() if k not in reserved},
+                    },
+                    f"{where}.properties",
+                ).get("attributes")
+            except InvalidArgument as exc:
+                for v in exc.violations:
+                    problems.add(v.field, v.description)
+                continue
+            records.append(
+                {
+                    "event_id": event.event_id or uuid.uuid4().hex,
+                    "user_id": request.user_id or None,
+                    "session_id": request.session_id,
+                    "item_id": event.item_id,
+                    "ts": event.sent_at.seconds,
+                    "event_type": event.event_type,
+                    "event_value": event.event_value if event.HasField("event_value") else None,
+                    "impression": "|".join(event.impression) or None,
+                    "recommendation_id": event.recommendation_id or None,
+                    "attributes": attributes,
+                }
+            )
+        problems.raise_if_any()
+        accepted, duplicates = self._store.put_events(dataset.name, records)
+        return api.PutEventsResponse(accepted=accepted, duplicates=duplicates)
+
+    def _put_entities(self, dataset_name: str, field_name: str, expected: str, entries: Any) -> int:
+        dataset, mapper = self._dataset(dataset_name, "dataset")
+        if dataset.dataset_type not in expected.split("|"):
+            raise invalid("dataset", f"is a {dataset.dataset_type} dataset; expected {expected.replace('|', ' or ')}")
+        if not 1 <= len(entries) <= MAX_PUT:
+            raise invalid(field_name, f"must hold 1 to {MAX_PUT} entries")
+        key = entity_key(dataset.dataset_type)
+        problems = Violations()
+        records = []
+        for i, (entity_id, properties) in enumerate(entries):
+            where = f"{field_name}[{i}]"
+            if not entity_id:
+                problems.add(f"{where}.{key.lower()}", "is required")
+                continue
+            try:
+                record = mapper.from_mapping({key: entity_id, **_struct(properties)}, f"{where}.properties")
+            except InvalidArgument as exc:
+                for v in exc.violations:
+                    problems.add(v.field, v.description)
+                continue
+            records.append(record)
+        problems.raise_if_any()
+        return self._store.upsert_entities(dataset.name, records)
+
+    def PutItems(self, request: api.PutItemsRequest, context: grpc.ServicerContext) -> api.PutItemsResponse:  # noqa: N802
+        entries = [(item.item_id, item.properties) for item in request.items]
+        return api.PutItemsResponse(
+            accepted=self._put_entities(request.dataset, "items", "ITEMS|ITEM_METADATA", entries)
+        )
+
+    def PutUsers(self, request: api.PutUsersRequest, context: grpc.ServicerContext) -> api.PutUsersResponse:  # noqa: N802
+        entries = [(user.user_id, user.properties) for user in request.users]
+        return api.PutUsersResponse(accepted=self._put_entities(request.dataset, "users", "USERS", entries))
+
+
+def _table(row: Row[Any]) -> str:
+    from foretell.dataset.rows import TABLE_OF
+
+    return TABLE_OF[row.dataset_type]

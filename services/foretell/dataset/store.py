@@ -1,0 +1,493 @@
+"""SQLAlchemy storage of the dataset service: metadata tables and the rows of each dataset.
+
+Imports stage rows tagged with their import job; they turn visible in one short
+transaction at the end (`commit_import`) or vanish (`discard_import`), so a failed
+import leaves the dataset exactly as it was while PutEvents keeps writing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from foretell.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from foretell.dataset.schema_rules import Field
+
+metadata = MetaData()
+_id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+
+def _times() -> list[Column[Any]]:
+    return [
+        Column("create_time", DateTime(timezone=True), nullable=False),
+        Column("update_time", DateTime(timezone=True), nullable=False),
+    ]
+
+
+dataset_groups = Table(
+    "dataset_groups",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("domain", String(32), nullable=False),
+    Column("display_name", String(256), nullable=False, default=""),
+    Column("labels", JSON, nullable=True),
+    Column("state", String(16), nullable=False),
+    *_times(),
+)
+schemas = Table(
+    "schemas",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("domain", String(32), nullable=False),
+    Column("fields", JSON, nullable=False),
+    *_times(),
+)
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("dataset_group", String(128), nullable=False, index=True),
+    Column("dataset_type", String(32), nullable=False),
+    Column("schema", String(128), nullable=False, index=True),
+    Column("data_frequency", String(16), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    *_times(),
+    UniqueConstraint("dataset_group", "dataset_type", name="uq_dataset_type_per_group"),
+)
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("name", String(384), primary_key=True),
+    Column("dataset", String(256), nullable=False, index=True),
+    Column("source_uri", Text, nullable=False, default=""),
+    Column("import_mode", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("rows_imported", BigInteger, nullable=False, default=0),
+    Column("bytes_total", BigInteger, nullable=False, default=0),
+    Column("error", LargeBinary, nullable=True),
+    Column("operation", String(80), nullable=False, default=""),
+    *_times(),
+)
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("name", String(384), primary_key=True),
+    Column("dataset", String(256), nullable=False, index=True),
+    Column("destination_uri", Text, nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("rows_exported", BigInteger, nullable=False, default=0),
+    Column("error", LargeBinary, nullable=True),
+    Column("operation", String(80), nullable=False, default=""),
+    *_times(),
+)
+# Row tables. `import_job` is NULL for visible rows and the job name for staged ones.
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", _id, primary_key=True, autoincrement=True),
+    Column("dataset", String(256), nullable=False),
+    Column("user_id", String(256), nullable=True),
+    Column("item_id", String(256), nullable=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("event_type", String(256), nullable=True),
+    Column("event_value", Float, nullable=True),
+    Column("impression", Text, nullable=True),
+    Column("recommendation_id", String(256), nullable=True),
+    Column("session_id", String(256), nullable=True),
+    Column("event_id", String(256), nullable=True),
+    Column("attributes", JSON, nullable=True),
+    Column("import_job", String(384), nullable=True),
+    Index("ix_interactions_dataset_job", "dataset", "import_job"),
+    Index("uq_interactions_event_id", "dataset", "event_id", unique=True),
+)
+entities = Table(
+    "entities",
+    metadata,
+    Column("id", _id, primary_key=True, autoincrement=True),
+    Column("dataset", String(256), nullable=False),
+    Column("entity_id", String(256), nullable=False),
+    Column("creation_ts", BigInteger, nullable=True),
+    Column("attributes", JSON, nullable=True),
+    Column("import_job", String(384), nullable=True),
+    Index("ix_entities_dataset_job_entity", "dataset", "import_job", "entity_id"),
+)
+series = Table(
+    "series",
+    metadata,
+    Column("id", _id, primary_key=True, autoincrement=True),
+    Column("dataset", String(256), nullable=False),
+    Column("item_id", String(256), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("target_value", Float, nullable=True),
+    Column("dimensions", JSON, nullable=True),
+    # Canonical text of the dimensions, to match points of the same series in SQL.
+    Column("dims_key", Text, nullable=False, default=""),
+    Column("attributes", JSON, nullable=True),
+    Column("import_job", String(384), nullable=True),
+    Index("ix_series_dataset_job_item_ts", "dataset", "import_job", "item_id", "ts"),
+)
+ROW_TABLES = {"interactions": interactions, "entities": entities, "series": series}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def dims_key(dimensions: dict[str, str] | None) -> str:
+    return json.dumps(dimensions, sort_keys=True, separators=(",", ":")) if dimensions else ""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: Sequence[Row[Any]]
+    last: str | None  # name of the last row when another page follows
+
+
+class DatasetStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+        self._templates = {
+            name: {c.name: None for c in table.columns if c.name != "id"} for name, table in ROW_TABLES.items()
+        }
+
+    # ---- generic helpers -------------------------------------------------------------
+
+    def _get(self, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
+        query = select(table).where(table.c.name == name)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(query).first()
+        if row is None:
+            raise NotFound(name, what)
+        return row
+
+    def _insert(self, table: Table, values: dict[str, Any], what: str) -> Row[Any]:
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
+                return self._get(table, values["name"], what, conn)
+        except IntegrityError:
+            raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
+
+    def _page(self, table: Table, size: int, after: str | None, *where: Any) -> Page:
+        query = select(table).where(*where).order_by(table.c.name).limit(size + 1)
+        if after is not None:
+            query = query.where(table.c.name > after)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).fetchall()
+        return Page(rows[:size], rows[size - 1].name if len(rows) > size else None)
+
+    # ---- dataset groups --------------------------------------------------------------
+
+    def create_group(self, name: str, domain: str, display_name: str, labels: dict[str, str]) -> Row[Any]:
+        return self._insert(
+            dataset_groups,
+            {"name": name, "domain": domain, "display_name": display_name, "labels": labels or None, "state": "ACTIVE"},
+            "dataset group",
+        )
+
+    def get_group(self, name: str) -> Row[Any]:
+        return self._get(dataset_groups, name, "dataset group")
+
+    def list_groups(self, size: int, after: str | None) -> Page:
+        return self._page(dataset_groups, size, after)
+
+    def delete_group(self, name: str, force: bool) -> None:
+        self.get_group(name)
+        with self.engine.connect() as conn:
+            children = conn.execute(select(datasets.c.name).where(datasets.c.dataset_group == name)).scalars().all()
+        if children and not force:
+            raise FailedPrecondition(
+                f"dataset group {name!r} still has datasets {', '.join(children)}; delete them or set force",
+                metadata={"resource": name},
+            )
+        with self.engine.begin() as conn:
+            for child in children:
+                self._delete_dataset(conn, child)
+            conn.execute(delete(dataset_groups).where(dataset_groups.c.name == name))
+
+    # ---- schemas ---------------------------------------------------------------------
+
+    def create_schema(self, name: str, domain: str, fields: list[Field]) -> Row[Any]:
+        return self._insert(schemas, {"name": name, "domain": domain, "fields": [vars(f) for f in fields]}, "schema")
+
+    def get_schema(self, name: str) -> Row[Any]:
+        return self._get(schemas, name, "schema")
+
+    def list_schemas(self, size: int, after: str | None) -> Page:
+        return self._page(schemas, size, after)
+
+    def delete_schema(self, name: str) -> None:
+        self.get_schema(name)
+        with self.engine.begin() as conn:
+            users = conn.execute(select(datasets.c.name).where(datasets.c.schema == name)).scalars().all()
+            if users:
+                raise FailedPrecondition(f"schema {name!r} is used by {', '.join(users)}", metadata={"resource": name})
+            conn.execute(delete(schemas).where(schemas.c.name == name))
+
+    # ---- datasets --------------------------------------------------------------------
+
+    def create_dataset(self, name: str, group: str, dataset_type: str, schema: str, data_frequency: str) -> Row[Any]:
+        with self.engine.connect() as conn:
+            taken = conn.execute(
+                select(datasets.c.name).where(
+                    datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type
+                )
+            ).scalar()
+        if taken and taken != name:
+            raise AlreadyExists(taken, f"dataset group {group!r} already has a {dataset_type} dataset: {taken}")
+        return self._insert(
+            datasets,
+            {
+                "name": name,
+                "dataset_group": group,
+                "dataset_type": dataset_type,
+                "schema": schema,
+                "data_frequency": data_frequency,
+                "state": "ACTIVE",
+            },
+            "dataset",
+        )
+
+    def get_dataset(self, name: str) -> Row[Any]:
+        return self._get(datasets, name, "dataset")
+
+    def dataset_of_type(self, group: str, dataset_type: str) -> Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(datasets).where(datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type)
+            ).first()
+
+    def list_datasets(self, group: str, size: int, after: str | None) -> Page:
+        return self._page(datasets, size, after, datasets.c.dataset_group == group)
+
+    def delete_dataset(self, name: str) -> None:
+        self.get_dataset(name)
+        with self.engine.begin() as conn:
+            self._delete_dataset(conn, name)
+
+    def _delete_dataset(self, conn: Connection, name: str) -> None:
+        for table in ROW_TABLES.values():
+            conn.execute(delete(table).where(table.c.dataset == name))
+        conn.execute(delete(import_jobs).where(import_jobs.c.dataset == name))
+        conn.execute(delete(export_jobs).where(export_jobs.c.dataset == name))
+        conn.execute(delete(datasets).where(datasets.c.name == name))
+
+    def row_count(self, dataset_name: str, table_name: str) -> int:
+        table = ROW_TABLES[table_name]
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(table)
+                    .where(table.c.dataset == dataset_name, table.c.import_job.is_(None))
+                ).scalar_one()
+            )
+
+    # ---- import / export jobs --------------------------------------------------------
+
+    def create_import_job(self, name: str, dataset_name: str, source_uri: str, mode: str, operation: str) -> Row[Any]:
+        return self._insert(
+            import_jobs,
+            {
+                "name": name,
+                "dataset": dataset_name,
+                "source_uri": source_uri,
+                "import_mode": mode,
+                "state": "PENDING",
+                "operation": operation,
+                "rows_imported": 0,
+                "bytes_total": 0,
+            },
+            "import job",
+        )
+
+    def update_import_job(self, name: str, **values: Any) -> Row[Any]:
+        with self.engine.begin() as conn:
+            conn.execute(update(import_jobs).where(import_jobs.c.name == name).values(update_time=now(), **values))
+            return self._get(import_jobs, name, "import job", conn)
+
+    def get_import_job(self, name: str) -> Row[Any]:
+        return self._get(import_jobs, name, "import job")
+
+    def list_import_jobs(self, dataset_name: str, size: int, after: str | None) -> Page:
+        return self._page(import_jobs, size, after, import_jobs.c.dataset == dataset_name)
+
+    def create_export_job(self, name: str, dataset_name: str, destination_uri: str, operation: str) -> Row[Any]:
+        return self._insert(
+            export_jobs,
+            {
+                "name": name,
+                "dataset": dataset_name,
+                "destination_uri": destination_uri,
+                "state": "PENDING",
+                "operation": operation,
+                "rows_exported": 0,
+            },
+            "export job",
+        )
+
+    def update_export_job(self, name: str, **values: Any) -> Row[Any]:
+        with self.engine.begin() as conn:
+            conn.execute(update(export_jobs).where(export_jobs.c.name == name).values(update_time=now(), **values))
+            return self._get(export_jobs, name, "export job", conn)
+
+    def get_export_job(self, name: str) -> Row[Any]:
+        return self._get(export_jobs, name, "export job")
+
+    def list_export_jobs(self, dataset_name: str, size: int, after: str | None) -> Page:
+        return self._page(export_jobs, size, after, export_jobs.c.dataset == dataset_name)
+
+    def unfinished_jobs(self) -> list[tuple[str, str, str]]:
+        """(kind, job name, operation) of jobs left PENDING/RUNNING by a stopped server."""
+        out: list[tuple[str, str, str]] = []
+        with self.engine.connect() as conn:
+            for kind, table in (("import", import_jobs), ("export", export_jobs)):
+                rows = conn.execute(
+                    select(table.c.name, table.c.operation).where(table.c.state.in_(("PENDING", "RUNNING")))
+                ).fetchall()
+                out += [(kind, r.name, r.operation) for r in rows]
+        return out
+
+    # ---- rows --------------------------------------------------------------------------
+
+    def _complete(self, table_name: str, dataset_name: str, job: str | None, record: dict[str, Any]) -> dict[str, Any]:
+        full = dict(self._templates[table_name])
+        full.update(record)
+        full["dataset"] = dataset_name
+        full["import_job"] = job
+        if table_name == "series":
+            full["dims_key"] = dims_key(full.get("dimensions"))
+        return full
+
+    def stage_rows(self, table_name: str, dataset_name: str, job: str, records: Iterable[dict[str, Any]]) -> None:
+        rows = [self._complete(table_name, dataset_name, job, r) for r in records]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(ROW_TABLES[table_name]), rows)
+
+    def commit_import(self, table_name: str, dataset_name: str, job: str, mode: str, **job_values: Any) -> None:
+        """Makes the staged rows of `job` visible (replacing the old ones in FULL mode), atomically."""
+        table = ROW_TABLES[table_name]
+        mine = and_(table.c.dataset == dataset_name, table.c.import_job == job)
+        visible = and_(table.c.dataset == dataset_name, table.c.import_job.is_(None))
+        with self.engine.begin() as conn:
+            if mode == "FULL":
+                conn.execute(delete(table).where(visible))
+            elif table_name == "entities":
+                staged_ids = select(table.c.entity_id).where(mine)
+                conn.execute(delete(table).where(visible, table.c.entity_id.in_(staged_ids)))
+            elif table_name == "series":
+                staged = select(table.c.item_id, table.c.ts, table.c.dims_key).where(mine).subquery()
+                clash = (
+                    select(staged.c.item_id)
+                    .where(
+                        staged.c.item_id == table.c.item_id,
+                        staged.c.ts == table.c.ts,
+                        staged.c.dims_key == table.c.dims_key,
+                    )
+                    .exists()
+                )
+                conn.execute(delete(table).where(visible, clash))
+            if table_name == "entities":
+                # Within one import the last row of an id wins.
+                newest = select(func.max(table.c.id)).where(mine).group_by(table.c.entity_id)
+                conn.execute(delete(table).where(mine, table.c.id.not_in(newest)))
+            conn.execute(update(table).where(mine).values(import_job=None))
+            conn.execute(update(import_jobs).where(import_jobs.c.name == job).values(update_time=now(), **job_values))
+            conn.execute(update(datasets).where(datasets.c.name == dataset_name).values(update_time=now()))
+
+    def discard_import(self, table_name: str, job: str) -> None:
+        table = ROW_TABLES[table_name]
+        with self.engine.begin() as conn:
+            conn.execute(delete(table).where(table.c.import_job == job))
+
+    def discard_all_staged(self, job: str) -> None:
+        for name in ROW_TABLES:
+            self.discard_import(name, job)
+
+    def put_events(self, dataset_name: str, records: list[dict[str, Any]]) -> tuple[int, int]:
+        """Stores events whose event_id is new; returns (accepted, duplicates)."""
+        unique: dict[str, dict[str, Any]] = {}
+        for record in records:
+            unique.setdefault(record["event_id"], record)
+        with self.engine.begin() as conn:
+            seen = set(
+                conn.execute(
+                    select(interactions.c.event_id).where(
+                        interactions.c.dataset == dataset_name, interactions.c.event_id.in_(list(unique))
+                    )
+                ).scalars()
+            )
+            fresh = [self._complete("interactions", dataset_name, None, r) for k, r in unique.items() if k not in seen]
+            if fresh:
+                conn.execute(insert(interactions), fresh)
+        return len(fresh), len(records) - len(fresh)
+
+    def upsert_entities(self, dataset_name: str, records: list[dict[str, Any]]) -> int:
+        latest = {r["entity_id"]: r for r in records}
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(entities).where(
+                    entities.c.dataset == dataset_name,
+                    entities.c.import_job.is_(None),
+                    entities.c.entity_id.in_(list(latest)),
+                )
+            )
+            conn.execute(insert(entities), [self._complete("entities", dataset_name, None, r) for r in latest.values()])
+        return len(latest)
+
+    def iter_rows(self, dataset_name: str, table_name: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Visible rows in insertion order, streamed in batches (keyset on id)."""
+        table = ROW_TABLES[table_name]
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(table)
+                    .where(table.c.dataset == dataset_name, table.c.import_job.is_(None), table.c.id > last)
+                    .order_by(table.c.id)
+                    .limit(batch)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield dict(row._mapping)
+            last = rows[-1].id

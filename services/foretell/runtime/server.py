@@ -1,0 +1,95 @@
+"""create_server(settings, services) -> App: the real server, used by main() and by tests (port 0)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+
+from foretell.core.db import make_engine
+from foretell.core.interceptors import ErrorInterceptor
+from foretell.core.operations import OperationsServicer, OperationStore
+from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
+from foretell.dataset import service as dataset_service
+from foretell.forecast_query import service as forecast_query_service
+from foretell.recommendation import service as recommendation_service
+from foretell.training import service as training_service
+
+log = logging.getLogger("foretell.server")
+
+OPERATIONS = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
+
+
+@dataclass
+class App:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    engine: Engine
+    services: list[str]
+    _closers: list[Callable[[bool], None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ["", *self.services]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"port": self.port, "services": self.services})
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish within `grace`, then stops jobs."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for close in self._closers:
+            close(grace is not None and grace > 0)
+        self.engine.dispose()
+
+
+def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERVICES) -> App:
+    wanted = list(dict.fromkeys(services))
+    engine = make_engine(settings.database_url)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        interceptors=[ErrorInterceptor()],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    operations = OperationStore(engine)
+    closers: list[Callable[[bool], None]] = []
+    names: list[str] = []
+    for service in wanted:
+        if service == "dataset":
+            closers.append(dataset_service.add_dataset_service(server, settings, engine, operations))
+            names.append(dataset_service.SERVICE_NAME)
+        elif service == "training":
+            training_service.add_training_service(server)
+            names.append(training_service.SERVICE_NAME)
+        elif service == "recommendation":
+            recommendation_service.add_recommendation_service(server)
+            names.append(recommendation_service.SERVICE_NAME)
+        elif service == "forecast-query":
+            forecast_query_service.add_forecast_query_service(server)
+            names.append(forecast_query_service.SERVICE_NAME)
+        else:
+            raise ValueError(f"unknown service {service!r}")
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(operations), server)
+    names.append(OPERATIONS)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
+    return App(server, port, health_servicer, engine, names, closers)

@@ -1,0 +1,115 @@
+"""Each service runs alone as a process; SIGTERM drains in-flight calls; logs are JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from foretell.v1 import training_service_pb2, training_service_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(module: str, data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+    env = {
+        **os.environ,
+        "FORETELL_PORT": "0",
+        "FORETELL_DATA_DIR": str(data_dir),
+        "FORETELL_GRACE_SECONDS": "5",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "services"), str(ROOT / "clients/python")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", module], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        entry = json.loads(line)  # every line is a JSON object
+        assert {"time", "severity", "service", "message"} <= entry.keys()
+        if entry["message"] == "serving":
+            return proc, int(entry["port"])
+    raise AssertionError(f"{module} exited with {proc.wait()} before serving")
+
+
+def services_of(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    return {s.name for r in responses for s in r.list_services_response.service}
+
+
+@pytest.mark.parametrize(
+    ("module", "service"),
+    [
+        ("foretell.dataset", "foretell.v1.DatasetService"),
+        ("foretell.training", "foretell.v1.TrainingService"),
+        ("foretell.recommendation", "foretell.v1.RecommendationService"),
+        ("foretell.forecast_query", "foretell.v1.ForecastQueryService"),
+    ],
+)
+def test_service_runs_alone(module: str, service: str, tmp_path: Path) -> None:
+    proc, port = start(module, tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            ok = health_pb2.HealthCheckResponse.SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == ok
+            found = services_of(channel)
+            assert service in found and "grpc.health.v1.Health" in found
+            assert not {"foretell.v1.DatasetService", "foretell.v1.TrainingService"} - {service} <= found
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_training_contract_is_served_but_not_implemented_yet(tmp_path: Path) -> None:
+    # Training lands with the recommendation/forecasting issues; until then it says so clearly.
+    proc, port = start("foretell.training", tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = training_service_pb2_grpc.TrainingServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetSolution(training_service_pb2.GetSolutionRequest(name="solutions/x"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
+    proc, port = start("foretell.runtime", tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    ops = operations_pb2_grpc.OperationsStub(channel)
+    # An operation that never finishes: WaitOperation holds the call open for 2 s.
+    from foretell.core.db import make_engine
+    from foretell.core.operations import OperationStore
+
+    pending = OperationStore(make_engine(f"sqlite:///{tmp_path / 'foretell.db'}")).create("x", "test")
+    result: dict[str, object] = {}
+
+    def wait() -> None:
+        try:
+            result["op"] = ops.WaitOperation(
+                operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=2)),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            result["error"] = exc.code()
+
+    caller = threading.Thread(target=wait)
+    caller.start()
+    threading.Event().wait(0.5)
+    proc.send_signal(signal.SIGTERM)
+    caller.join(timeout=15)
+    assert "error" not in result, result
+    assert result["op"].name == pending.name  # type: ignore[attr-defined]
+    assert proc.wait(timeout=20) == 0
+    channel.close()

@@ -1,0 +1,141 @@
+"""Test helpers: start a real server and stubs, make synthetic data (imported by tests and conftest)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+
+from foretell.core.settings import Settings
+from foretell.runtime.server import App, create_server
+from foretell.v1 import dataset_pb2 as pb
+from foretell.v1 import dataset_service_pb2 as api
+from foretell.v1 import dataset_service_pb2_grpc
+
+
+@dataclass
+class Stubs:
+    channel: grpc.Channel
+    datasets: dataset_service_pb2_grpc.DatasetServiceStub
+    operations: operations_pb2_grpc.OperationsStub
+    app: App
+
+    def wait(self, operation: operations_pb2.Operation, timeout: float = 60) -> operations_pb2.Operation:
+        deadline = time.monotonic() + timeout
+        while not operation.done:
+            assert time.monotonic() < deadline, f"operation {operation.name} did not finish"
+            time.sleep(0.02)
+            operation = self.operations.GetOperation(operations_pb2.GetOperationRequest(name=operation.name), timeout=5)
+        return operation
+
+
+def start_stubs(settings: Settings) -> Stubs:
+    app = create_server(settings)
+    app.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    return Stubs(
+        channel, dataset_service_pb2_grpc.DatasetServiceStub(channel), operations_pb2_grpc.OperationsStub(channel), app
+    )
+
+
+# ---- synthetic data -------------------------------------------------------------------
+
+INTERACTION_FIELDS = [
+    pb.SchemaField(name="USER_ID", type=pb.FIELD_TYPE_STRING),
+    pb.SchemaField(name="ITEM_ID", type=pb.FIELD_TYPE_STRING),
+    pb.SchemaField(name="TIMESTAMP", type=pb.FIELD_TYPE_LONG),
+    pb.SchemaField(name="EVENT_TYPE", type=pb.FIELD_TYPE_STRING, nullable=True),
+    pb.SchemaField(name="EVENT_VALUE", type=pb.FIELD_TYPE_FLOAT, nullable=True),
+    pb.SchemaField(name="DEVICE", type=pb.FIELD_TYPE_STRING, nullable=True, categorical=True),
+]
+ITEM_FIELDS = [
+    pb.SchemaField(name="ITEM_ID", type=pb.FIELD_TYPE_STRING),
+    pb.SchemaField(name="GENRES", type=pb.FIELD_TYPE_STRING, categorical=True),
+    pb.SchemaField(name="PRICE", type=pb.FIELD_TYPE_DOUBLE, nullable=True),
+    pb.SchemaField(name="CREATION_TIMESTAMP", type=pb.FIELD_TYPE_LONG, nullable=True),
+]
+
+
+def interactions_csv(rows: int, seed: int = 0, users: int = 50, items: int = 200) -> bytes:
+    rng = random.Random(seed)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE", "EVENT_VALUE", "DEVICE"])
+    for i in range(rows):
+        writer.writerow(
+            [
+                f"u{rng.randrange(users)}",
+                f"i{rng.randrange(items)}",
+                1_700_000_000 + i,
+                rng.choice(["click", "watch"]),
+                rng.choice(["", f"{rng.uniform(1, 5):.1f}"]),
+                rng.choice(["", "mobile", "web"]),
+            ]
+        )
+    return out.getvalue().encode()
+
+
+def upload(
+    stubs: Stubs, dataset: str, data: bytes, mode: int = pb.IMPORT_MODE_FULL, chunk: int = 1000, request_id: str = ""
+) -> operations_pb2.Operation:
+    def messages() -> Iterator[api.ImportDataRequest]:
+        yield api.ImportDataRequest(
+            config=api.ImportDataConfig(dataset=dataset, import_mode=mode, request_id=request_id)
+        )
+        for start in range(0, len(data), chunk):
+            yield api.ImportDataRequest(chunk=data[start : start + chunk])
+
+    return stubs.datasets.ImportData(messages(), timeout=30)
+
+
+@dataclass
+class Group:
+    name: str
+    interactions: str
+    items: str
+
+
+def make_recommendation_group(stubs: Stubs, group_id: str = "shop") -> Group:
+    d = stubs.datasets
+    group = d.CreateDatasetGroup(
+        api.CreateDatasetGroupRequest(
+            dataset_group_id=group_id, dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_RECOMMENDATION)
+        ),
+        timeout=5,
+    )
+    d.CreateSchema(
+        api.CreateSchemaRequest(
+            schema_id=f"{group_id}-interactions",
+            schema=pb.Schema(domain=pb.DOMAIN_RECOMMENDATION, fields=INTERACTION_FIELDS),
+        ),
+        timeout=5,
+    )
+    d.CreateSchema(
+        api.CreateSchemaRequest(
+            schema_id=f"{group_id}-items", schema=pb.Schema(domain=pb.DOMAIN_RECOMMENDATION, fields=ITEM_FIELDS)
+        ),
+        timeout=5,
+    )
+    inter = d.CreateDataset(
+        api.CreateDatasetRequest(
+            parent=group.name,
+            dataset_id="interactions",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema=f"schemas/{group_id}-interactions"),
+        ),
+        timeout=5,
+    )
+    items = d.CreateDataset(
+        api.CreateDatasetRequest(
+            parent=group.name,
+            dataset_id="items",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_ITEMS, schema=f"schemas/{group_id}-items"),
+        ),
+        timeout=5,
+    )
+    return Group(group.name, inter.name, items.name)

@@ -1,0 +1,63 @@
+"""Core helpers: pagination tokens, resource names, rich statuses, wire-level UTF-8 checks."""
+
+from __future__ import annotations
+
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from foretell.core import names, pagination
+from foretell.core.errors import InvalidArgument, NotFound, invalid
+from foretell.core.settings import Settings, load_settings
+from foretell.core.wire import find_bad_field
+from foretell.v1 import dataset_pb2, dataset_service_pb2
+
+
+def test_page_tokens_are_bound_to_their_request() -> None:
+    token = pagination.encode_token("datasetGroups/a", "scope-1")
+    assert pagination.decode_token(token, "scope-1") == "datasetGroups/a"
+    assert pagination.decode_token("", "scope-1") is None
+    for bad, scope in ((token, "scope-2"), ("%%%", "scope-1"), ("eyJ4IjogMX0", "scope-1")):
+        with pytest.raises(InvalidArgument) as info:
+            pagination.decode_token(bad, scope)
+        assert info.value.violations[0].field == "page_token"
+    assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
+    assert pagination.page_size(5000) == pagination.MAX_PAGE_SIZE
+    with pytest.raises(InvalidArgument):
+        pagination.page_size(-1)
+
+
+def test_names() -> None:
+    assert names.parse("datasetGroups/a/datasets/b", "name", "datasetGroups", "datasets") == ["a", "b"]
+    for bad in ("datasetGroups/a", "datasetGroups/A/datasets/b", "x/a/datasets/b", ""):
+        with pytest.raises(InvalidArgument):
+            names.parse(bad, "name", "datasetGroups", "datasets")
+    with pytest.raises(InvalidArgument):
+        names.check_request_id("has space")
+
+
+def test_rich_status_has_error_info_and_bad_request() -> None:
+    status = invalid("dataset_group_id", "is required").to_status()
+    assert status.code == code_pb2.INVALID_ARGUMENT and "dataset_group_id" in status.message
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(info) and info.domain == "foretell.v1"
+    assert status.details[1].Unpack(bad) and bad.field_violations[0].field == "dataset_group_id"
+    assert NotFound("schemas/x", "schema").to_status().code == code_pb2.NOT_FOUND
+
+
+def test_find_bad_field_names_nested_repeated_strings() -> None:
+    good = dataset_service_pb2.PutEventsRequest(
+        dataset_group="datasetGroups/g", session_id="s",
+        events=[dataset_pb2.Event(event_type="click"), dataset_pb2.Event(event_type="view", item_id="X")],
+    ).SerializeToString()
+    assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, good) == ""
+    broken = good.replace(b"X", b"\xff")
+    assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, broken) == "events[1].item_id"
+
+
+def test_settings_defaults_and_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = Settings(data_dir=tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path / 'foretell.db'}" and s.artifacts == tmp_path / "artifacts"
+    monkeypatch.setenv("FORETELL_PORT", "not-a-port")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "FORETELL_PORT" in str(info.value)
