@@ -568,3 +568,65 @@ def test_health_and_restart_recovery(settings, tmp_path) -> None:  # type: ignor
     finally:
         restarted.channel.close()
         restarted.app.stop(None)
+
+
+BAD_NAMES = [
+    ("GetSchema", api.GetSchemaRequest(name="datasetGroups/x"), "name"),
+    ("DeleteSchema", api.DeleteSchemaRequest(name="schemas/Bad"), "name"),
+    ("ListSchemas", api.ListSchemasRequest(page_size=-5), "page_size"),
+    ("GetDataset", api.GetDatasetRequest(name="datasetGroups/shop"), "name"),
+    ("ListDatasets", api.ListDatasetsRequest(parent="schemas/x"), "parent"),
+    ("DeleteDataset", api.DeleteDatasetRequest(name=""), "name"),
+    ("GetImportJob", api.GetImportJobRequest(name="datasetGroups/shop/datasets/items"), "name"),
+    ("ListImportJobs", api.ListImportJobsRequest(parent="datasetGroups/shop"), "parent"),
+    ("GetExportJob", api.GetExportJobRequest(name="x/y"), "name"),
+    ("ListExportJobs", api.ListExportJobsRequest(parent=""), "parent"),
+    ("ExportDataset", api.ExportDatasetRequest(name="datasets/x"), "name"),
+    ("CreateImportJob", api.CreateImportJobRequest(parent="datasetGroups/shop/datasets/items"), "import_job.source_uri"),
+    ("PutUsers", api.PutUsersRequest(dataset="users"), "dataset"),
+    ("PutItems", api.PutItemsRequest(dataset="datasetGroups/shop/datasets/items", items=[pb.Item(item_id="i")] * 101), "items"),
+    ("CreateDatasetGroup", api.CreateDatasetGroupRequest(
+        dataset_group_id="g", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_FORECASTING), request_id="bad id!"), "request_id"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "field"), BAD_NAMES, ids=[m for m, _, _ in BAD_NAMES])
+def test_every_rpc_rejects_bad_input_naming_the_field(stubs: Stubs, group: Group, method: str, request_, field: str) -> None:  # type: ignore[no-untyped-def]
+    expect_error(lambda: getattr(stubs.datasets, method)(request_, timeout=5), INVALID, field)
+
+
+UNKNOWN = [
+    ("GetSchema", api.GetSchemaRequest(name="schemas/nope")),
+    ("DeleteSchema", api.DeleteSchemaRequest(name="schemas/nope")),
+    ("GetDataset", api.GetDatasetRequest(name="datasetGroups/shop/datasets/nope")),
+    ("ListDatasets", api.ListDatasetsRequest(parent="datasetGroups/nope")),
+    ("DeleteDataset", api.DeleteDatasetRequest(name="datasetGroups/shop/datasets/nope")),
+    ("GetImportJob", api.GetImportJobRequest(name="datasetGroups/shop/datasets/items/importJobs/nope")),
+    ("ListImportJobs", api.ListImportJobsRequest(parent="datasetGroups/shop/datasets/nope")),
+    ("GetExportJob", api.GetExportJobRequest(name="datasetGroups/shop/datasets/items/exportJobs/nope")),
+    ("ExportDataset", api.ExportDatasetRequest(name="datasetGroups/shop/datasets/nope")),
+    ("PutUsers", api.PutUsersRequest(dataset="datasetGroups/shop/datasets/nope", users=[pb.User(user_id="u")])),
+]
+
+
+@pytest.mark.parametrize(("method", "request_"), UNKNOWN, ids=[m for m, _ in UNKNOWN])
+def test_every_rpc_answers_not_found_for_unknown_ids(stubs: Stubs, group: Group, method: str, request_) -> None:  # type: ignore[no-untyped-def]
+    expect_error(lambda: getattr(stubs.datasets, method)(request_, timeout=5), grpc.StatusCode.NOT_FOUND)
+
+
+def test_put_events_fills_required_reserved_columns_from_the_event(stubs: Stubs) -> None:
+    d = stubs.datasets
+    d.CreateDatasetGroup(api.CreateDatasetGroupRequest(dataset_group_id="strict", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_RECOMMENDATION)))
+    fields = [
+        pb.SchemaField(name=n, type=t)
+        for n, t in (("USER_ID", pb.FIELD_TYPE_STRING), ("ITEM_ID", pb.FIELD_TYPE_STRING), ("TIMESTAMP", pb.FIELD_TYPE_LONG),
+                     ("EVENT_TYPE", pb.FIELD_TYPE_STRING), ("EVENT_VALUE", pb.FIELD_TYPE_FLOAT))
+    ]
+    d.CreateSchema(api.CreateSchemaRequest(schema_id="strict", schema=pb.Schema(domain=pb.DOMAIN_RECOMMENDATION, fields=fields)))
+    d.CreateDataset(api.CreateDatasetRequest(parent="datasetGroups/strict", dataset_id="events", dataset=pb.Dataset(
+        dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema="schemas/strict")))
+    ok = d.PutEvents(api.PutEventsRequest(dataset_group="datasetGroups/strict", session_id="s", events=[_event("i1", event_value=1.0)]))
+    assert ok.accepted == 1
+    status = expect_error(lambda: d.PutEvents(api.PutEventsRequest(dataset_group="datasetGroups/strict", session_id="s",
+                                                                    events=[_event("i1")])), INVALID)
+    assert any("EVENT_VALUE" in f for f in violations_of(status))

@@ -14,16 +14,16 @@ from typing import Any
 
 import click
 import grpc
-from foretell.client import ForetellError
-from foretell.v1 import common_pb2
-from foretell.v1 import dataset_pb2 as pb
-from foretell.v1 import dataset_service_pb2 as api
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from foretell.cli import output as out
-from foretell.cli.output import CliError, State, json_option, state
+from foretell.cli.output import CliError, State, json_option, quiet_option, state
 from foretell.cli.progress import import_file, wait_with_progress
+from foretell.client import ForetellError, operation_response, raise_for_operation
+from foretell.v1 import common_pb2
+from foretell.v1 import dataset_pb2 as pb
+from foretell.v1 import dataset_service_pb2 as api
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -391,6 +391,7 @@ def dataset_delete(name: str) -> None:
 @click.option("--server-path", is_flag=True,
               help="FILE is a path (or file:// URI) the server reads itself; nothing is uploaded.")
 @json_option
+@quiet_option
 def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) -> None:
     """Import a CSV file into DATASET, showing upload and import progress.
 
@@ -414,10 +415,9 @@ def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) ->
 @click.option("--to", "destination", default="",
               help="File (on the server) to write; default: the server's artifact store.")
 @json_option
+@quiet_option
 def export_command(dataset_ref: str, destination: str) -> None:
     """Export DATASET's rows as CSV and print where the file went."""
-    from foretell.client import operation_response
-
     obj = state()
     client = obj.client
     if destination and "://" not in destination:
@@ -590,10 +590,9 @@ def operations_cancel(name: str) -> None:
 @operations.command("wait")
 @click.argument("name")
 @json_option
+@quiet_option
 def operations_wait(name: str) -> None:
     """Wait for an operation with a progress bar; exit code 1 if it failed."""
-    from foretell.client import raise_for_operation
-
     obj = state()
     done = wait_with_progress(obj.client, obj.client.get_operation(out.operation_name(name)),
                               desc=out.operation_name(name), show=obj.progress)
@@ -618,6 +617,7 @@ def operations_wait(name: str) -> None:
               help="Port of the embedded server; 0 picks a free one.")
 @click.option("--keep-serving", is_flag=True, help="Keep the server running afterwards, until Ctrl-C.")
 @json_option
+@quiet_option
 def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, keep_serving: bool) -> None:
     """Run the whole data pipeline in one process, no setup needed.
 

@@ -9,10 +9,11 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import grpc
-from foretell.client import Client, ForetellError
-from foretell.v1 import dataset_pb2 as pb
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
+
+from foretell.client import Client, ForetellError
+from foretell.v1 import dataset_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,8 +73,20 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 def json_option(f: F) -> F:
     """`--json` on a command (the same as the global `foretell --json`)."""
     return click.option(
-        "--json", is_flag=True, expose_value=False, is_eager=False, callback=_set_json,
+        "--json", is_flag=True, expose_value=False, callback=_set_json,
         help="Print the result as JSON (protobuf JSON mapping).",
+    )(f)
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(State).quiet = True
+
+
+def quiet_option(f: F) -> F:
+    """`-q/--quiet` on a command (the same as the global `foretell --quiet`)."""
+    return click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="No progress bars.",
     )(f)
 
 
@@ -199,7 +212,7 @@ def info(text: str) -> None:
 
 
 def print_json(message: Message) -> None:
-    click.echo(json_format.MessageToJson(message, indent=2))
+    click.echo(json_format.MessageToJson(message, indent=2, always_print_fields_with_no_presence=True))
 
 
 def timestamp(value: timestamp_pb2.Timestamp) -> str:

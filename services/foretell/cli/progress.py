@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 import click
+from google.longrunning import operations_pb2
+from tqdm import tqdm
+
 from foretell.client import Client, operation_response
 from foretell.v1 import common_pb2
 from foretell.v1 import dataset_pb2 as pb
-from google.longrunning import operations_pb2
-from tqdm import tqdm
 
 _JOB_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]"
 

@@ -69,7 +69,7 @@ def _checked(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -99,7 +99,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     _abort(context, exc.to_status())
                 except NotImplementedError:
                     # Generated base servicers raise this for RPCs a release does not serve yet.
-                    _abort(context, status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=f"{method} is not implemented yet"))
+                    _abort(
+                        context,
+                        status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=f"{method} is not implemented yet"),
+                    )
                 except Exception as exc:
                     if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
                         raise  # context.abort() inside the handler: already a status

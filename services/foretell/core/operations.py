@@ -88,11 +88,11 @@ class OperationStore:
 
     def _update_metadata(self, name: str, **changes: object) -> common_pb2.OperationMetadata:
         meta = self.metadata(name)
-        counters = changes.pop("counters", None)
+        counters: dict[str, float] | None = changes.pop("counters", None)  # type: ignore[assignment]
         for key, value in changes.items():
             setattr(meta, key, value)
         if counters:
-            meta.counters.update(counters)  # type: ignore[arg-type]
+            meta.counters.update(counters)
         meta.update_time.FromDatetime(_now())
         return meta
 
@@ -193,7 +193,7 @@ def error_status(code: int, message: str, details: list[any_pb2.Any] | None = No
 CANCELLED_STATUS = error_status(code_pb2.CANCELLED, "cancelled by request")
 
 
-class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
+class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     """google.longrunning.Operations over the shared store (one per process)."""
 
     def __init__(self, store: OperationStore) -> None:

@@ -59,7 +59,7 @@ def find_bad_field(descriptor: Descriptor, data: bytes, path: str = "") -> str:
                     chunk.decode("utf-8")
                 except UnicodeDecodeError:
                     return where
-            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
                 found = find_bad_field(field.message_type, chunk, where)
                 if found:
                     return found

@@ -24,7 +24,7 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
     return "" if short == "UNSPECIFIED" else short
 
 
-def enum_value(enum: Any, name: str, prefix: str) -> int:
+def enum_value(enum: Any, name: str, prefix: str) -> Any:
     return int(enum.Value(prefix + name)) if name else 0
 
 

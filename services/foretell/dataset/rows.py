@@ -168,6 +168,10 @@ class RowMapper:
         self._order: list[_Slot | None] = []
 
     @property
+    def field_names(self) -> set[str]:
+        return set(self._slots)
+
+    @property
     def dimension_names(self) -> list[str]:
         return [name for name, slot in self._slots.items() if slot.dimension]
 

@@ -20,7 +20,7 @@ from foretell.dataset import convert
 from foretell.dataset.importer import local_path, parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.rows import RowMapper, entity_key
-from foretell.dataset.schema_rules import DOMAIN_TYPES, check_fits, validate_schema
+from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
 from foretell.dataset.store import DatasetStore
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
@@ -51,7 +51,7 @@ def _struct(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message) if message.ByteSize() else {}
 
 
-class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):  # type: ignore[misc]
+class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def __init__(
         self,
         store: DatasetStore,
@@ -380,19 +380,23 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):  # type:
             if len(event.impression) > 500:
                 problems.add(f"{where}.impression", "holds more than 500 items")
             props = _struct(event.properties)
-            reserved = [k for k in props if k.upper() in {"USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE"}]
+            reserved = [k for k in props if k.upper() in RESERVED]
             for key in reserved:
                 problems.add(f"{where}.properties.{key}", "is a reserved field; use the event's own field")
+            # The event's own fields stand in for the schema's reserved columns (checked above;
+            # "-" keeps a missing one from being reported twice).
+            own: dict[str, Any] = {
+                "USER_ID": request.user_id or request.session_id,
+                "ITEM_ID": event.item_id or "-",
+                "TIMESTAMP": str(event.sent_at.seconds),
+                "EVENT_TYPE": event.event_type or "-",
+            }
+            if event.HasField("event_value"):
+                own["EVENT_VALUE"] = event.event_value
+            cells = {k: v for k, v in own.items() if k in mapper.field_names}
+            cells.update((k, v) for k, v in props.items() if k not in reserved)
             try:
-                attributes = mapper.from_mapping(
-                    {
-                        "USER_ID": request.user_id or request.session_id,
-                        "ITEM_ID": event.item_id or "-",
-                        "TIMESTAMP": str(event.sent_at.seconds),
-                        **{k: v for k, v in props.items() if k not in reserved},
-                    },
-                    f"{where}.properties",
-                ).get("attributes")
+                attributes = mapper.from_mapping(cells, f"{where}.properties").get("attributes")
             except InvalidArgument as exc:
                 for v in exc.violations:
                     problems.add(v.field, v.description)

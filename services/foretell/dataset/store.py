@@ -180,7 +180,7 @@ class DatasetStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
-        self._templates = {
+        self._templates: dict[str, dict[str, Any]] = {
             name: {c.name: None for c in table.columns if c.name != "id"} for name, table in ROW_TABLES.items()
         }
 
@@ -445,6 +445,13 @@ class DatasetStore:
 
     def put_events(self, dataset_name: str, records: list[dict[str, Any]]) -> tuple[int, int]:
         """Stores events whose event_id is new; returns (accepted, duplicates)."""
+        try:
+            return self._put_events(dataset_name, records)
+        except IntegrityError:
+            # A concurrent call stored one of these ids between our check and insert; the retry sees it.
+            return self._put_events(dataset_name, records)
+
+    def _put_events(self, dataset_name: str, records: list[dict[str, Any]]) -> tuple[int, int]:
         unique: dict[str, dict[str, Any]] = {}
         for record in records:
             unique.setdefault(record["event_id"], record)
