@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,7 +167,9 @@ class Client:
     @classmethod
     def connect(cls, port: int) -> Client:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        return cls(channel, dataset_service_pb2_grpc.DatasetServiceStub(channel), operations_pb2_grpc.OperationsStub(channel))
+        return cls(
+            channel, dataset_service_pb2_grpc.DatasetServiceStub(channel), operations_pb2_grpc.OperationsStub(channel)
+        )
 
     def group(self, group_id: str) -> tuple[str, str]:
         """A RECOMMENDATION group with an interactions dataset; returns (group, dataset) names."""
@@ -176,8 +178,10 @@ class Client:
             dataset_group_id=group_id, dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_RECOMMENDATION)), timeout=10)
         d.CreateSchema(api.CreateSchemaRequest(schema_id=f"{group_id}-interactions", schema=pb.Schema(
             domain=pb.DOMAIN_RECOMMENDATION, fields=FIELDS)), timeout=10)
-        dataset = d.CreateDataset(api.CreateDatasetRequest(parent=group.name, dataset_id="interactions", dataset=pb.Dataset(
-            dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema=f"schemas/{group_id}-interactions")), timeout=10)
+        dataset = d.CreateDataset(api.CreateDatasetRequest(
+            parent=group.name, dataset_id="interactions",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema=f"schemas/{group_id}-interactions"),
+        ), timeout=10)
         return group.name, dataset.name
 
     def import_file(self, dataset: str, path: Path, uploaded: list[float] | None = None) -> operations_pb2.Operation:
@@ -210,7 +214,9 @@ def peer_sqlite_import(path: Path, db: Path) -> int:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")  # same journal settings as Foretell's engine
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE interactions (user_id TEXT, item_id TEXT, ts INTEGER, event_type TEXT, event_value REAL)")
+    conn.execute(
+        "CREATE TABLE interactions (user_id TEXT, item_id TEXT, ts INTEGER, event_type TEXT, event_value REAL)"
+    )
     with path.open(newline="") as f:
         reader = csv.reader(f)
         next(reader)
@@ -231,7 +237,10 @@ def peer_postgres_copy(path: Path, url: str, table: str) -> int:
 
     with psycopg.connect(_psycopg_url(url)) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(f"CREATE TABLE {table} (user_id TEXT, item_id TEXT, ts BIGINT, event_type TEXT, event_value DOUBLE PRECISION)")
+        conn.execute(
+            f"CREATE TABLE {table} (user_id TEXT, item_id TEXT, ts BIGINT, event_type TEXT, "
+            "event_value DOUBLE PRECISION)"
+        )
         conn.commit()
         with conn.cursor() as cur:
             with cur.copy(f"COPY {table} ({PEER_COLUMNS}) FROM STDIN WITH (FORMAT csv, HEADER true)") as copy, \
@@ -245,66 +254,81 @@ def peer_postgres_copy(path: Path, url: str, table: str) -> int:
 
 # ---- PutEvents load process ----------------------------------------------------------------
 
+Batch = list[tuple[Any, ...]]  # (event_id, user_id, session_id, item_id, ts, event_type, event_value)
 
-def _event_batches(worker: int, calls: int, batch: int, seed: int) -> list[list[tuple[Any, ...]]]:
+
+def _event_batches(worker: int, calls: int, batch: int, seed: int) -> list[Batch]:
     rng = random.Random(seed * 1000 + worker)
     now = int(time.time())
     out = []
     for c in range(calls):
         user = f"u{rng.randrange(100_000)}"
         out.append([
-            (f"w{worker}-c{c}-e{k}", user, f"s{worker}-{c}", f"i{int(rng.random() ** 2 * 20_000)}", now - rng.randrange(86_400),
-             ("click", "watch", "purchase")[k % 3], float(rng.randrange(1, 6)))
+            (f"w{worker}-c{c}-e{k}", user, f"s{worker}-{c}", f"i{int(rng.random() ** 2 * 20_000)}",
+             now - rng.randrange(86_400), ("click", "watch", "purchase")[k % 3], float(rng.randrange(1, 6)))
             for k in range(batch)
         ])
     return out
 
 
-def _foretell_sender(port: int, group: str) -> Callable[[list[tuple[Any, ...]]], int]:
-    from google.protobuf.timestamp_pb2 import Timestamp
+class ForetellSender:
+    """PutEvents over its own gRPC channel; requests are built before the timed window."""
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = dataset_service_pb2_grpc.DatasetServiceStub(channel)
-    requests: dict[int, api.PutEventsRequest] = {}
+    def __init__(self, port: int, group: str) -> None:
+        self._group = group
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self._stub = dataset_service_pb2_grpc.DatasetServiceStub(self._channel)
+        self._requests: dict[int, api.PutEventsRequest] = {}
 
-    def build(events: list[tuple[Any, ...]]) -> api.PutEventsRequest:
+    def _build(self, events: Batch) -> api.PutEventsRequest:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
         _, user, session = events[0][:3]
-        return api.PutEventsRequest(dataset_group=group, session_id=session, user_id=user, events=[
+        return api.PutEventsRequest(dataset_group=self._group, session_id=session, user_id=user, events=[
             pb.Event(event_id=eid, item_id=item, sent_at=Timestamp(seconds=ts), event_type=etype, event_value=value)
             for eid, _, _, item, ts, etype, value in events
         ])
 
-    def send(events: list[tuple[Any, ...]]) -> int:
-        request = requests.pop(id(events), None) or build(events)
-        return int(stub.PutEvents(request, timeout=30).accepted)
+    def prepare(self, batches: list[Batch]) -> None:
+        self._requests.update({id(b): self._build(b) for b in batches})
 
-    send.prepare = lambda batches: requests.update({id(b): build(b) for b in batches})  # type: ignore[attr-defined]
-    send.close = channel.close  # type: ignore[attr-defined]
-    return send
+    def __call__(self, events: Batch) -> int:
+        request = self._requests.pop(id(events), None) or self._build(events)
+        return int(self._stub.PutEvents(request, timeout=30).accepted)
+
+    def close(self) -> None:
+        self._channel.close()
 
 
-def _db_sender(backend: str, target: str) -> Callable[[list[tuple[Any, ...]]], int]:
-    sql = (f"INSERT INTO events (event_id, user_id, session_id, item_id, ts, event_type, event_value) "
-           f"VALUES ({', '.join(['%s'] * 7)}) ON CONFLICT (event_id) DO NOTHING")
-    if backend == "sqlite":
-        conn: Any = sqlite3.connect(target, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        sql = sql.replace("%s", "?")
-    else:
-        import psycopg
+class DatabaseSender:
+    """The same batches written straight into a bare table: one transaction per batch."""
 
-        conn = psycopg.connect(_psycopg_url(target))
+    def __init__(self, backend: str, target: str) -> None:
+        self._sql = (
+            "INSERT INTO events (event_id, user_id, session_id, item_id, ts, event_type, event_value) "
+            f"VALUES ({', '.join(['%s'] * 7)}) ON CONFLICT (event_id) DO NOTHING"
+        )
+        self._conn: Any
+        if backend == "sqlite":
+            self._conn = sqlite3.connect(target, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._sql = self._sql.replace("%s", "?")
+        else:
+            import psycopg
 
-    def send(events: list[tuple[Any, ...]]) -> int:
-        cur = conn.cursor()
-        cur.executemany(sql, events)
-        conn.commit()
+            self._conn = psycopg.connect(_psycopg_url(target))
+
+    def prepare(self, batches: list[Batch]) -> None:
+        pass
+
+    def __call__(self, events: Batch) -> int:
+        self._conn.cursor().executemany(self._sql, events)
+        self._conn.commit()
         return len(events)
 
-    send.prepare = lambda batches: None  # type: ignore[attr-defined]
-    send.close = conn.close  # type: ignore[attr-defined]
-    return send
+    def close(self) -> None:
+        self._conn.close()
 
 
 def load_process(kind: str, backend: str, target: str, group: str, events: int, batch: int, clients: int,
@@ -314,10 +338,12 @@ def load_process(kind: str, backend: str, target: str, group: str, events: int, 
     calls = max(1, events // batch)
     per = [calls // clients + (1 if w < calls % clients else 0) for w in range(clients)]
     work = [_event_batches(w, per[w], batch, seed) for w in range(clients)]
-    senders = [(_foretell_sender(int(target), group) if kind == "foretell" else _db_sender(backend, target))
-               for _ in range(clients)]
+    senders: list[ForetellSender | DatabaseSender] = [
+        ForetellSender(int(target), group) if kind == "foretell" else DatabaseSender(backend, target)
+        for _ in range(clients)
+    ]
     for s, batches in zip(senders, work, strict=True):
-        s.prepare(batches)  # type: ignore[attr-defined]
+        s.prepare(batches)
     if kind == "foretell":  # warm the channels (connect) outside the timed window
         for s, batches in zip(senders, work, strict=True):
             if batches:
@@ -342,19 +368,22 @@ def load_process(kind: str, backend: str, target: str, group: str, events: int, 
         t.join()
     seconds = time.perf_counter() - start
     for s in senders:
-        s.close()  # type: ignore[attr-defined]
+        s.close()
     results.put((sum(accepted), seconds, sorted(x for lat in latencies for x in lat)))
 
 
-def run_load(kind: str, backend: str, target: str, group: str, args: argparse.Namespace, seed: int) -> tuple[int, float, list[float]]:
+def run_load(
+    kind: str, backend: str, target: str, group: str, args: argparse.Namespace, seed: int
+) -> tuple[int, float, list[float]]:
+    """Runs load_process in a fresh (spawned) process and returns what it reports."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
     results = ctx.Queue()
     proc = ctx.Process(target=load_process, args=(kind, backend, target, group, args.put_events, args.batch,
                                                    args.clients, seed, results))
     proc.start()
-    out = results.get(timeout=900)
+    accepted, seconds, latencies = results.get(timeout=900)
     proc.join(60)
-    return out
+    return int(accepted), float(seconds), list(latencies)
 
 
 def prepare_peer_events(backend: str, target: str) -> None:
@@ -392,7 +421,9 @@ class Result:
         return self.rows / self.seconds
 
 
-def bench_backend(backend: str, files: dict[str, tuple[Path, int]], args: argparse.Namespace, tmp: Path) -> list[Result]:
+def bench_backend(
+    backend: str, files: dict[str, tuple[Path, int]], args: argparse.Namespace, tmp: Path
+) -> list[Result]:
     from foretell.core.settings import Settings
     from foretell.runtime.server import create_server
 
@@ -417,19 +448,22 @@ def bench_backend(backend: str, files: dict[str, tuple[Path, int]], args: argpar
             # connections) do not land on the first measured workload.
             warm = work / "warmup.csv"
             with next(iter(files.values()))[0].open() as src:
-                warm.write_text("".join(line for _, line in zip(range(20_001), src)))
+                warm.write_text("".join(line for _, line in zip(range(20_001), src, strict=False)))
             client.import_file(client.group("bench-warmup")[1], warm)
             for workload, (path, rows) in files.items():
                 _, dataset = client.group(f"bench-{workload.lower()}")
+                uploaded: list[float] = []
                 with PeakRss() as mem:
                     t0 = time.perf_counter()
-                    op = client.import_file(dataset, path, uploaded := [])
+                    op = client.import_file(dataset, path, uploaded)
                     seconds = time.perf_counter() - t0
                 job = pb.ImportJob()
                 op.response.Unpack(job)
                 stored = client.datasets.GetDataset(api.GetDatasetRequest(name=dataset), timeout=60).row_count
                 if job.rows_imported != rows or stored != rows:
-                    raise RuntimeError(f"{workload}: expected {rows} rows, job says {job.rows_imported}, dataset {stored}")
+                    raise RuntimeError(
+                        f"{workload}: expected {rows} rows, job says {job.rows_imported}, dataset {stored}"
+                    )
                 t = time.perf_counter()
                 if backend == "sqlite":
                     peer_rows = peer_sqlite_import(path, work / "peer.db")
@@ -438,11 +472,14 @@ def bench_backend(backend: str, files: dict[str, tuple[Path, int]], args: argpar
                 peer_seconds = time.perf_counter() - t
                 if peer_rows != rows:
                     raise RuntimeError(f"{workload}: peer stored {peer_rows} rows, expected {rows}")
-                note = (f"upload (ImportData returns) {uploaded[0] - t0:.1f} s of {seconds:.1f} s; "
+                note = (f"upload+spool (until ImportData returns) {uploaded[0] - t0:.1f} s of {seconds:.1f} s; "
                         f"peer {peer_seconds:.2f} s")
-                results.append(Result(backend, f"ImportData {workload}", rows, seconds, rows / peer_seconds, mem.growth, note))
-                print(f"  {backend:8} {workload:18} {rows / seconds:>10,.0f} rows/s  peer {rows / peer_seconds:>10,.0f} rows/s"
-                      f"  peak RSS +{mem.growth / 2**20:.0f} MB", file=sys.stderr, flush=True)
+                results.append(
+                    Result(backend, f"ImportData {workload}", rows, seconds, rows / peer_seconds, mem.growth, note)
+                )
+                print(f"  {backend:8} {workload:18} {rows / seconds:>10,.0f} rows/s  "
+                      f"peer {rows / peer_seconds:>10,.0f} rows/s  peak RSS +{mem.growth / 2**20:.0f} MB",
+                      file=sys.stderr, flush=True)
 
             group, _ = client.group("bench-live")
             accepted, seconds, lat = run_load("foretell", backend, str(app.port), group, args, seed=1)
@@ -450,10 +487,11 @@ def bench_backend(backend: str, files: dict[str, tuple[Path, int]], args: argpar
             prepare_peer_events(backend, peer_target)
             peer_accepted, peer_seconds, _ = run_load("peer", backend, peer_target, "", args, seed=1)
             p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            note = f"{args.clients} client threads x {args.batch} events/call; p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+            note = (f"{args.clients} client threads x {args.batch} events/call; "
+                    f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms per call")
             results.append(Result(backend, "PutEvents", accepted, seconds, peer_accepted / peer_seconds, None, note))
-            print(f"  {backend:8} {'PutEvents':18} {accepted / seconds:>10,.0f} ev/s    peer {peer_accepted / peer_seconds:>10,.0f} ev/s"
-                  f"  ({note})", file=sys.stderr, flush=True)
+            print(f"  {backend:8} {'PutEvents':18} {accepted / seconds:>10,.0f} ev/s    "
+                  f"peer {peer_accepted / peer_seconds:>10,.0f} ev/s  ({note})", file=sys.stderr, flush=True)
         finally:
             client.channel.close()
             app.stop(None)
@@ -469,7 +507,9 @@ def table(results: list[Result]) -> str:
         peer = f"{r.peer_rate:,.0f}" if r.peer_rate else "-"
         ratio = f"{r.rate / r.peer_rate:.2f}" if r.peer_rate else "-"
         rss = f"{r.peak_rss / 2**20:.0f}" if r.peak_rss is not None else "-"
-        lines.append(f"| {r.backend} | {r.workload} | {r.rows:,} | {r.seconds:.2f} | {r.rate:,.0f} | {peer} | {ratio} | {rss} |")
+        lines.append(
+            f"| {r.backend} | {r.workload} | {r.rows:,} | {r.seconds:.2f} | {r.rate:,.0f} | {peer} | {ratio} | {rss} |"
+        )
     return "\n".join(lines)
 
 
@@ -479,7 +519,8 @@ def machine() -> str:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from foretell.core.idempotency import IdempotencyStore
 from foretell.dataset import convert
 from foretell.dataset.importer import local_path, parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
-from foretell.dataset.rows import RowMapper, entity_key
+from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
-from foretell.dataset.store import DatasetStore
+from foretell.dataset.store import DatasetStore, Page
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 from foretell.v1 import dataset_service_pb2_grpc
@@ -45,6 +45,12 @@ def _import_mode(value: int, field_name: str) -> str:
     if value and not mode:
         raise invalid(field_name, "is not a known import mode")
     return mode or "FULL"
+
+
+def _paged(request: Any, scope: str, fetch: Callable[[int, str | None], Page]) -> tuple[Sequence[Row[Any]], str]:
+    """One page of rows and the next page token (AIP-158), the token bound to `scope`."""
+    page = fetch(pagination.page_size(request.page_size), pagination.decode_token(request.page_token, scope))
+    return page.rows, pagination.encode_token(page.last, scope) if page.last else ""
 
 
 def _struct(message: Any) -> dict[str, Any]:
@@ -100,11 +106,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasetGroups(
         self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
     ) -> api.ListDatasetGroupsResponse:  # noqa: N802
-        size = pagination.page_size(request.page_size)
-        page = self._store.list_groups(size, pagination.decode_token(request.page_token, "groups"))
+        rows, token = _paged(request, "groups", self._store.list_groups)
         return api.ListDatasetGroupsResponse(
-            dataset_groups=[convert.dataset_group(r) for r in page.rows],
-            next_page_token=pagination.encode_token(page.last, "groups") if page.last else "",
+            dataset_groups=[convert.dataset_group(r) for r in rows], next_page_token=token
         )
 
     def DeleteDatasetGroup(
@@ -133,12 +137,8 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return convert.schema(self._store.get_schema(names.check_name(request.name, "name", *SCHEMA)))
 
     def ListSchemas(self, request: api.ListSchemasRequest, context: grpc.ServicerContext) -> api.ListSchemasResponse:  # noqa: N802
-        size = pagination.page_size(request.page_size)
-        page = self._store.list_schemas(size, pagination.decode_token(request.page_token, "schemas"))
-        return api.ListSchemasResponse(
-            schemas=[convert.schema(r) for r in page.rows],
-            next_page_token=pagination.encode_token(page.last, "schemas") if page.last else "",
-        )
+        rows, token = _paged(request, "schemas", self._store.list_schemas)
+        return api.ListSchemasResponse(schemas=[convert.schema(r) for r in rows], next_page_token=token)
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
         names.check_request_id(request.request_id)
@@ -161,22 +161,26 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         schema = self._store.get_schema(schema_name)
         if schema.domain != group.domain:
             raise invalid("dataset.schema", f"is a {schema.domain} schema; the group's domain is {group.domain}")
-        check_fits(dataset_type, group.domain, convert.fields_from_row(schema), "dataset")
+        fields = convert.fields_from_row(schema)
+        check_fits(dataset_type, group.domain, fields, "dataset")
         return self._idem.run(
             "CreateDataset",
             request.request_id,
             pb.Dataset,
             lambda: convert.dataset(
                 self._store.create_dataset(
-                    f"{parent}/datasets/{dataset_id}", parent, dataset_type, schema_name, frequency
+                    f"{parent}/datasets/{dataset_id}", parent, dataset_type, schema_name, fields, frequency
                 ),
                 0,
             ),
         )
 
+    def _mapper(self, dataset: Row[Any]) -> RowMapper:
+        return RowMapper(dataset.dataset_type, convert.fields_from_row(dataset))
+
     def _dataset(self, name: str, field_name: str) -> tuple[Row[Any], RowMapper]:
         row = self._store.get_dataset(names.check_name(name, field_name, *DATASET))
-        return row, RowMapper(row.dataset_type, convert.fields_from_row(self._store.get_schema(row.schema)))
+        return row, self._mapper(row)
 
     def GetDataset(self, request: api.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
         row, mapper = self._dataset(request.name, "name")
@@ -184,12 +188,11 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
         parent = names.check_name(request.parent, "parent", *GROUP)
-        size = pagination.page_size(request.page_size)
         self._store.get_group(parent)
-        page = self._store.list_datasets(parent, size, pagination.decode_token(request.page_token, parent))
+        rows, token = _paged(request, parent, lambda size, after: self._store.list_datasets(parent, size, after))
         return api.ListDatasetsResponse(
-            datasets=[convert.dataset(r, self._store.row_count(r.name, _table(r))) for r in page.rows],
-            next_page_token=pagination.encode_token(page.last, parent) if page.last else "",
+            datasets=[convert.dataset(r, self._store.row_count(r.name, TABLE_OF[r.dataset_type])) for r in rows],
+            next_page_token=token,
         )
 
     def DeleteDataset(
@@ -295,14 +298,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListImportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListImportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        size = pagination.page_size(request.page_size)
-        page = self._store.list_import_jobs(
-            dataset.name, size, pagination.decode_token(request.page_token, dataset.name)
+        rows, token = _paged(
+            request, dataset.name, lambda size, after: self._store.list_import_jobs(dataset.name, size, after)
         )
-        return api.ListImportJobsResponse(
-            import_jobs=[convert.import_job(r) for r in page.rows],
-            next_page_token=pagination.encode_token(page.last, dataset.name) if page.last else "",
-        )
+        return api.ListImportJobsResponse(import_jobs=[convert.import_job(r) for r in rows], next_page_token=token)
 
     # ---- export ------------------------------------------------------------------------
 
@@ -335,24 +334,21 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListExportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListExportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        size = pagination.page_size(request.page_size)
-        page = self._store.list_export_jobs(
-            dataset.name, size, pagination.decode_token(request.page_token, dataset.name)
+        rows, token = _paged(
+            request, dataset.name, lambda size, after: self._store.list_export_jobs(dataset.name, size, after)
         )
-        return api.ListExportJobsResponse(
-            export_jobs=[convert.export_job(r) for r in page.rows],
-            next_page_token=pagination.encode_token(page.last, dataset.name) if page.last else "",
-        )
+        return api.ListExportJobsResponse(export_jobs=[convert.export_job(r) for r in rows], next_page_token=token)
 
     # ---- real-time data ----------------------------------------------------------------
 
     def _typed_dataset(self, group: str, dataset_type: str, field_name: str) -> tuple[Row[Any], RowMapper]:
         row = self._store.dataset_of_type(group, dataset_type)
         if row is None:
+            self._store.get_group(group)  # NOT_FOUND for an unknown group
             raise FailedPrecondition(
                 f"dataset group {group!r} has no {dataset_type} dataset", metadata={"resource": group}
             )
-        return row, RowMapper(row.dataset_type, convert.fields_from_row(self._store.get_schema(row.schema)))
+        return row, self._mapper(row)
 
     def PutEvents(self, request: api.PutEventsRequest, context: grpc.ServicerContext) -> api.PutEventsResponse:  # noqa: N802
         group = names.check_name(request.dataset_group, "dataset_group", *GROUP)
@@ -364,7 +360,6 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             if len(value) > 256:
                 problems.add(key, "is longer than 256 characters")
         problems.raise_if_any()
-        self._store.get_group(group)
         dataset, mapper = self._typed_dataset(group, "INTERACTIONS", "dataset_group")
         records = []
         for i, event in enumerate(request.events):
@@ -452,9 +447,3 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def PutUsers(self, request: api.PutUsersRequest, context: grpc.ServicerContext) -> api.PutUsersResponse:  # noqa: N802
         entries = [(user.user_id, user.properties) for user in request.users]
         return api.PutUsersResponse(accepted=self._put_entities(request.dataset, "users", "USERS", entries))
-
-
-def _table(row: Row[Any]) -> str:
-    from foretell.dataset.rows import TABLE_OF
-
-    return TABLE_OF[row.dataset_type]

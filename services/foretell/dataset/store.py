@@ -43,6 +43,7 @@ from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
 _id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+_json = JSON(none_as_null=True)  # None is SQL NULL (as COPY writes it), not the JSON text 'null'
 
 
 def _times() -> list[Column[Any]]:
@@ -58,7 +59,7 @@ dataset_groups = Table(
     Column("name", String(128), primary_key=True),
     Column("domain", String(32), nullable=False),
     Column("display_name", String(256), nullable=False, default=""),
-    Column("labels", JSON, nullable=True),
+    Column("labels", _json, nullable=True),
     Column("state", String(16), nullable=False),
     *_times(),
 )
@@ -77,6 +78,8 @@ datasets = Table(
     Column("dataset_group", String(128), nullable=False, index=True),
     Column("dataset_type", String(32), nullable=False),
     Column("schema", String(128), nullable=False, index=True),
+    # A copy of the schema's fields: rows are read and written without a schema look-up.
+    Column("fields", JSON, nullable=False),
     Column("data_frequency", String(16), nullable=False, default=""),
     Column("state", String(16), nullable=False),
     *_times(),
@@ -123,7 +126,7 @@ interactions = Table(
     Column("recommendation_id", String(256), nullable=True),
     Column("session_id", String(256), nullable=True),
     Column("event_id", String(256), nullable=True),
-    Column("attributes", JSON, nullable=True),
+    Column("attributes", _json, nullable=True),
     Column("import_job", String(384), nullable=True),
     Index("ix_interactions_dataset_job", "dataset", "import_job"),
     Index("uq_interactions_event_id", "dataset", "event_id", unique=True),
@@ -135,7 +138,7 @@ entities = Table(
     Column("dataset", String(256), nullable=False),
     Column("entity_id", String(256), nullable=False),
     Column("creation_ts", BigInteger, nullable=True),
-    Column("attributes", JSON, nullable=True),
+    Column("attributes", _json, nullable=True),
     Column("import_job", String(384), nullable=True),
     Index("ix_entities_dataset_job_entity", "dataset", "import_job", "entity_id"),
 )
@@ -147,10 +150,10 @@ series = Table(
     Column("item_id", String(256), nullable=False),
     Column("ts", BigInteger, nullable=False),
     Column("target_value", Float, nullable=True),
-    Column("dimensions", JSON, nullable=True),
+    Column("dimensions", _json, nullable=True),
     # Canonical text of the dimensions, to match points of the same series in SQL.
     Column("dims_key", Text, nullable=False, default=""),
-    Column("attributes", JSON, nullable=True),
+    Column("attributes", _json, nullable=True),
     Column("import_job", String(384), nullable=True),
     Index("ix_series_dataset_job_item_ts", "dataset", "import_job", "item_id", "ts"),
 )
@@ -168,6 +171,16 @@ def utc(moment: datetime) -> datetime:
 
 def dims_key(dimensions: dict[str, str] | None) -> str:
     return json.dumps(dimensions, sort_keys=True, separators=(",", ":")) if dimensions else ""
+
+
+def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL COPY: several times faster than multi-row INSERT for bulk staging."""
+    columns = [c.name for c in table.columns if c.name != "id"]
+    as_json = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row([json.dumps(row[c]) if c in as_json and row[c] is not None else row[c] for c in columns])
 
 
 @dataclass(frozen=True)
@@ -264,7 +277,9 @@ class DatasetStore:
 
     # ---- datasets --------------------------------------------------------------------
 
-    def create_dataset(self, name: str, group: str, dataset_type: str, schema: str, data_frequency: str) -> Row[Any]:
+    def create_dataset(
+        self, name: str, group: str, dataset_type: str, schema: str, fields: list[Field], data_frequency: str
+    ) -> Row[Any]:
         with self.engine.connect() as conn:
             taken = conn.execute(
                 select(datasets.c.name).where(
@@ -280,6 +295,7 @@ class DatasetStore:
                 "dataset_group": group,
                 "dataset_type": dataset_type,
                 "schema": schema,
+                "fields": [vars(f) for f in fields],
                 "data_frequency": data_frequency,
                 "state": "ACTIVE",
             },
@@ -399,9 +415,14 @@ class DatasetStore:
 
     def stage_rows(self, table_name: str, dataset_name: str, job: str, records: Iterable[dict[str, Any]]) -> None:
         rows = [self._complete(table_name, dataset_name, job, r) for r in records]
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(insert(ROW_TABLES[table_name]), rows)
+        if not rows:
+            return
+        table = ROW_TABLES[table_name]
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                _copy_rows(conn, table, rows)
+            else:
+                conn.execute(insert(table), rows)
 
     def commit_import(self, table_name: str, dataset_name: str, job: str, mode: str, **job_values: Any) -> None:
         """Makes the staged rows of `job` visible (replacing the old ones in FULL mode), atomically."""
