@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+
+_writer_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """engine.begin(), with writers queued in-process on SQLite.
+
+    SQLite has one writer at a time and its busy handler polls with sleeps of up to tens of
+    milliseconds; queuing on a Python lock hands the database over at once instead.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _registry_lock:
+        lock = _writer_locks.setdefault(engine, threading.RLock())
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def make_engine(url: str) -> Engine:

@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.exc import IntegrityError
 
+from foretell.core.db import transaction
 from foretell.core.names import check_request_id
 
 M = TypeVar("M", bound=Message)
@@ -40,7 +41,7 @@ class IdempotencyStore:
             return stored
         response = call()
         try:
-            with self._engine.begin() as conn:
+            with transaction(self._engine) as conn:
                 conn.execute(
                     idempotency_table.insert().values(
                         method=method,

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, status_pb2
 from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
 
 from foretell.core import pagination
+from foretell.core.db import transaction
 from foretell.core.errors import NotFound, invalid
 from foretell.v1 import common_pb2
 
@@ -60,7 +61,7 @@ class OperationStore:
         meta.create_time.FromDatetime(now)
         meta.update_time.FromDatetime(now)
         name = f"operations/{uuid.uuid4().hex}"
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             conn.execute(
                 operations_table.insert().values(
                     name=name,
@@ -102,7 +103,7 @@ class OperationStore:
         meta = self._update_metadata(
             name, progress_percent=max(0.0, min(100.0, percent)), status_message=message, counters=counters
         )
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             conn.execute(
                 operations_table.update()
                 .where(operations_table.c.name == name)
@@ -122,7 +123,7 @@ class OperationStore:
         meta.update_time.FromDatetime(now)
         if percent is not None:
             meta.progress_percent = percent
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             conn.execute(
                 operations_table.update()
                 .where(operations_table.c.name == name)
@@ -134,7 +135,7 @@ class OperationStore:
         if operation.done:
             return
         meta = self._update_metadata(name, requested_cancellation=True)
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             conn.execute(
                 operations_table.update()
                 .where(operations_table.c.name == name)
@@ -170,7 +171,7 @@ class OperationStore:
         return items, next_token
 
     def delete(self, name: str) -> None:
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             deleted = conn.execute(operations_table.delete().where(operations_table.c.name == name)).rowcount
         if not deleted:
             raise NotFound(name, "operation")

@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from foretell.dataset.schema_rules import Field
 
@@ -213,7 +214,7 @@ class DatasetStore:
     def _insert(self, table: Table, values: dict[str, Any], what: str) -> Row[Any]:
         stamp = now()
         try:
-            with self.engine.begin() as conn:
+            with transaction(self.engine) as conn:
                 conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
                 return self._get(table, values["name"], what, conn)
         except IntegrityError:
@@ -251,7 +252,7 @@ class DatasetStore:
                 f"dataset group {name!r} still has datasets {', '.join(children)}; delete them or set force",
                 metadata={"resource": name},
             )
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             for child in children:
                 self._delete_dataset(conn, child)
             conn.execute(delete(dataset_groups).where(dataset_groups.c.name == name))
@@ -269,7 +270,7 @@ class DatasetStore:
 
     def delete_schema(self, name: str) -> None:
         self.get_schema(name)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             users = conn.execute(select(datasets.c.name).where(datasets.c.schema == name)).scalars().all()
             if users:
                 raise FailedPrecondition(f"schema {name!r} is used by {', '.join(users)}", metadata={"resource": name})
@@ -316,7 +317,7 @@ class DatasetStore:
 
     def delete_dataset(self, name: str) -> None:
         self.get_dataset(name)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             self._delete_dataset(conn, name)
 
     def _delete_dataset(self, conn: Connection, name: str) -> None:
@@ -356,7 +357,7 @@ class DatasetStore:
         )
 
     def update_import_job(self, name: str, **values: Any) -> Row[Any]:
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(update(import_jobs).where(import_jobs.c.name == name).values(update_time=now(), **values))
             return self._get(import_jobs, name, "import job", conn)
 
@@ -381,7 +382,7 @@ class DatasetStore:
         )
 
     def update_export_job(self, name: str, **values: Any) -> Row[Any]:
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(update(export_jobs).where(export_jobs.c.name == name).values(update_time=now(), **values))
             return self._get(export_jobs, name, "export job", conn)
 
@@ -418,7 +419,7 @@ class DatasetStore:
         if not rows:
             return
         table = ROW_TABLES[table_name]
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             if conn.dialect.name == "postgresql":
                 _copy_rows(conn, table, rows)
             else:
@@ -429,7 +430,7 @@ class DatasetStore:
         table = ROW_TABLES[table_name]
         mine = and_(table.c.dataset == dataset_name, table.c.import_job == job)
         visible = and_(table.c.dataset == dataset_name, table.c.import_job.is_(None))
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             if mode == "FULL":
                 conn.execute(delete(table).where(visible))
             elif table_name == "entities":
@@ -457,7 +458,7 @@ class DatasetStore:
 
     def discard_import(self, table_name: str, job: str) -> None:
         table = ROW_TABLES[table_name]
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(delete(table).where(table.c.import_job == job))
 
     def discard_all_staged(self, job: str) -> None:
@@ -476,7 +477,7 @@ class DatasetStore:
         unique: dict[str, dict[str, Any]] = {}
         for record in records:
             unique.setdefault(record["event_id"], record)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             seen = set(
                 conn.execute(
                     select(interactions.c.event_id).where(
@@ -491,7 +492,7 @@ class DatasetStore:
 
     def upsert_entities(self, dataset_name: str, records: list[dict[str, Any]]) -> int:
         latest = {r["entity_id"]: r for r in records}
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(
                 delete(entities).where(
                     entities.c.dataset == dataset_name,
