@@ -104,9 +104,10 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         except grpc.RpcError as exc:
             result["error"] = exc.code()
 
+    grpc.channel_ready_future(channel).result(timeout=10)  # connected before the call starts
     caller = threading.Thread(target=wait)
     caller.start()
-    threading.Event().wait(0.5)
+    threading.Event().wait(1.0)  # the call is in flight (it lasts 2 s)
     proc.send_signal(signal.SIGTERM)
     caller.join(timeout=15)
     assert "error" not in result, result

@@ -90,19 +90,9 @@ class FailedPrecondition(ForetellError):
     reason = "FAILED_PRECONDITION"
 
 
-class Aborted(ForetellError):
-    code = code_pb2.ABORTED
-    reason = "ABORTED"
-
-
 class Cancelled(ForetellError):
     code = code_pb2.CANCELLED
     reason = "CANCELLED"
-
-
-class ResourceExhausted(ForetellError):
-    code = code_pb2.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_EXHAUSTED"
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from foretell.core.errors import NotFound, invalid
+from foretell.core.errors import invalid
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -45,7 +45,3 @@ def parse(name: str, field_name: str, *collections: str) -> list[str]:
 def check_name(name: str, field_name: str, *collections: str) -> str:
     parse(name, field_name, *collections)
     return name
-
-
-def not_found(name: str, what: str) -> NotFound:
-    return NotFound(name, what)

@@ -15,7 +15,7 @@ import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
 
 from foretell.core import pagination
@@ -189,9 +189,6 @@ def _to_proto(row: object) -> operations_pb2.Operation:
 
 def error_status(code: int, message: str, details: list[any_pb2.Any] | None = None) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message, details=details or [])
-
-
-CANCELLED_STATUS = error_status(code_pb2.CANCELLED, "cancelled by request")
 
 
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):

@@ -44,19 +44,19 @@ _COLUMNS = {
 }
 
 
-class ValueError_(Exception):
-    """A cell that does not fit its field type (message says why)."""
+class CellError(Exception):
+    """A cell that does not fit its field type (the message says why)."""
 
 
 def _string(raw: str) -> str:
     if len(raw) > MAX_STRING_LENGTH:
-        raise ValueError_(f"is longer than {MAX_STRING_LENGTH} characters")
+        raise CellError(f"is longer than {MAX_STRING_LENGTH} characters")
     return raw
 
 
 def _identifier(raw: str) -> str:
     if len(raw) > MAX_ID_LENGTH:
-        raise ValueError_(f"is longer than {MAX_ID_LENGTH} characters")
+        raise CellError(f"is longer than {MAX_ID_LENGTH} characters")
     return raw
 
 
@@ -67,9 +67,9 @@ def _integer(bits: int) -> Callable[[str], int]:
         try:
             value = int(raw)
         except ValueError:
-            raise ValueError_(f"{raw[:40]!r} is not an integer") from None
+            raise CellError(f"{raw[:40]!r} is not an integer") from None
         if not low <= value <= high:
-            raise ValueError_(f"{value} is outside the {bits}-bit integer range")
+            raise CellError(f"{value} is outside the {bits}-bit integer range")
         return value
 
     return convert
@@ -79,9 +79,9 @@ def _float(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError_(f"{raw[:40]!r} is not a number") from None
+        raise CellError(f"{raw[:40]!r} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError_(f"{raw[:40]!r} is not a finite number")
+        raise CellError(f"{raw[:40]!r} is not a finite number")
     return value
 
 
@@ -91,7 +91,7 @@ def _boolean(raw: str) -> bool:
         return True
     if lowered in ("false", "0"):
         return False
-    raise ValueError_(f"{raw[:40]!r} is not a boolean (true/false)")
+    raise CellError(f"{raw[:40]!r} is not a boolean (true/false)")
 
 
 def parse_timestamp(raw: str) -> int:
@@ -110,7 +110,7 @@ def parse_timestamp(raw: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
-        raise ValueError_(f"{raw[:40]!r} is not epoch seconds or an ISO 8601 time") from None
+        raise CellError(f"{raw[:40]!r} is not epoch seconds or an ISO 8601 time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
@@ -171,10 +171,6 @@ class RowMapper:
     def field_names(self) -> set[str]:
         return set(self._slots)
 
-    @property
-    def dimension_names(self) -> list[str]:
-        return [name for name, slot in self._slots.items() if slot.dimension]
-
     def bind_header(self, header: list[str]) -> None:
         self._order = self.check_header(header)
 
@@ -215,7 +211,7 @@ class RowMapper:
                 continue
             try:
                 value = slot.convert(raw)
-            except ValueError_ as exc:
+            except CellError as exc:
                 problems.append(FieldViolation(f"rows[{row}].{slot.field.name}", str(exc)))
                 continue
             if slot.column:
