@@ -42,8 +42,6 @@ INTERACTION_FIELDS = [
     pb.SchemaField(name="USER_ID", type=pb.FIELD_TYPE_STRING),
     pb.SchemaField(name="ITEM_ID", type=pb.FIELD_TYPE_STRING),
     pb.SchemaField(name="TIMESTAMP", type=pb.FIELD_TYPE_LONG),
-    # Nullable: PutEvents carries the event type outside the schema's columns, and the server
-    # rejects events for a schema whose EVENT_TYPE is required.
     pb.SchemaField(name="EVENT_TYPE", type=pb.FIELD_TYPE_STRING, nullable=True),
     pb.SchemaField(name="EVENT_VALUE", type=pb.FIELD_TYPE_FLOAT, nullable=True),
 ]
