@@ -165,11 +165,8 @@ class RowMapper:
             )
             for f in fields
         }
+        self.field_names = frozenset(self._slots)
         self._order: list[_Slot | None] = []
-
-    @property
-    def field_names(self) -> set[str]:
-        return set(self._slots)
 
     def bind_header(self, header: list[str]) -> None:
         self._order = self.check_header(header)

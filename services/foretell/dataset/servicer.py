@@ -341,7 +341,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     # ---- real-time data ----------------------------------------------------------------
 
-    def _typed_dataset(self, group: str, dataset_type: str, field_name: str) -> tuple[Row[Any], RowMapper]:
+    def _typed_dataset(self, group: str, dataset_type: str) -> tuple[Row[Any], RowMapper]:
         row = self._store.dataset_of_type(group, dataset_type)
         if row is None:
             self._store.get_group(group)  # NOT_FOUND for an unknown group
@@ -360,7 +360,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             if len(value) > 256:
                 problems.add(key, "is longer than 256 characters")
         problems.raise_if_any()
-        dataset, mapper = self._typed_dataset(group, "INTERACTIONS", "dataset_group")
+        dataset, mapper = self._typed_dataset(group, "INTERACTIONS")
         records = []
         for i, event in enumerate(request.events):
             where = f"events[{i}]"
