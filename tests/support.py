@@ -16,7 +16,7 @@ from foretell.core.settings import Settings
 from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
-from foretell.v1 import dataset_service_pb2_grpc
+from foretell.v1 import dataset_service_pb2_grpc, recommendation_service_pb2_grpc, training_service_pb2_grpc
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Stubs:
     datasets: dataset_service_pb2_grpc.DatasetServiceStub
     operations: operations_pb2_grpc.OperationsStub
     app: App
+    training: training_service_pb2_grpc.TrainingServiceStub
+    recommendations: recommendation_service_pb2_grpc.RecommendationServiceStub
 
     def wait(self, operation: operations_pb2.Operation, timeout: float = 60) -> operations_pb2.Operation:
         deadline = time.monotonic() + timeout
@@ -40,7 +42,12 @@ def start_stubs(settings: Settings) -> Stubs:
     app.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     return Stubs(
-        channel, dataset_service_pb2_grpc.DatasetServiceStub(channel), operations_pb2_grpc.OperationsStub(channel), app
+        channel,
+        dataset_service_pb2_grpc.DatasetServiceStub(channel),
+        operations_pb2_grpc.OperationsStub(channel),
+        app,
+        training_service_pb2_grpc.TrainingServiceStub(channel),
+        recommendation_service_pb2_grpc.RecommendationServiceStub(channel),
     )
 
 

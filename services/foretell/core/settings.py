@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024**3, ge=1)
     # Bad rows reported before an import stops reading.
     max_reported_violations: int = Field(default=100, ge=1)
+    # host:port of the other services; empty means this process (all-in-one).
+    dataset_target: str = ""
+    training_target: str = ""
+    # Training jobs (solution versions, predictors) that run at once; the rest queue.
+    training_workers: int = Field(default=2, ge=1)
+    # Seconds a training job may run before it is stopped and marked FAILED.
+    training_timeout_seconds: float = Field(default=6 * 3600, gt=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

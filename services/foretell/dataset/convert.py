@@ -12,6 +12,7 @@ from sqlalchemy.engine import Row
 from foretell.dataset.schema_rules import Field
 from foretell.dataset.store import utc
 from foretell.v1 import dataset_pb2 as pb
+from foretell.v1 import dataset_service_pb2 as api
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -119,3 +120,16 @@ def export_job(row: Row[Any]) -> pb.ExportJob:
         create_time=_ts(row.create_time),
         update_time=_ts(row.update_time),
     )
+
+
+def watched_event(row: Row[Any]) -> api.WatchedEvent:
+    event = api.WatchedEvent(
+        user_id=row.user_id or "",
+        session_id=row.session_id or "",
+        item_id=row.item_id or "",
+        event_type=row.event_type or "",
+        sent_at=timestamp_pb2.Timestamp(seconds=row.ts),
+    )
+    if row.event_value is not None:
+        event.event_value = row.event_value
+    return event

@@ -13,20 +13,29 @@ from foretell.core.settings import Settings
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.servicer import DatasetServicer
 from foretell.dataset.store import DatasetStore
+from foretell.dataset.watch import EventBell
 from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 
 SERVICE_NAME = dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 
 
 def add_dataset_service(
-    server: grpc.Server, settings: Settings, engine: Engine, operations: OperationStore
+    server: grpc.Server,
+    settings: Settings,
+    engine: Engine,
+    operations: OperationStore,
+    before_stop: list[Callable[[], None]],
 ) -> Callable[[bool], None]:
-    """Registers DatasetService; returns the function that stops its background jobs."""
+    """Registers DatasetService; returns the function that stops its background jobs.
+
+    Appends to `before_stop` what must end before the server drains (open WatchEvents streams).
+    """
     store = DatasetStore(engine)
     jobs = DatasetJobs(
         store, operations, settings.import_workers, settings.import_batch_rows, settings.max_reported_violations
     )
     jobs.recover()
+    bell = EventBell()
     servicer = DatasetServicer(
         store,
         jobs,
@@ -34,6 +43,8 @@ def add_dataset_service(
         settings.artifacts / "uploads",
         settings.artifacts / "exports",
         settings.max_upload_bytes,
+        bell,
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
+    before_stop.append(bell.close)
     return lambda wait: jobs.shutdown(wait)

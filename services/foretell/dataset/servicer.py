@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,11 +23,15 @@ from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
 from foretell.dataset.store import DatasetStore, Page
+from foretell.dataset.watch import EventBell
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 from foretell.v1 import dataset_service_pb2_grpc
 
 MAX_PUT = 100
+WATCH_BATCH = 500
+# How often a WatchEvents stream looks for events written by other processes.
+WATCH_POLL_SECONDS = 0.25
 MAX_LABELS = 64
 GROUP = ("datasetGroups",)
 DATASET = ("datasetGroups", "datasets")
@@ -66,8 +71,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         upload_dir: Path,
         export_dir: Path,
         max_upload_bytes: int,
+        bell: EventBell,
     ) -> None:
         self._store = store
+        self._bell = bell
         self._jobs = jobs
         self._idem = idempotency
         self._uploads = upload_dir
@@ -412,7 +419,30 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             )
         problems.raise_if_any()
         accepted, duplicates = self._store.put_events(dataset.name, records)
+        if accepted:
+            self._bell.ring()
         return api.PutEventsResponse(accepted=accepted, duplicates=duplicates)
+
+    def WatchEvents(  # noqa: N802
+        self, request: api.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[api.WatchEventsResponse]:
+        group = names.check_name(request.dataset_group, "dataset_group", *GROUP)
+        dataset, _ = self._typed_dataset(group, "INTERACTIONS")
+        if request.cursor:
+            if not request.cursor.isdigit() or len(request.cursor) > 19:
+                raise invalid("cursor", "is not a cursor returned by WatchEvents")
+            cursor = int(request.cursor)
+        else:
+            since = request.start_time.seconds if request.HasField("start_time") else int(time.time())
+            cursor = self._store.first_event_id_at(dataset.name, since)
+        while context.is_active() and not self._bell.closed:
+            rings = self._bell.rings
+            rows = self._store.events_after(dataset.name, cursor, WATCH_BATCH)
+            if not rows:
+                self._bell.wait(rings, WATCH_POLL_SECONDS)
+                continue
+            cursor = rows[-1].id
+            yield api.WatchEventsResponse(events=[convert.watched_event(r) for r in rows], cursor=str(cursor))
 
     def _put_entities(self, dataset_name: str, field_name: str, expected: str, entries: Any) -> int:
         dataset, mapper = self._dataset(dataset_name, "dataset")

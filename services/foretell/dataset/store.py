@@ -490,6 +490,33 @@ class DatasetStore:
                 conn.execute(insert(interactions), fresh)
         return len(fresh), len(records) - len(fresh)
 
+    def events_after(self, dataset_name: str, after_id: int, limit: int) -> Sequence[Row[Any]]:
+        """PutEvents events (they alone carry an event_id) with id > after_id, oldest first."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(interactions)
+                .where(
+                    interactions.c.dataset == dataset_name,
+                    interactions.c.event_id.is_not(None),
+                    interactions.c.import_job.is_(None),
+                    interactions.c.id > after_id,
+                )
+                .order_by(interactions.c.id)
+                .limit(limit)
+            ).fetchall()
+
+    def first_event_id_at(self, dataset_name: str, since_ts: int) -> int:
+        """A cursor just before the first PutEvents event at or after `since_ts` (or after the last one)."""
+        base = [interactions.c.dataset == dataset_name, interactions.c.event_id.is_not(None)]
+        with self.engine.connect() as conn:
+            first = conn.execute(
+                select(func.min(interactions.c.id)).where(*base, interactions.c.ts >= since_ts)
+            ).scalar()
+            if first is not None:
+                return int(first) - 1
+            last = conn.execute(select(func.max(interactions.c.id)).where(*base)).scalar()
+        return int(last or 0)
+
     def upsert_entities(self, dataset_name: str, records: list[dict[str, Any]]) -> int:
         latest = {r["entity_id"]: r for r in records}
         with transaction(self.engine) as conn:

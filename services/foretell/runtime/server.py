@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
 from foretell.core.operations import OperationsServicer, OperationStore
+from foretell.core.peers import Peers
 from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
 from foretell.dataset import service as dataset_service
 from foretell.forecast_query import service as forecast_query_service
@@ -35,6 +36,7 @@ class App:
     engine: Engine
     services: list[str]
     _closers: list[Callable[[bool], None]] = field(default_factory=list)
+    _before_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def start(self) -> None:
         self.server.start()
@@ -45,6 +47,8 @@ class App:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then stops jobs."""
         self.health.enter_graceful_shutdown()
+        for end in self._before_stop:
+            end()
         self.server.stop(grace).wait()
         for close in self._closers:
             close(grace is not None and grace > 0)
@@ -64,18 +68,26 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
             ("grpc.so_reuseport", 0),
         ],
     )
+    # Bound before the services are added: they need the address to call their peers here.
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
+    peers = Peers(settings, f"{_dialable(settings.host)}:{port}")
     operations = OperationStore(engine)
     closers: list[Callable[[bool], None]] = []
+    before_stop: list[Callable[[], None]] = []
     names: list[str] = []
     for service in wanted:
         if service == "dataset":
-            closers.append(dataset_service.add_dataset_service(server, settings, engine, operations))
+            closers.append(dataset_service.add_dataset_service(server, settings, engine, operations, before_stop))
             names.append(dataset_service.SERVICE_NAME)
         elif service == "training":
-            training_service.add_training_service(server)
+            closers.append(training_service.add_training_service(server, settings, engine, operations, peers))
             names.append(training_service.SERVICE_NAME)
         elif service == "recommendation":
-            recommendation_service.add_recommendation_service(server)
+            closers.append(
+                recommendation_service.add_recommendation_service(server, settings, engine, operations, peers)
+            )
             names.append(recommendation_service.SERVICE_NAME)
         elif service == "forecast-query":
             forecast_query_service.add_forecast_query_service(server)
@@ -89,7 +101,10 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
-    return App(server, port, health_servicer, engine, names, closers)
+    closers.append(lambda wait: peers.close())
+    return App(server, port, health_servicer, engine, names, closers, before_stop)
+
+
+def _dialable(host: str) -> str:
+    """An address this process can call itself on when it listens on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host

@@ -148,6 +148,11 @@ class DatasetServiceStub:
                 request_serializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.SerializeToString,
                 response_deserializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/foretell.v1.DatasetService/WatchEvents',
+                request_serializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -299,6 +304,15 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams events stored through PutEvents as they arrive, oldest first, for
+        serving that reacts to the latest events. Delivery is at least once:
+        resume with the last cursor received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -411,6 +425,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.PutUsers,
                     request_deserializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.FromString,
                     response_serializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1009,6 +1028,33 @@ class DatasetService:
             '/foretell.v1.DatasetService/PutUsers',
             foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.SerializeToString,
             foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foretell.v1.DatasetService/WatchEvents',
+            foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.SerializeToString,
+            foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,11 @@ class DatasetServiceStub:
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]
     """Adds or replaces users of the group's USERS dataset."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]
+    """Streams events stored through PutEvents as they arrive, oldest first, for
+    serving that reacts to the latest events. Delivery is at least once:
+    resume with the last cursor received.
+    """
 
 @_typing.type_check_only
 class DatasetServiceAsyncStub(DatasetServiceStub):
@@ -117,6 +122,11 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]  # type: ignore[assignment]
     """Adds or replaces users of the group's USERS dataset."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams events stored through PutEvents as they arrive, oldest first, for
+    serving that reacts to the latest events. Delivery is at least once:
+    resume with the last cursor received.
+    """
 
 class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns dataset groups, schemas, datasets, bulk import/export and real-time data.
@@ -290,5 +300,16 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_service_pb2.PutUsersResponse, _abc.Awaitable[_dataset_service_pb2.PutUsersResponse]]:
         """Adds or replaces users of the group's USERS dataset."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _dataset_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dataset_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_dataset_service_pb2.WatchEventsResponse]]:
+        """Streams events stored through PutEvents as they arrive, oldest first, for
+        serving that reacts to the latest events. Delivery is at least once:
+        resume with the last cursor received.
+        """
 
 def add_DatasetServiceServicer_to_server(servicer: DatasetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
