@@ -163,10 +163,10 @@ def test_demo_end_to_end_and_rerunnable(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = result.stdout.split("Summary", 1)[1]
     interactions = next(line for line in summary.splitlines() if "datasets/interactions" in line)
-    # ROWS (500 imported + 5 events), IMPORTED, IMPORT JOB
-    assert interactions.split()[-3:] == ["505", "500", "SUCCEEDED"]
-    assert "UNIMPLEMENTED" in summary
-    export = data_dir / "exports" / "interactions.csv"
+    # ROWS (500 imported + 5 events at step 6 + the real-time click at the end), IMPORTED, IMPORT JOB
+    assert interactions.split()[-3:] == ["506", "500", "SUCCEEDED"]
+    assert "serving as campaigns/movielens-demo" in summary
+    export = data_dir / "exports" / "interactions.csv"  # taken before the click
     assert len(export.read_text().splitlines()) == 1 + 505
     assert (data_dir / "input" / "interactions.csv").is_file()
 
@@ -174,7 +174,7 @@ def test_demo_end_to_end_and_rerunnable(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)
     by_type = {d["type"]: d for d in report["datasets"]}
-    assert by_type["INTERACTIONS"]["rowsImported"] == 300 and by_type["INTERACTIONS"]["rows"] == 305
+    assert by_type["INTERACTIONS"]["rowsImported"] == 300 and by_type["INTERACTIONS"]["rows"] == 306
     assert by_type["ITEMS"]["importJobState"] == "SUCCEEDED"
 
 

@@ -21,7 +21,18 @@ from grpc_status import rpc_status
 
 from foretell.client import Client, ForetellError, operation_response, raise_for_operation
 from foretell.client._channel import DEADLINE_SLACK, read_methods, service_config
-from foretell.v1 import common_pb2, dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+from foretell.v1 import (
+    common_pb2,
+    dataset_pb2,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    recommendation_pb2,
+    recommendation_service_pb2,
+    recommendation_service_pb2_grpc,
+    training_pb2,
+    training_service_pb2,
+    training_service_pb2_grpc,
+)
 
 GROUPS = [f"datasetGroups/g{i}" for i in range(5)]
 
@@ -245,3 +256,169 @@ def test_list_all_follows_page_tokens(server) -> None:
     assert [g.name for g in groups] == GROUPS
     assert datasets.page_tokens == ["", "2", "4"]
     assert request.page_token == ""  # the caller's request is not modified
+
+
+# ---- training and recommendation helpers ------------------------------------------------
+
+
+class Training(training_service_pb2_grpc.TrainingServiceServicer):
+    """Trains "instantly": the operation is done after three polls (see TrainingOperations)."""
+
+    def __init__(self) -> None:
+        self.requests: list[object] = []
+
+    def CreateSolution(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        return training_pb2.Solution(name=f"solutions/{request.solution_id}", **_fields(request.solution))
+
+    def CreateSolutionVersion(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        meta = common_pb2.OperationMetadata(verb="train", target=f"{request.parent}/versions/v1")
+        return operations_pb2.Operation(name="operations/train-1", metadata=_any(meta))
+
+    def GetSolutionVersion(self, request, context):  # noqa: N802
+        return training_pb2.SolutionVersion(name=request.name, state=training_pb2.TRAINING_STATE_PENDING)
+
+    def GetSolutionMetrics(self, request, context):  # noqa: N802
+        return training_service_pb2.GetSolutionMetricsResponse(
+            metrics=training_pb2.SolutionMetrics(solution_version=request.name, mean_reciprocal_rank=0.5)
+        )
+
+
+def _fields(solution: training_pb2.Solution) -> dict[str, object]:
+    return {"dataset_group": solution.dataset_group, "recipe": solution.recipe}
+
+
+class Recommendations(recommendation_service_pb2_grpc.RecommendationServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[object] = []
+
+    def _deploy(self, request, name: str, campaign: recommendation_pb2.Campaign):
+        self.requests.append(request)
+        done = recommendation_pb2.Campaign()
+        done.CopyFrom(campaign)
+        done.name, done.state = name, recommendation_pb2.DEPLOYMENT_STATE_ACTIVE
+        meta = common_pb2.OperationMetadata(verb="deploy", target=name, progress_percent=100)
+        return operations_pb2.Operation(name="operations/deploy-1", metadata=_any(meta), done=True, response=_any(done))
+
+    def CreateCampaign(self, request, context):  # noqa: N802
+        return self._deploy(request, f"campaigns/{request.campaign_id}", request.campaign)
+
+    def UpdateCampaign(self, request, context):  # noqa: N802
+        return self._deploy(request, request.campaign.name, request.campaign)
+
+    def GetRecommendations(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        return recommendation_service_pb2.GetRecommendationsResponse(
+            item_list=[recommendation_pb2.PredictedItem(item_id="i1", score=1.0)]
+        )
+
+    def GetSimilarItems(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        return recommendation_service_pb2.GetSimilarItemsResponse()
+
+
+class TrainingOperations(operations_pb2_grpc.OperationsServicer):
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def GetOperation(self, request, context):  # noqa: N802
+        self.polls += 1
+        meta = common_pb2.OperationMetadata(
+            verb="train",
+            progress_percent=min(100.0, 40.0 * self.polls),
+            status_message=f"epoch {self.polls}/3",
+            counters={"epoch": self.polls, "loss": 1.0 / self.polls},
+        )
+        op = operations_pb2.Operation(name=request.name, metadata=_any(meta), done=self.polls >= 3)
+        if op.done:
+            op.response.Pack(
+                training_pb2.SolutionVersion(
+                    name="solutions/s/versions/v1", state=training_pb2.TRAINING_STATE_SUCCEEDED
+                )
+            )
+        return op
+
+
+@pytest.fixture
+def personalize_server() -> Iterator[tuple[Training, Recommendations, str]]:
+    training, recommendations = Training(), Recommendations()
+    srv = grpc.server(ThreadPoolExecutor(max_workers=4))
+    training_service_pb2_grpc.add_TrainingServiceServicer_to_server(training, srv)
+    recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(recommendations, srv)
+    operations_pb2_grpc.add_OperationsServicer_to_server(TrainingOperations(), srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    yield training, recommendations, f"127.0.0.1:{port}"
+    srv.stop(None)
+
+
+def test_create_solution_then_train_with_progress(personalize_server) -> None:
+    training, _, target = personalize_server
+    seen: list[tuple[float, str, float]] = []
+    with Client(target) as client:
+        solution = client.create_solution(
+            "s", "datasetGroups/g", "ease", {"lambda": 200, "flag": True}, request_id="r1"
+        )
+        version = client.train(
+            solution,
+            training_mode="update",
+            poll=0.01,
+            on_progress=lambda m: seen.append((m.progress_percent, m.status_message, m.counters["loss"])),
+        )
+        metrics = client.get_solution_metrics(version)
+    create, start = training.requests
+    assert create.solution.hyper_parameters == {"lambda": "200", "flag": "True"} and create.request_id == "r1"
+    assert start.parent == "solutions/s" and start.training_mode == training_pb2.TRAINING_MODE_UPDATE
+    assert len(start.request_id) == 36
+    assert version.state == training_pb2.TRAINING_STATE_SUCCEEDED
+    assert seen[-1] == (100.0, "epoch 3/3", 1 / 3) and [s[1] for s in seen[1:]] == [
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]
+    assert metrics.solution_version == version.name and metrics.mean_reciprocal_rank == 0.5
+
+
+def test_train_without_waiting_returns_the_pending_version(personalize_server) -> None:
+    _, _, target = personalize_server
+    with Client(target) as client:
+        version = client.train("solutions/s", wait=False)
+        assert version.name == "solutions/s/versions/v1" and version.state == training_pb2.TRAINING_STATE_PENDING
+        with pytest.raises(ValueError, match="training_mode"):
+            client.train("solutions/s", training_mode="PARTIAL")
+
+
+def test_campaign_helpers_send_only_what_is_given(personalize_server) -> None:
+    _, recommendations, target = personalize_server
+    with Client(target) as client:
+        created = client.create_campaign(
+            "c", training_pb2.SolutionVersion(name="solutions/s/versions/v1"), exploration_weight=0.3, metadata=True
+        )
+        assert created.state == recommendation_pb2.DEPLOYMENT_STATE_ACTIVE and created.name == "campaigns/c"
+        client.update_campaign(created, "solutions/s/versions/v2")
+        client.update_campaign("campaigns/c", item_age_cutoff_days=7, metadata=False)
+        with pytest.raises(ValueError, match="nothing to update"):
+            client.update_campaign("campaigns/c")
+        client.get_recommendations(
+            "campaigns/c",
+            user_id="u1",
+            include_interacted=True,
+            metadata_columns=["TITLE"],
+            filter="filters/f",
+            filter_values={"G": '"rock"'},
+        )
+        client.get_similar_items("campaigns/c", "i1", num_results=3)
+    create, swap, settings, recommend, similar = recommendations.requests
+    assert create.campaign.solution_version == "solutions/s/versions/v1"
+    assert create.campaign.exploration_config.exploration_weight == pytest.approx(0.3)
+    assert create.campaign.enable_metadata_with_recommendations
+    assert list(swap.update_mask.paths) == ["solution_version"]
+    assert swap.campaign.solution_version == "solutions/s/versions/v2"
+    assert list(settings.update_mask.paths) == [
+        "exploration_config.exploration_item_age_cutoff_days",
+        "enable_metadata_with_recommendations",
+    ]
+    assert recommend.include_interacted and list(recommend.metadata_columns) == ["TITLE"]
+    assert dict(recommend.filter_values) == {"G": '"rock"'}
+    assert (similar.item_id, similar.num_results) == ("i1", 3)

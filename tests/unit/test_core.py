@@ -61,3 +61,41 @@ def test_settings_defaults_and_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(SystemExit) as info:
         load_settings()
     assert "FORETELL_PORT" in str(info.value)
+
+
+def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    from foretell.core.db import make_engine
+    from foretell.core.idempotency import IdempotencyStore
+
+    store = IdempotencyStore(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    calls: list[int] = []
+
+    def slow_call() -> dataset_pb2.DatasetGroup:
+        calls.append(1)
+        time.sleep(0.3)  # long enough for every thread to arrive while the first runs
+        return dataset_pb2.DatasetGroup(name=f"datasetGroups/g{len(calls)}")
+
+    answers: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(store.run("M", "req-1", dataset_pb2.DatasetGroup, slow_call).name)
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert answers == ["datasetGroups/g1"] * 4
+
+    def failing() -> dataset_pb2.DatasetGroup:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.run("M", "req-2", dataset_pb2.DatasetGroup, failing)
+    # A failed first call releases the id: the retry runs.
+    assert store.run("M", "req-2", dataset_pb2.DatasetGroup, slow_call).name == "datasetGroups/g2"

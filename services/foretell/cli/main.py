@@ -18,6 +18,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from foretell.cli import output as out
+from foretell.cli import personalize
 from foretell.cli.output import CliError, State, json_option, quiet_option, state
 from foretell.cli.progress import import_file, wait_with_progress
 from foretell.client import ForetellError, operation_response, raise_for_operation
@@ -616,21 +617,29 @@ def operations_wait(name: str) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port of the embedded server; 0 picks a free one.")
 @click.option("--keep-serving", is_flag=True, help="Keep the server running afterwards, until Ctrl-C.")
+@click.option("--recipe", default="ease", show_default=True,
+              help="Recipe to train: popularity-count, sims, ease, als or sequence.")
 @json_option
 @quiet_option
-def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, keep_serving: bool) -> None:
-    """Run the whole data pipeline in one process, no setup needed.
+def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, keep_serving: bool,
+         recipe: str) -> None:
+    """Import, train, deploy and recommend in one process, no setup needed.
 
     Starts an embedded all-in-one server, then, through the gRPC client: creates a
-    recommendation dataset group with interactions and items datasets, imports a
-    MovieLens-style CSV with progress bars, sends items and events in real time,
-    exports the interactions, and prints a summary. Safe to run again.
+    recommendation dataset group, imports a MovieLens-style CSV with progress bars,
+    sends items and events in real time, exports the interactions, trains a solution
+    version (progress bar), prints its offline metrics, deploys a campaign, and prints
+    recommendations, a personalized ranking and similar items with their titles, then
+    a click sent with PutEvents changing the next answer. Safe to run again.
     """
     from foretell.cli.demo import run_demo
 
     obj = state()
     run_demo(data_dir=data_dir, rows=rows, movielens=movielens, port=port, keep_serving=keep_serving,
-             show_progress=obj.progress, as_json=obj.json)
+             show_progress=obj.progress, as_json=obj.json, recipe=recipe)
+
+
+personalize.register(cli)  # solution, train, metrics, campaign, filter, recommend, rank, similar
 
 
 if __name__ == "__main__":

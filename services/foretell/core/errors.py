@@ -90,6 +90,13 @@ class FailedPrecondition(ForetellError):
     reason = "FAILED_PRECONDITION"
 
 
+class Aborted(ForetellError):
+    """A conflict with a concurrent call; the client may retry."""
+
+    code = code_pb2.ABORTED
+    reason = "ABORTED"
+
+
 class Cancelled(ForetellError):
     code = code_pb2.CANCELLED
     reason = "CANCELLED"

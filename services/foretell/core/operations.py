@@ -110,6 +110,16 @@ class OperationStore:
                 .values(metadata=_pack(meta).SerializeToString())
             )
 
+    def set_job(self, name: str, job: str) -> None:
+        """Records where the work runs (a worker pid, a Kubernetes Job)."""
+        meta = self._update_metadata(name, job=job)
+        with transaction(self._engine) as conn:
+            conn.execute(
+                operations_table.update()
+                .where(operations_table.c.name == name)
+                .values(metadata=_pack(meta).SerializeToString())
+            )
+
     def finish(self, name: str, response: Message) -> None:
         self._complete(name, response=_pack(response).SerializeToString(), percent=100.0)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Engine,
     Float,
     Index,
@@ -39,19 +37,13 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from foretell.core.db import transaction
-from foretell.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from foretell.core.errors import AlreadyExists, FailedPrecondition
+from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
 from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
 _id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 _json = JSON(none_as_null=True)  # None is SQL NULL (as COPY writes it), not the JSON text 'null'
-
-
-def _times() -> list[Column[Any]]:
-    return [
-        Column("create_time", DateTime(timezone=True), nullable=False),
-        Column("update_time", DateTime(timezone=True), nullable=False),
-    ]
 
 
 dataset_groups = Table(
@@ -62,7 +54,7 @@ dataset_groups = Table(
     Column("display_name", String(256), nullable=False, default=""),
     Column("labels", _json, nullable=True),
     Column("state", String(16), nullable=False),
-    *_times(),
+    *times(),
 )
 schemas = Table(
     "schemas",
@@ -70,7 +62,7 @@ schemas = Table(
     Column("name", String(128), primary_key=True),
     Column("domain", String(32), nullable=False),
     Column("fields", JSON, nullable=False),
-    *_times(),
+    *times(),
 )
 datasets = Table(
     "datasets",
@@ -83,7 +75,7 @@ datasets = Table(
     Column("fields", JSON, nullable=False),
     Column("data_frequency", String(16), nullable=False, default=""),
     Column("state", String(16), nullable=False),
-    *_times(),
+    *times(),
     UniqueConstraint("dataset_group", "dataset_type", name="uq_dataset_type_per_group"),
 )
 import_jobs = Table(
@@ -98,7 +90,7 @@ import_jobs = Table(
     Column("bytes_total", BigInteger, nullable=False, default=0),
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
-    *_times(),
+    *times(),
 )
 export_jobs = Table(
     "export_jobs",
@@ -110,7 +102,7 @@ export_jobs = Table(
     Column("rows_exported", BigInteger, nullable=False, default=0),
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
-    *_times(),
+    *times(),
 )
 # Row tables. `import_job` is NULL for visible rows and the job name for staged ones.
 interactions = Table(
@@ -161,10 +153,6 @@ series = Table(
 ROW_TABLES = {"interactions": interactions, "entities": entities, "series": series}
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 def utc(moment: datetime) -> datetime:
     """SQLite returns naive datetimes; everything stored is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -184,12 +172,6 @@ def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> No
             copy.write_row([json.dumps(row[c]) if c in as_json and row[c] is not None else row[c] for c in columns])
 
 
-@dataclass(frozen=True)
-class Page:
-    rows: Sequence[Row[Any]]
-    last: str | None  # name of the last row when another page follows
-
-
 class DatasetStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -201,32 +183,13 @@ class DatasetStore:
     # ---- generic helpers -------------------------------------------------------------
 
     def _get(self, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
-        query = select(table).where(table.c.name == name)
-        if conn is not None:
-            row = conn.execute(query).first()
-        else:
-            with self.engine.connect() as c:
-                row = c.execute(query).first()
-        if row is None:
-            raise NotFound(name, what)
-        return row
+        return get_row(self.engine, table, name, what, conn)
 
     def _insert(self, table: Table, values: dict[str, Any], what: str) -> Row[Any]:
-        stamp = now()
-        try:
-            with transaction(self.engine) as conn:
-                conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
-                return self._get(table, values["name"], what, conn)
-        except IntegrityError:
-            raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
+        return insert_row(self.engine, table, values, what)
 
     def _page(self, table: Table, size: int, after: str | None, *where: Any) -> Page:
-        query = select(table).where(*where).order_by(table.c.name).limit(size + 1)
-        if after is not None:
-            query = query.where(table.c.name > after)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).fetchall()
-        return Page(rows[:size], rows[size - 1].name if len(rows) > size else None)
+        return page_rows(self.engine, table, size, after, *where)
 
     # ---- dataset groups --------------------------------------------------------------
 

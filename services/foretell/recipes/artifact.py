@@ -52,7 +52,7 @@ def save_interactions(data: Interactions, path: Path) -> None:
     for name, column in data.item_features.items():
         arrays[_FEATURE + name] = np.asarray(column, dtype=str)
     with path.open("wb") as out:
-        np.savez(out, **arrays)
+        np.savez(out, allow_pickle=False, **arrays)
 
 
 def load_interactions(path: Path) -> Interactions:

@@ -7,9 +7,15 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy import Engine
 
+from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
+from foretell.training.jobs import JobKind, TrainingJobs
+from foretell.training.launcher import LocalLauncher
+from foretell.training.servicer import TrainingServicer
+from foretell.training.solution_jobs import SolutionVersionJobs
+from foretell.training.store import TrainingStore
 from foretell.v1 import training_service_pb2, training_service_pb2_grpc
 
 SERVICE_NAME = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
@@ -18,9 +24,21 @@ SERVICE_NAME = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService
 def add_training_service(
     server: grpc.Server, settings: Settings, engine: Engine, operations: OperationStore, peers: Peers
 ) -> Callable[[bool], None]:
-    """Registers TrainingService; returns the function that stops its background work."""
-    training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
-        training_service_pb2_grpc.TrainingServiceServicer(),  # type: ignore[abstract]  # replaced by the training servicer
-        server,
+    """Registers TrainingService; returns the function that stops its jobs."""
+    store = TrainingStore(engine)
+    dataset_channel = peers.channel("dataset")
+    kinds: dict[str, JobKind] = {"solution-version": SolutionVersionJobs(store, dataset_channel, settings.artifacts)}
+    jobs = TrainingJobs(
+        store,
+        operations,
+        LocalLauncher(),
+        kinds,
+        settings.artifacts / "jobs",
+        settings.training_workers,
+        settings.training_timeout_seconds,
     )
-    return lambda wait: None
+    # Predictor and forecast RPCs answer UNIMPLEMENTED until the forecasting work lands.
+    servicer = TrainingServicer(store, jobs, operations, IdempotencyStore(engine), dataset_channel)  # type: ignore[abstract]
+    training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+    jobs.recover()
+    return jobs.close

@@ -2,8 +2,15 @@
 
 ``Client`` owns one channel with deadlines and read-only retries configured, exposes
 the generated stubs, and adds helpers for the common flows (create resources,
-stream a CSV, wait for an operation, query). Failures raise ``ForetellError``,
-which carries the server's structured ``google.rpc`` error details.
+stream a CSV, wait for an operation, train a solution version, deploy a campaign,
+recommend, rank, query). Failures raise ``ForetellError``, which carries the
+server's structured ``google.rpc`` error details.
+
+    with Client("127.0.0.1:50051") as client:
+        solution = client.create_solution("movies", "datasetGroups/shop", "ease")
+        version = client.train(solution, on_progress=lambda m: print(m.progress_percent, m.status_message))
+        campaign = client.create_campaign("movies", version)
+        items = client.get_recommendations(campaign.name, user_id="u1", num_results=10).item_list
 """
 
 from foretell.client._client import Client, operation_response

@@ -12,8 +12,8 @@ from typing import IO, Any, Self, TypeVar
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf import message as _message
-from google.protobuf import timestamp_pb2
 
 from foretell.client._channel import ChannelOptions, create_channel
 from foretell.client.errors import ForetellError, raise_for_operation
@@ -24,8 +24,11 @@ from foretell.v1 import (
     dataset_service_pb2_grpc,
     forecast_query_service_pb2,
     forecast_query_service_pb2_grpc,
+    recommendation_pb2,
     recommendation_service_pb2,
     recommendation_service_pb2_grpc,
+    training_pb2,
+    training_service_pb2,
     training_service_pb2_grpc,
 )
 
@@ -46,6 +49,56 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+_TRAINING_MODES: dict[str, training_pb2.TrainingMode.ValueType] = {
+    "FULL": training_pb2.TRAINING_MODE_FULL,
+    "UPDATE": training_pb2.TRAINING_MODE_UPDATE,
+}
+
+
+def _name(resource: str | _message.Message) -> str:
+    """A resource name, or the ``name`` of a resource message (so a helper's result can be passed on)."""
+    if isinstance(resource, str):
+        return resource
+    name = getattr(resource, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"expected a resource name or a resource message with a name, got {type(resource).__name__}")
+    return name
+
+
+def _training_mode(mode: str | training_pb2.TrainingMode.ValueType) -> training_pb2.TrainingMode.ValueType:
+    if isinstance(mode, str):
+        key = mode.upper().removeprefix("TRAINING_MODE_")
+        if key not in _TRAINING_MODES:
+            raise ValueError(f"training_mode {mode!r} is not one of {', '.join(_TRAINING_MODES)}")
+        return _TRAINING_MODES[key]
+    return mode
+
+
+def _exploration(
+    weight: float | None, cutoff_days: float | None
+) -> tuple[recommendation_pb2.ExplorationConfig | None, list[str]]:
+    """The ExplorationConfig to send and the update-mask paths of the parts that were given."""
+    if weight is None and cutoff_days is None:
+        return None, []
+    config = recommendation_pb2.ExplorationConfig()
+    paths = []
+    if weight is not None:
+        config.exploration_weight = weight
+        paths.append("exploration_config.exploration_weight")
+    if cutoff_days is not None:
+        config.exploration_item_age_cutoff_days = cutoff_days
+        paths.append("exploration_config.exploration_item_age_cutoff_days")
+    return config, paths
+
+
+def _operation_target(operation: operations_pb2.Operation) -> str:
+    """The resource an operation works on (OperationMetadata.target)."""
+    metadata = common_pb2.OperationMetadata()
+    if not operation.metadata.Unpack(metadata) or not metadata.target:
+        raise ValueError(f"operation {operation.name!r} does not name its target resource")
+    return metadata.target
 
 
 def _remaining_size(fileobj: IO[bytes]) -> int:
@@ -364,6 +417,206 @@ class Client:
             time.sleep(delay)
             operation = self.get_operation(operation.name)
 
+    # -- training ------------------------------------------------------------------------
+
+    def create_solution(
+        self,
+        solution_id: str,
+        dataset_group: str,
+        recipe: str,
+        hyper_parameters: Mapping[str, object] | None = None,
+        perform_hpo: bool = False,
+        hpo_config: training_pb2.HpoConfig | None = None,
+        event_type: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> training_pb2.Solution:
+        """Creates ``solutions/{solution_id}``: a recipe and its settings for ``dataset_group``.
+
+        Hyper-parameter values may be any type; they travel as strings (``{"epochs": 20}``).
+        An unknown recipe or parameter is INVALID_ARGUMENT naming the field.
+        """
+        request = training_service_pb2.CreateSolutionRequest(
+            solution_id=solution_id,
+            solution=training_pb2.Solution(
+                dataset_group=dataset_group,
+                recipe=recipe,
+                hyper_parameters={k: str(v) for k, v in (hyper_parameters or {}).items()},
+                perform_hpo=perform_hpo,
+                hpo_config=hpo_config,
+                event_type=event_type,
+            ),
+            request_id=_request_id(request_id),
+        )
+        return self.call(self.training.CreateSolution, request, timeout=timeout)
+
+    def get_solution(self, name: str, *, timeout: float | None = None) -> training_pb2.Solution:
+        return self.call(self.training.GetSolution, training_service_pb2.GetSolutionRequest(name=name), timeout=timeout)
+
+    def get_solution_version(
+        self, name: str | training_pb2.SolutionVersion, *, timeout: float | None = None
+    ) -> training_pb2.SolutionVersion:
+        request = training_service_pb2.GetSolutionVersionRequest(name=_name(name))
+        return self.call(self.training.GetSolutionVersion, request, timeout=timeout)
+
+    def create_solution_version(
+        self,
+        solution: str | training_pb2.Solution,
+        *,
+        training_mode: str | training_pb2.TrainingMode.ValueType = "FULL",
+        solution_version_id: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> operations_pb2.Operation:
+        """Starts training a version; returns the Operation (``train`` also waits for it).
+
+        ``training_mode`` is "FULL" or "UPDATE" (or the TrainingMode value); the
+        metadata's ``target`` names the new version.
+        """
+        request = training_service_pb2.CreateSolutionVersionRequest(
+            parent=_name(solution),
+            solution_version_id=solution_version_id,
+            training_mode=_training_mode(training_mode),
+            request_id=_request_id(request_id),
+        )
+        return self.call(self.training.CreateSolutionVersion, request, timeout=timeout)
+
+    def train(
+        self,
+        solution: str | training_pb2.Solution,
+        *,
+        training_mode: str | training_pb2.TrainingMode.ValueType = "FULL",
+        wait: bool = True,
+        on_progress: Callable[[common_pb2.OperationMetadata], None] | None = None,
+        timeout: float | None = None,
+        solution_version_id: str = "",
+        poll: float = 0.5,
+        request_id: str | None = None,
+    ) -> training_pb2.SolutionVersion:
+        """Trains a new version of ``solution`` and returns it once it SUCCEEDED.
+
+        ``on_progress`` gets the OperationMetadata after every poll (progress_percent,
+        status_message such as "epoch 3/10", counters such as loss). A failed training
+        raises ForetellError with the worker's error. ``timeout`` bounds the whole wait
+        and raises DEADLINE_EXCEEDED; training goes on (stop it with
+        ``cancel_operation(version.operation)``). With ``wait=False`` the version is
+        returned at once (PENDING); its ``operation`` is the one to wait on.
+        """
+        operation = self.create_solution_version(
+            solution, training_mode=training_mode, solution_version_id=solution_version_id, request_id=request_id
+        )
+        if not wait:
+            return self.get_solution_version(_operation_target(operation))
+        done = self.wait_operation(operation, timeout=timeout, poll=poll, on_progress=on_progress)
+        return operation_response(done, training_pb2.SolutionVersion)
+
+    def get_solution_metrics(
+        self, version: str | training_pb2.SolutionVersion, *, timeout: float | None = None
+    ) -> training_pb2.SolutionMetrics:
+        """Offline metrics of a SUCCEEDED version (precision/recall/NDCG at 5, 10, 25; MRR; coverage)."""
+        request = training_service_pb2.GetSolutionMetricsRequest(name=_name(version))
+        return self.call(self.training.GetSolutionMetrics, request, timeout=timeout).metrics
+
+    # -- campaigns and filters -----------------------------------------------------------
+
+    def create_campaign(
+        self,
+        campaign_id: str,
+        solution_version: str | training_pb2.SolutionVersion,
+        *,
+        exploration_weight: float | None = None,
+        item_age_cutoff_days: float | None = None,
+        metadata: bool = False,
+        wait: bool = True,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> recommendation_pb2.Campaign:
+        """Deploys a SUCCEEDED solution version as ``campaigns/{campaign_id}``.
+
+        ``metadata`` lets requests ask for item columns (``metadata_columns``). With
+        ``wait`` (the default) returns the ACTIVE campaign, raising ForetellError if
+        loading failed; ``timeout`` bounds that wait. Without, returns it PENDING.
+        """
+        exploration, _ = _exploration(exploration_weight, item_age_cutoff_days)
+        request = recommendation_service_pb2.CreateCampaignRequest(
+            campaign_id=campaign_id,
+            campaign=recommendation_pb2.Campaign(
+                solution_version=_name(solution_version),
+                exploration_config=exploration,
+                enable_metadata_with_recommendations=metadata,
+            ),
+            request_id=_request_id(request_id),
+        )
+        operation = self.call(self.recommendations.CreateCampaign, request)
+        return self._campaign_result(operation, f"campaigns/{campaign_id}", wait, timeout)
+
+    def update_campaign(
+        self,
+        campaign: str | recommendation_pb2.Campaign,
+        solution_version: str | training_pb2.SolutionVersion = "",
+        *,
+        exploration_weight: float | None = None,
+        item_age_cutoff_days: float | None = None,
+        metadata: bool | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> recommendation_pb2.Campaign:
+        """Changes only what is given: a new solution version is loaded, then hot-swapped in.
+
+        Requests in flight keep being answered by the old version until the swap.
+        """
+        name = _name(campaign)
+        exploration, paths = _exploration(exploration_weight, item_age_cutoff_days)
+        changed = recommendation_pb2.Campaign(name=name, exploration_config=exploration)
+        if solution_version:
+            changed.solution_version = _name(solution_version)
+            paths.append("solution_version")
+        if metadata is not None:
+            changed.enable_metadata_with_recommendations = metadata
+            paths.append("enable_metadata_with_recommendations")
+        if not paths:
+            raise ValueError("nothing to update: give a solution_version or a setting")
+        request = recommendation_service_pb2.UpdateCampaignRequest(
+            campaign=changed, update_mask=field_mask_pb2.FieldMask(paths=paths), request_id=_request_id(request_id)
+        )
+        operation = self.call(self.recommendations.UpdateCampaign, request)
+        return self._campaign_result(operation, name, wait, timeout)
+
+    def _campaign_result(
+        self, operation: operations_pb2.Operation, name: str, wait: bool, timeout: float | None
+    ) -> recommendation_pb2.Campaign:
+        if not wait:
+            return self.get_campaign(name)
+        done = self.wait_operation(operation, timeout=timeout, poll=0.1)
+        return operation_response(done, recommendation_pb2.Campaign)
+
+    def get_campaign(self, name: str, *, timeout: float | None = None) -> recommendation_pb2.Campaign:
+        request = recommendation_service_pb2.GetCampaignRequest(name=name)
+        return self.call(self.recommendations.GetCampaign, request, timeout=timeout)
+
+    def create_filter(
+        self,
+        filter_id: str,
+        dataset_group: str,
+        filter_expression: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> recommendation_pb2.Filter:
+        """Creates ``filters/{filter_id}`` from an Amazon Personalize filter expression.
+
+        E.g. ``EXCLUDE ItemID WHERE Items.GENRES IN ($GENRES)``; pass the parameter
+        values with each request (``filter_values={"GENRES": '"Horror"'}``).
+        """
+        request = recommendation_service_pb2.CreateFilterRequest(
+            filter_id=filter_id,
+            filter=recommendation_pb2.Filter(dataset_group=dataset_group, filter_expression=filter_expression),
+            request_id=_request_id(request_id),
+        )
+        return self.call(self.recommendations.CreateFilter, request, timeout=timeout)
+
     # -- serving -------------------------------------------------------------------------
 
     def get_recommendations(
@@ -377,9 +630,15 @@ class Client:
         filter_values: Mapping[str, str] | None = None,
         context: Mapping[str, str] | None = None,
         session_id: str = "",
+        include_interacted: bool = False,
+        metadata_columns: Iterable[str] = (),
         timeout: float | None = None,
     ) -> recommendation_service_pb2.GetRecommendationsResponse:
-        """Items for a user, or related to ``item_id``; ``num_results`` 0 means the server default."""
+        """Items for a user, or related to ``item_id``; ``num_results`` 0 means the server default.
+
+        Items the user already interacted with are left out unless ``include_interacted``;
+        ``session_id`` adds that session's PutEvents events to the user's history.
+        """
         request = recommendation_service_pb2.GetRecommendationsRequest(
             campaign=campaign,
             user_id=user_id,
@@ -389,6 +648,8 @@ class Client:
             filter_values=dict(filter_values or {}),
             context=dict(context or {}),
             session_id=session_id,
+            include_interacted=include_interacted,
+            metadata_columns=list(metadata_columns),
         )
         return self.call(self.recommendations.GetRecommendations, request, timeout=timeout)
 
@@ -402,9 +663,10 @@ class Client:
         filter_values: Mapping[str, str] | None = None,
         context: Mapping[str, str] | None = None,
         session_id: str = "",
+        metadata_columns: Iterable[str] = (),
         timeout: float | None = None,
     ) -> recommendation_service_pb2.GetPersonalizedRankingResponse:
-        """Re-orders ``input_list`` for the user."""
+        """Re-orders ``input_list`` for the user; unknown items come last, unscored."""
         request = recommendation_service_pb2.GetPersonalizedRankingRequest(
             campaign=campaign,
             user_id=user_id,
@@ -413,8 +675,29 @@ class Client:
             filter_values=dict(filter_values or {}),
             context=dict(context or {}),
             session_id=session_id,
+            metadata_columns=list(metadata_columns),
         )
         return self.call(self.recommendations.GetPersonalizedRanking, request, timeout=timeout)
+
+    def get_similar_items(
+        self,
+        campaign: str,
+        item_id: str,
+        *,
+        num_results: int = 0,
+        filter: str = "",
+        filter_values: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> recommendation_service_pb2.GetSimilarItemsResponse:
+        """Items similar to ``item_id``; NOT_FOUND when the model does not know the item."""
+        request = recommendation_service_pb2.GetSimilarItemsRequest(
+            campaign=campaign,
+            item_id=item_id,
+            num_results=num_results,
+            filter=filter,
+            filter_values=dict(filter_values or {}),
+        )
+        return self.call(self.recommendations.GetSimilarItems, request, timeout=timeout)
 
     def query_forecast(
         self,

@@ -1,0 +1,66 @@
+"""Get / insert / page rows of a resource table keyed by its `name` column (every store uses these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Engine, Table, insert, select
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from foretell.core.db import transaction
+from foretell.core.errors import AlreadyExists, NotFound
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def times() -> list[Column[Any]]:
+    """create_time and update_time columns."""
+    return [
+        Column("create_time", DateTime(timezone=True), nullable=False),
+        Column("update_time", DateTime(timezone=True), nullable=False),
+    ]
+
+
+@dataclass
+class Page:
+    rows: list[Row[Any]]
+    last: str | None  # name of the last row when another page follows
+
+
+def get_row(engine: Engine, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
+    """The row named `name`, or NotFound naming it as a `what`."""
+    query = select(table).where(table.c.name == name)
+    if conn is not None:
+        row = conn.execute(query).first()
+    else:
+        with engine.connect() as c:
+            row = c.execute(query).first()
+    if row is None:
+        raise NotFound(name, what)
+    return row
+
+
+def insert_row(engine: Engine, table: Table, values: dict[str, Any], what: str) -> Row[Any]:
+    """Inserts with create/update times; AlreadyExists when the name is taken."""
+    stamp = now()
+    try:
+        with transaction(engine) as conn:
+            conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
+            return get_row(engine, table, values["name"], what, conn)
+    except IntegrityError:
+        raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
+
+
+def page_rows(engine: Engine, table: Table, size: int, after: str | None, *where: Any) -> Page:
+    """Rows ordered by name after `after` (keyset pagination)."""
+    query = select(table).where(*where).order_by(table.c.name).limit(size + 1)
+    if after is not None:
+        query = query.where(table.c.name > after)
+    with engine.connect() as conn:
+        rows = list(conn.execute(query).fetchall())
+    return Page(rows[:size], rows[size - 1].name if len(rows) > size else None)

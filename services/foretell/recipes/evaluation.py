@@ -1,0 +1,151 @@
+"""Offline evaluation: a time-based hold-out and ranking metrics over the FULL catalogue.
+
+Metrics (binary relevance; R = the user's held-out items not already in their training history;
+the user's training items are removed from the ranking; averages over evaluated users):
+  precision_at_k  hits@k / k
+  recall_at_k     hits@k / |R|   (the standard definition, not hits@k / min(k, |R|))
+  ndcg_at_k       DCG@k / ideal DCG@k, gains 1/log2(rank + 1), ideal over min(k, |R|) hits
+  mrr             1 / rank of the best-ranked item of R in the full ranking; items tied with it
+                  count as if ties were broken at random (expected rank)
+  catalog_coverage  share of the catalogue in at least one evaluated user's top `coverage_k` (10)
+Top-k lists break ties by item index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from foretell.recipes.base import Interactions, Recommender
+from foretell.recipes.data import histories, subset, user_item_matrix
+
+KS = (5, 10, 20, 25)
+COVERAGE_K = 10
+
+
+def temporal_holdout(
+    data: Interactions,
+    fraction: float = 0.1,
+    min_interactions: int = 5,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> tuple[Interactions, dict[int, np.ndarray]]:
+    """Holds out the latest ceil(fraction * n) (at least 1) interactions of each user with n >= min_interactions.
+
+    With `max_users`, only a random sample of that many eligible users is held out (the others
+    keep everything in train). Returns (train, {user: held-out item indices not in the user's train
+    items}); users whose held-out items all reappear in their train part are left out of the dict.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("fraction must lie strictly between 0 and 1")
+    counts = np.bincount(data.users, minlength=data.n_users)
+    # The epsilon keeps ceil(0.1 * 30) at 3 despite float rounding (0.1 * 30 = 3.0000000000000004).
+    n_hold = np.maximum(np.ceil(fraction * counts - 1e-9), 1).astype(np.int64)
+    eligible = counts >= max(min_interactions, 2)  # a user keeps at least one training interaction
+    n_hold = np.minimum(n_hold, counts - 1)
+    if max_users is not None and eligible.sum() > max_users:
+        chosen = np.random.default_rng(seed).choice(np.flatnonzero(eligible), size=max_users, replace=False)
+        eligible = np.zeros_like(eligible)
+        eligible[chosen] = True
+    n_hold[~eligible] = 0
+    # Position of each interaction from its user's end (0 = latest); data is sorted by time.
+    order = np.argsort(data.users, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    from_end = np.empty(len(order), dtype=np.int64)
+    sorted_users = data.users[order]
+    from_end[order] = starts[sorted_users] + counts[sorted_users] - 1 - np.arange(len(order))
+    held = from_end < n_hold[data.users]
+    train = subset(data, ~held)
+    # Held-out pairs that are not in the user's train part, deduplicated, grouped by user.
+    n_items = np.int64(data.n_items)
+    train_keys = train.users.astype(np.int64) * n_items + train.items
+    keys = np.unique(data.users[held].astype(np.int64) * n_items + data.items[held])
+    keys = keys[~np.isin(keys, train_keys)]
+    users, items = keys // n_items, (keys % n_items).astype(np.int32)
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    holdout = {
+        int(group[0]): part
+        for group, part in zip(np.split(users, bounds), np.split(items, bounds), strict=True)
+        if len(part)
+    }
+    return train, holdout
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) item indices by descending score, ties by ascending index."""
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(k), (len(scores), 1))
+    part.sort(axis=1)  # index order first, so the stable sort below breaks ties by index
+    vals = np.take_along_axis(scores, part, axis=1)
+    return np.take_along_axis(part, np.argsort(-vals, axis=1, kind="stable"), axis=1)
+
+
+def evaluate(
+    model: Recommender,
+    train: Interactions,
+    holdout: dict[int, np.ndarray],
+    ks: Sequence[int] = KS,
+    batch_size: int = 256,
+    coverage_k: int = COVERAGE_K,
+) -> dict[str, float]:
+    """Ranking metrics of `model` (trained on `train`) on `holdout`; see the module docstring."""
+    users = np.array(sorted(holdout), dtype=np.int64)
+    n_items = train.n_items
+    sums: dict[str, float] = {f"{m}_at_{k}": 0.0 for k in ks for m in ("precision", "recall", "ndcg")}
+    sums["mrr"] = 0.0
+    if len(users) == 0:
+        return {**sums, "catalog_coverage": 0.0, "evaluated_users": 0.0}
+    hists = histories(train)
+    seen = user_item_matrix(train, binary=True)
+    k_max = max(max(ks), coverage_k)
+    discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
+    ideal = np.cumsum(discounts)
+    covered = np.zeros(n_items, dtype=bool)
+    for lo in range(0, len(users), batch_size):
+        batch = users[lo : lo + batch_size]
+        scores = np.array(model.score(batch, [hists[u] for u in batch]), dtype=np.float32, copy=True)
+        if scores.shape != (len(batch), n_items):
+            raise ValueError(f"{type(model).__name__}.score returned shape {scores.shape}")
+        scores[~np.isfinite(scores)] = -np.inf
+        mask = seen[batch]
+        scores[np.repeat(np.arange(len(batch)), np.diff(mask.indptr)), mask.indices] = -np.inf
+        rel_lists = [holdout[int(u)] for u in batch]
+        n_rel = np.array([len(r) for r in rel_lists])
+        relevant = sp.csr_matrix(
+            (np.ones(n_rel.sum(), dtype=bool), (np.repeat(np.arange(len(batch)), n_rel), np.concatenate(rel_lists))),
+            shape=(len(batch), n_items),
+        ).toarray()
+        top = _top_k(scores, k_max)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        hit = np.take_along_axis(relevant, top, axis=1) & np.isfinite(top_scores)
+        for k in ks:
+            cut = min(k, hit.shape[1])  # a catalogue smaller than k
+            hits = hit[:, :cut].sum(axis=1)
+            sums[f"precision_at_{k}"] += float((hits / k).sum())
+            sums[f"recall_at_{k}"] += float((hits / n_rel).sum())
+            dcg = (hit[:, :cut] * discounts[:cut]).sum(axis=1)
+            sums[f"ndcg_at_{k}"] += float((dcg / ideal[np.minimum(n_rel, k) - 1]).sum())
+        sums["mrr"] += float(_reciprocal_ranks(scores, relevant).sum())
+        shown = top[:, :coverage_k][np.isfinite(top_scores[:, :coverage_k])]
+        covered[shown] = True
+    out = {name: total / len(users) for name, total in sums.items()}
+    out["catalog_coverage"] = float(covered.mean())
+    out["evaluated_users"] = float(len(users))
+    return out
+
+
+def _reciprocal_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+    above = (scores > best).sum(axis=1)
+    tied = scores == best
+    tied_rel = (tied & relevant).sum(axis=1)
+    tied_other = tied.sum(axis=1) - tied_rel
+    # Expected rank of the first relevant item when the tied ones are ordered at random.
+    rank = 1.0 + above + tied_other / (tied_rel + 1.0)
+    # A relevant item scored -inf (never recommendable) counts as not found.
+    return np.where(np.isfinite(best[:, 0]), 1.0 / rank, 0.0)

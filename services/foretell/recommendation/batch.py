@@ -1,0 +1,172 @@
+"""Batch inference: JSON lines of users or items in, JSON lines of recommendations out.
+
+Input lines are `{"userId": "u1"}` (recommendations), `{"itemId": "i1"}` (similar items) or
+`{"userId": "u1", "itemList": ["i1", "i2"]}` (personalized ranking). Each output line is
+`{"input": <the input>, "output": {"recommendedItems": [...], "scores": [...]}, "error": null}`,
+or `"output": null` with an `"error"` message for a line that could not be answered; a bad line
+never fails the job. Real-time events and exploration are not used offline. The output is
+written to a temporary file next to the destination and renamed into place when complete.
+The job stays PENDING while it runs (progress is in its operation), then SUCCEEDED, FAILED or
+CANCELLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.longrunning import operations_pb2
+from google.rpc import code_pb2
+
+from foretell.core.artifacts import uri_of
+from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.operations import OperationStore, error_status
+from foretell.recommendation.campaigns import Campaigns, Resolved
+from foretell.recommendation.engine import Engine, Scored, UnknownItem
+from foretell.recommendation.filters import BoundFilter
+from foretell.recommendation.store import RecommendationStore, to_batch_job
+
+log = logging.getLogger("foretell.recommendation")
+
+MAX_LINE_ITEMS = 500
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    job_id: str
+    version: Resolved
+    input_path: Path
+    output_path: Path
+    num_results: int
+    filter_name: str
+    filter_values: dict[str, str]
+    item_filter: BoundFilter | None
+
+
+class BatchJobs:
+    def __init__(self, store: RecommendationStore, operations: OperationStore, campaigns: Campaigns) -> None:
+        self._store = store
+        self._ops = operations
+        self._campaigns = campaigns
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-inference")
+
+    def start(self, spec: BatchSpec) -> operations_pb2.Operation:
+        name = f"batchInferenceJobs/{spec.job_id}"
+        self._store.create_batch_job(
+            {
+                "name": name,
+                "solution_version": spec.version.solution_version,
+                "input_uri": uri_of(spec.input_path),
+                "output_uri": uri_of(spec.output_path),
+                "num_results": spec.num_results,
+                "filter": spec.filter_name,
+                "filter_values": spec.filter_values or None,
+                "state": "PENDING",
+            }
+        )
+        operation = self._ops.create(name, "batch-inference")
+        self._store.update_batch_job(name, operation=operation.name)
+        self._pool.submit(self._guarded, name, operation.name, spec)
+        return self._ops.get(operation.name)
+
+    def _guarded(self, name: str, operation: str, spec: BatchSpec) -> None:
+        try:
+            lines = self._run(operation, spec)
+            row = self._store.update_batch_job(name, state="SUCCEEDED", error=None)
+            self._ops.finish(operation, to_batch_job(row))
+            log.info("batch inference done", extra={"job": name, "lines": lines})
+        except Exception as exc:
+            if isinstance(exc, ForetellError):
+                status = exc.to_status()
+            else:
+                log.exception("batch inference failed", extra={"job": name})
+                status = error_status(code_pb2.INTERNAL, f"batch inference failed: {type(exc).__name__}")
+            state = "CANCELLED" if isinstance(exc, Cancelled) else "FAILED"
+            self._store.update_batch_job(name, state=state, error=status.SerializeToString())
+            self._ops.fail(operation, status)
+
+    def _run(self, operation: str, spec: BatchSpec) -> int:
+        self._ops.report_progress(operation, 1, f"loading {spec.version.solution_version}")
+        engine = self._campaigns.engine_for(spec.version.artifact_uri)
+        if spec.item_filter is not None:
+            spec.item_filter.check_fields(engine.catalog, "batch_inference_job.filter")
+        total = max(1, spec.input_path.stat().st_size)
+        spec.output_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = spec.output_path.with_name(spec.output_path.name + ".partial")
+        lines = 0
+        last_report = time.monotonic()
+        try:
+            with spec.input_path.open("rb") as source, partial.open("w", encoding="utf-8") as out:
+                for raw in source:
+                    text = raw.decode("utf-8", errors="replace").strip()
+                    if not text:
+                        continue
+                    out.write(json.dumps(answer_line(engine, text, spec.num_results, spec.item_filter)) + "\n")
+                    lines += 1
+                    if time.monotonic() - last_report > 0.5:
+                        last_report = time.monotonic()
+                        if self._ops.cancel_requested(operation):
+                            raise Cancelled("the batch inference job was cancelled")
+                        percent = 5 + 90 * source.tell() / total
+                        self._ops.report_progress(operation, percent, f"{lines} lines", {"lines": float(lines)})
+            os.replace(partial, spec.output_path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return lines
+
+    def recover(self) -> None:
+        """Fails jobs a stopped server left unfinished."""
+        aborted = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
+        for row in self._store.batch_jobs_in("PENDING"):
+            if row.operation and not self._ops.get(row.operation).done:
+                self._ops.fail(row.operation, aborted)
+            self._store.update_batch_job(row.name, state="FAILED", error=aborted.SerializeToString())
+
+    def shutdown(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def answer_line(engine: Engine, text: str, n: int, item_filter: BoundFilter | None) -> dict[str, Any]:
+    """One output record for one input line (errors are reported in the record, not raised)."""
+    try:
+        request = json.loads(text)
+    except ValueError:
+        return {"input": text, "output": None, "error": "the line is not valid JSON"}
+    if not isinstance(request, dict):
+        return {"input": request, "output": None, "error": "the line must be a JSON object"}
+    user, item, item_list = request.get("userId"), request.get("itemId"), request.get("itemList")
+    try:
+        if item_list is not None:
+            if not isinstance(item_list, list) or not 1 <= len(item_list) <= MAX_LINE_ITEMS:
+                raise ValueError(f"itemList must be a list of 1 to {MAX_LINE_ITEMS} item ids")
+            ranked = engine.rank(_text(user), list(dict.fromkeys(str(i) for i in item_list)), item_filter=item_filter)
+            return _ok(request, ranked, "itemList")
+        if user is not None:
+            return _ok(request, engine.recommend(_text(user), n=n, item_filter=item_filter), "recommendedItems")
+        if item is not None:
+            return _ok(request, engine.similar(_text(item), n, item_filter=item_filter), "recommendedItems")
+        raise ValueError('expected "userId", "itemId" or "userId" with "itemList"')
+    except UnknownItem as exc:
+        return {"input": request, "output": None, "error": f"item {exc.item_id!r} is not in the model"}
+    except (ValueError, ForetellError) as exc:
+        return {"input": request, "output": None, "error": str(exc)}
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value):
+        raise ValueError("ids must be non-empty strings")
+    return str(value)
+
+
+def _ok(request: dict[str, Any], items: list[Scored], key: str) -> dict[str, Any]:
+    return {
+        "input": request,
+        "output": {key: [item_id for item_id, _, _ in items], "scores": [score for _, score, _ in items]},
+        "error": None,
+    }

@@ -1,0 +1,474 @@
+"""Campaigns: deployed solution versions held in memory, deployed and hot-swapped in the background.
+
+A `Deployment` is everything one campaign serves with (engine, exploration, events), built
+completely before it is published; publishing is one dict assignment in `Deployments`, and a
+request takes its deployment once, so during a swap every request sees either the old or the
+new model, never a mix or a half-loaded one.
+
+State machine (stored in the campaigns table): PENDING -> ACTIVE | FAILED | CANCELLED on create;
+ACTIVE -> UPDATING -> ACTIVE on update (a failed update keeps the old version serving and sets
+`error`). A restart reloads ACTIVE campaigns before the server starts listening, from the
+artifact URI recorded at deployment (no call to training), and warms their caches afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+from google.rpc import code_pb2
+
+from foretell.core import names
+from foretell.core.artifacts import path_of
+from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, invalid
+from foretell.core.operations import OperationStore, error_status
+from foretell.recipes.artifact import load_artifact
+from foretell.recommendation.engine import NO_EVENTS, Engine, Exploration, RecentEvents
+from foretell.recommendation.events import EventFeeds, RecentEventStore
+from foretell.recommendation.store import RecommendationStore, to_campaign
+from foretell.v1 import (
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    training_pb2,
+    training_service_pb2,
+    training_service_pb2_grpc,
+)
+
+log = logging.getLogger("foretell.recommendation")
+
+# Cached top candidates per user, and how many users' caches a deployment warms up.
+CANDIDATES = 100
+CACHE_USERS = 100_000
+# Serialized answers cached per deployment (about 1 KB each for 25 items).
+ANSWERS = 50_000
+PEER_TIMEOUT = 10.0
+
+
+class Unavailable(ForetellError):
+    code = code_pb2.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    solution_version: str
+    exploration: Exploration
+    metadata_enabled: bool
+
+
+@dataclass(frozen=True)
+class Resolved:
+    solution_version: str
+    artifact_uri: str
+    dataset_group: str
+
+
+class AnswerCache:
+    """Serialized answers of one deployment, keyed by request and recent-events stamp.
+
+    Answers are deterministic for a deployment and a stamp, and parsing a cached answer is far
+    cheaper than building it again (protobuf construction dominates a cache hit in the engine).
+    Bounded; the oldest entries go first.
+    """
+
+    def __init__(self, capacity: int = ANSWERS) -> None:
+        self._capacity = capacity
+        self._answers: dict[Hashable, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        return self._answers.get(key)
+
+    def put(self, key: Hashable, answer: bytes) -> None:
+        with self._lock:
+            if key not in self._answers and len(self._answers) >= self._capacity:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = answer
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    spec: CampaignSpec
+    artifact_uri: str
+    dataset_group: str
+    engine: Engine
+    events: RecentEventStore | None
+    # A new Deployment gets a new cache: its settings (exploration) may change the answers.
+    answers: AnswerCache = field(default_factory=AnswerCache, compare=False)
+
+    @property
+    def exploration(self) -> Exploration | None:
+        return self.spec.exploration if self.spec.exploration.weight > 0 else None
+
+    def prepare(self) -> None:
+        """Builds what the settings need before the deployment serves (exploration's indexes)."""
+        if self.exploration is not None:
+            self.engine.prepare_exploration(self.exploration.cutoff_days)
+
+    def recent(self, user_id: str, session_id: str) -> RecentEvents:
+        return self.events.recent(user_id, session_id) if self.events is not None else NO_EVENTS
+
+
+class Deployments:
+    """Campaign name -> live Deployment. Reads are one dict lookup; writes replace whole values."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Deployment] = {}
+
+    def get(self, name: str) -> Deployment | None:
+        return self._live.get(name)
+
+    def put(self, deployment: Deployment) -> Deployment | None:
+        old = self._live.get(deployment.name)
+        self._live[deployment.name] = deployment
+        return old
+
+    def remove(self, name: str) -> Deployment | None:
+        return self._live.pop(name, None)
+
+    def engine_for(self, artifact_uri: str) -> Engine | None:
+        for deployment in list(self._live.values()):
+            if deployment.artifact_uri == artifact_uri:
+                return deployment.engine
+        return None
+
+
+def load_engine(artifact_uri: str) -> Engine:
+    try:
+        artifact = load_artifact(path_of(artifact_uri))
+    except FileNotFoundError:
+        raise FailedPrecondition(
+            f"no complete artifact at {artifact_uri!r}", metadata={"resource": artifact_uri}
+        ) from None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # As with BLAS (service.single_threaded_blas): parallelism comes from request threads.
+        torch.set_num_threads(1)
+    return Engine(artifact, candidates=CANDIDATES, cache_size=CACHE_USERS)
+
+
+class SolutionVersions:
+    """Asks the training service where a solution version's artifact is."""
+
+    def __init__(self, channel: Callable[[], grpc.Channel]) -> None:
+        self._channel = channel
+
+    def resolve(self, version: str, field_name: str) -> Resolved:
+        names.check_name(version, field_name, "solutions", "versions")
+        stub = training_service_pb2_grpc.TrainingServiceStub(self._channel())
+        try:
+            found = stub.GetSolutionVersion(
+                training_service_pb2.GetSolutionVersionRequest(name=version), timeout=PEER_TIMEOUT
+            )
+            solution = stub.GetSolution(
+                training_service_pb2.GetSolutionRequest(name=version.rsplit("/versions/", 1)[0]), timeout=PEER_TIMEOUT
+            )
+        except grpc.RpcError as exc:
+            raise _peer_error(exc, version, field_name) from None
+        if found.state != training_pb2.TRAINING_STATE_SUCCEEDED or not found.artifact_uri:
+            state = training_pb2.TrainingState.Name(found.state).removeprefix("TRAINING_STATE_")
+            raise FailedPrecondition(
+                f"solution version {version!r} is {state}; only SUCCEEDED versions can be deployed",
+                metadata={"resource": version},
+            )
+        return Resolved(version, found.artifact_uri, solution.dataset_group)
+
+
+def _peer_error(exc: grpc.RpcError, version: str, field_name: str) -> ForetellError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(version, "solution version")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return invalid(field_name, f"training rejected it: {exc.details() if isinstance(exc, grpc.Call) else ''}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return FailedPrecondition("the training service does not serve solution versions yet")
+    return Unavailable(f"the training service did not answer ({code.name if code else 'error'}); retry later")
+
+
+def check_dataset_group(channel: Callable[[], grpc.Channel], name: str, field_name: str) -> None:
+    """NOT_FOUND when the dataset service does not know group `name`."""
+    stub = dataset_service_pb2_grpc.DatasetServiceStub(channel())
+    try:
+        stub.GetDatasetGroup(dataset_service_pb2.GetDatasetGroupRequest(name=name), timeout=PEER_TIMEOUT)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(name, "dataset group") from None
+        raise Unavailable(
+            f"the dataset service did not answer ({code.name if code else 'error'}); retry later"
+        ) from None
+
+
+class _Throttled:
+    """Reports operation progress at most twice a second (each report is a database write)."""
+
+    def __init__(self, operations: OperationStore, operation: str, low: float, high: float, message: str) -> None:
+        self._ops, self._op, self._low, self._high, self._message = operations, operation, low, high, message
+        self._last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if time.monotonic() - self._last >= 0.5:
+            self._last = time.monotonic()
+            self._ops.report_progress(self._op, self._low + (self._high - self._low) * fraction, self._message)
+
+
+class Campaigns:
+    def __init__(
+        self,
+        store: RecommendationStore,
+        operations: OperationStore,
+        versions: SolutionVersions,
+        feeds: EventFeeds,
+        warm_users: int | None = None,
+    ) -> None:
+        self.deployments = Deployments()
+        self._store = store
+        self._ops = operations
+        self._versions = versions
+        self._feeds = feeds
+        self._warm_users = warm_users
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="campaign-deploy")
+        # Serializes publishing, deleting and state changes of campaigns in this process.
+        self._lock = threading.RLock()
+        self._loading: set[str] = set()
+
+    def resolve(self, version: str, field_name: str) -> Resolved:
+        return self._versions.resolve(version, field_name)
+
+    # ---- serving ---------------------------------------------------------------------------
+
+    def serving(self, name: str) -> Deployment:
+        """The deployment answering for `name`; NOT_FOUND / FAILED_PRECONDITION when there is none."""
+        deployment = self.deployments.get(name)
+        if deployment is not None:
+            return deployment
+        names.check_name(name, "campaign", "campaigns")
+        row = self._store.get_campaign(name)
+        if row.state in ("ACTIVE", "UPDATING") and row.artifact_uri:
+            # Deployed by another replica (or its start-up load failed here): load it now.
+            self._load_in_background(row)
+            raise FailedPrecondition(
+                f"campaign {name!r} is being loaded on this server; retry shortly", metadata={"resource": name}
+            )
+        raise FailedPrecondition(
+            f"campaign {name!r} is {row.state}; it answers requests once ACTIVE", metadata={"resource": name}
+        )
+
+    def engine_for(self, artifact_uri: str) -> Engine:
+        """A live engine serving `artifact_uri`, or a freshly loaded one (not warmed)."""
+        return self.deployments.engine_for(artifact_uri) or load_engine(artifact_uri)
+
+    # ---- create / update / delete ----------------------------------------------------------
+
+    def create(self, campaign_id: str, spec: CampaignSpec) -> operations_pb2.Operation:
+        name = f"campaigns/{campaign_id}"
+        resolved = self.resolve(spec.solution_version, "campaign.solution_version")
+        self._store.create_campaign(
+            {
+                "name": name,
+                "solution_version": spec.solution_version,
+                "dataset_group": resolved.dataset_group,
+                "artifact_uri": "",
+                **_config(spec),
+                "state": "PENDING",
+            }
+        )
+        operation = self._ops.create(name, "deploy")
+        self._store.update_campaign(name, operation=operation.name)
+        self._pool.submit(self._deploy, name, operation.name, spec, resolved, True)
+        log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
+        return self._ops.get(operation.name)
+
+    def update(self, name: str, change: Callable[[CampaignSpec], CampaignSpec]) -> operations_pb2.Operation:
+        """Applies `change` to the campaign's settings; a new solution version is loaded, then swapped in."""
+        current = self._spec(self._store.get_campaign(name))
+        spec = change(current)
+        live = self.deployments.get(name)
+        reload = live is None or spec.solution_version != live.spec.solution_version
+        resolved = self.resolve(spec.solution_version, "campaign.solution_version") if reload else None
+        with self._lock:
+            row = self._store.get_campaign(name)
+            if row.state in ("PENDING", "UPDATING"):
+                raise FailedPrecondition(
+                    f"campaign {name!r} is {row.state}; wait for operation {row.operation}", metadata={"resource": name}
+                )
+            operation = self._ops.create(name, "deploy")
+            if resolved is not None:
+                self._store.update_campaign(name, state="UPDATING", operation=operation.name, error=None)
+                self._pool.submit(self._deploy, name, operation.name, spec, resolved, False)
+                log.info("updating campaign", extra={"campaign": name, "solution_version": spec.solution_version})
+                return self._ops.get(operation.name)
+            # Settings only: swap in a deployment sharing the loaded engine.
+            live = self.deployments.get(name)
+            if live is None:
+                raise FailedPrecondition(
+                    f"campaign {name!r} was unloaded meanwhile; retry", metadata={"resource": name}
+                )
+            updated = replace(live, spec=spec, answers=AnswerCache())
+            updated.prepare()
+            self.deployments.put(updated)
+            row = self._store.update_campaign(name, operation=operation.name, error=None, **_config(spec))
+        self._ops.finish(operation.name, to_campaign(row))
+        return self._ops.get(operation.name)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._store.delete_campaign(name)
+            old = self.deployments.remove(name)
+        if old is not None:
+            self._feeds.release(old.dataset_group)
+        log.info("deleted campaign", extra={"campaign": name})
+
+    # ---- background work -------------------------------------------------------------------
+
+    def _deploy(self, name: str, operation: str, spec: CampaignSpec, resolved: Resolved, creating: bool) -> None:
+        events: RecentEventStore | None = None
+        try:
+            self._ops.report_progress(operation, 5, f"loading {resolved.solution_version}")
+            engine = load_engine(resolved.artifact_uri)
+            self._check_cancel(operation)
+            warm = _Throttled(self._ops, operation, 30, 95, "caching top candidates per user")
+            self._ops.report_progress(operation, 30, "caching top candidates per user")
+            cached = engine.warm(self._warm_users, warm, lambda: self._ops.cancel_requested(operation))
+            self._check_cancel(operation)
+            events = self._feeds.acquire(resolved.dataset_group, engine.artifact.snapshot_time)
+            deployment = Deployment(name, spec, resolved.artifact_uri, resolved.dataset_group, engine, events)
+            deployment.prepare()
+            with self._lock:
+                try:
+                    self._store.get_campaign(name)
+                except NotFound:
+                    raise Cancelled(f"campaign {name!r} was deleted during its deployment") from None
+                old = self.deployments.put(deployment)
+                events = None  # owned by the deployment now
+                row = self._store.update_campaign(
+                    name,
+                    state="ACTIVE",
+                    error=None,
+                    solution_version=spec.solution_version,
+                    dataset_group=resolved.dataset_group,
+                    artifact_uri=resolved.artifact_uri,
+                    **_config(spec),
+                )
+            if old is not None:
+                self._feeds.release(old.dataset_group)
+            self._ops.finish(operation, to_campaign(row))
+            log.info(
+                "campaign active",
+                extra={"campaign": name, "solution_version": spec.solution_version, "warm_users": cached},
+            )
+        except Exception as exc:
+            if events is not None:
+                self._feeds.release(resolved.dataset_group)
+            self._fail(name, operation, exc, creating)
+
+    def _fail(self, name: str, operation: str, exc: Exception, creating: bool) -> None:
+        if isinstance(exc, ForetellError):
+            status = exc.to_status()
+        else:
+            log.exception("deployment failed", extra={"campaign": name})
+            status = error_status(code_pb2.INTERNAL, f"deployment failed: {type(exc).__name__}: {exc}"[:500])
+        with self._lock:
+            if self.deployments.get(name) is not None:
+                state = "ACTIVE"  # a failed update leaves the previous version serving
+            elif isinstance(exc, Cancelled) and creating:
+                state = "CANCELLED"
+            else:
+                state = "FAILED"
+            with contextlib.suppress(NotFound):
+                self._store.update_campaign(name, state=state, error=status.SerializeToString())
+        self._ops.fail(operation, status)
+        log.warning("deployment failed", extra={"campaign": name, "error": status.message})
+
+    def _check_cancel(self, operation: str) -> None:
+        if self._ops.cancel_requested(operation):
+            raise Cancelled("the deployment was cancelled")
+
+    def _spec(self, row: Any) -> CampaignSpec:
+        return CampaignSpec(
+            row.solution_version, Exploration(row.exploration_weight, row.exploration_cutoff_days), row.metadata_enabled
+        )
+
+    def _activate(self, row: Any) -> Deployment:
+        engine = self.deployments.engine_for(row.artifact_uri) or load_engine(row.artifact_uri)
+        events = self._feeds.acquire(row.dataset_group, engine.artifact.snapshot_time)
+        deployment = Deployment(row.name, self._spec(row), row.artifact_uri, row.dataset_group, engine, events)
+        deployment.prepare()
+        with self._lock:
+            if self.deployments.get(row.name) is None:
+                self.deployments.put(deployment)
+                return deployment
+        self._feeds.release(row.dataset_group)  # someone else published it meanwhile
+        live = self.deployments.get(row.name)
+        assert live is not None
+        return live
+
+    def _load_in_background(self, row: Any) -> None:
+        with self._lock:
+            if row.name in self._loading:
+                return
+            self._loading.add(row.name)
+
+        def load() -> None:
+            try:
+                self._warm(self._activate(row))
+            except Exception:
+                log.exception("loading campaign failed", extra={"campaign": row.name})
+            finally:
+                with self._lock:
+                    self._loading.discard(row.name)
+
+        self._pool.submit(load)
+
+    def _warm(self, deployment: Deployment) -> None:
+        start = time.monotonic()
+        users = deployment.engine.warm(self._warm_users)
+        log.info(
+            "campaign warm",
+            extra={"campaign": deployment.name, "warm_users": users, "seconds": round(time.monotonic() - start, 2)},
+        )
+
+    def recover(self) -> None:
+        """At start: reloads ACTIVE campaigns (synchronously), fails deployments a stop interrupted."""
+        aborted = error_status(code_pb2.ABORTED, "the server stopped during this deployment; run it again")
+        for row in self._store.campaigns_in("PENDING", "UPDATING"):
+            if row.operation and not self._ops.get(row.operation).done:
+                self._ops.fail(row.operation, aborted)
+            state = "ACTIVE" if row.state == "UPDATING" and row.artifact_uri else "FAILED"
+            self._store.update_campaign(row.name, state=state, error=aborted.SerializeToString())
+        loaded = []
+        for row in self._store.campaigns_in("ACTIVE"):
+            try:
+                loaded.append(self._activate(row))
+            except Exception as exc:
+                status = (
+                    exc.to_status() if isinstance(exc, ForetellError) else error_status(code_pb2.INTERNAL, str(exc))
+                )
+                log.exception("could not reload campaign", extra={"campaign": row.name})
+                self._store.update_campaign(row.name, state="FAILED", error=status.SerializeToString())
+        for deployment in loaded:
+            self._pool.submit(self._warm, deployment)
+        if loaded:
+            log.info("reloaded campaigns", extra={"campaigns": [d.name for d in loaded]})
+
+    def close(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._feeds.close()
+
+
+def _config(spec: CampaignSpec) -> dict[str, Any]:
+    return {
+        "exploration_weight": spec.exploration.weight,
+        "exploration_cutoff_days": spec.exploration.cutoff_days,
+        "metadata_enabled": spec.metadata_enabled,
+    }

@@ -1,0 +1,238 @@
+"""Runs training jobs: queue → prepare (dataset snapshot) → worker → result, all mirrored into the operation.
+
+Concurrency is bounded by a thread pool: each job holds one slot from prepare to result, so at
+most `workers` workers run at once and the rest wait QUEUED. Job rows are durable, so after a
+restart `recover()` re-attaches to workers still running and reports the ones that died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from sqlalchemy.engine import Row
+
+from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.operations import OperationStore, error_status
+from foretell.training.launcher import Launcher
+from foretell.training.store import TrainingStore
+
+log = logging.getLogger("foretell.training")
+
+POLL_SECONDS = 0.2
+# Share of the operation's progress spent preparing (the snapshot); the worker reports the rest.
+PREPARE_SHARE = 5.0
+_CODES = {name: value for name, value in code_pb2.Code.items()}
+
+
+class JobKind(Protocol):
+    """What differs between kinds of training job (solution version, predictor, forecast)."""
+
+    def prepare(self, job: Row[Any], job_dir: Path, cancelled: Callable[[], bool]) -> None:
+        """Writes job_dir/spec.json (taking the dataset snapshot first); raises ForetellError to fail."""
+        ...
+
+    def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
+        """Records the worker's result; returns the operation's response."""
+        ...
+
+    def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
+        """Records a FAILED or CANCELLED end (and removes partial output)."""
+        ...
+
+
+@dataclass
+class _Outcome:
+    state: str  # SUCCEEDED, FAILED, CANCELLED
+    error: status_pb2.Status | None = None
+    result: dict[str, Any] | None = None
+
+
+class TrainingJobs:
+    def __init__(
+        self,
+        store: TrainingStore,
+        operations: OperationStore,
+        launcher: Launcher,
+        kinds: dict[str, JobKind],
+        jobs_dir: Path,
+        workers: int,
+        timeout_seconds: float,
+    ) -> None:
+        self._store = store
+        self._ops = operations
+        self._launcher = launcher
+        self._kinds = kinds
+        self._jobs_dir = jobs_dir
+        self._timeout = timeout_seconds
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="training-job")
+        self._closing = threading.Event()
+
+    def submit(self, operation: str, kind: str, target: str) -> None:
+        job_dir = self._jobs_dir / operation.removeprefix("operations/")
+        job_dir.mkdir(parents=True, exist_ok=True)
+        self._store.create_job(operation, kind, target, str(job_dir))
+        self._ops.report_progress(operation, 0.0, "queued")
+        self._pool.submit(self._guarded, operation)
+
+    def recover(self) -> None:
+        """Resumes the jobs a previous process left unfinished."""
+        for job in self._store.unfinished_jobs():
+            if job.state == "PREPARING":
+                self._store.update_job(job.name, state="QUEUED")
+            log.info("resuming training job", extra={"operation": job.name, "state": job.state})
+            self._pool.submit(self._guarded, job.name)
+
+    def close(self, wait: bool) -> None:
+        """Stops the running workers and marks their jobs FAILED (ABORTED), so nothing is left RUNNING;
+        queued jobs stay QUEUED and start after the next `recover()`."""
+        self._closing.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ---- one job ---------------------------------------------------------------------
+
+    def _guarded(self, operation: str) -> None:
+        job = self._store.get_job(operation)
+        try:
+            outcome = self._run(job)
+        except Cancelled:
+            outcome = _stopped() if self._closing.is_set() else _Outcome("CANCELLED")
+        except ForetellError as exc:
+            outcome = _Outcome("FAILED", exc.to_status())
+        except Exception as exc:  # a bug must still end the job, never leave it RUNNING
+            log.exception("training job crashed", extra={"operation": operation})
+            outcome = _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"training job failed: {exc}"))
+        self._finish(self._store.get_job(operation), outcome)
+
+    def _run(self, job: Row[Any]) -> _Outcome:
+        job_dir = Path(job.job_dir)
+        kind = self._kinds[job.kind]
+        if self._ops.cancel_requested(job.name):
+            return _Outcome("CANCELLED")
+        if self._closing.is_set():
+            return _stopped()
+        if job.state == "QUEUED":
+            self._store.update_job(job.name, state="PREPARING")
+            self._ops.report_progress(job.name, 0.0, "taking the dataset snapshot")
+            kind.prepare(job, job_dir, lambda: self._ops.cancel_requested(job.name) or self._closing.is_set())
+            if self._ops.cancel_requested(job.name):
+                return _Outcome("CANCELLED")
+            if self._closing.is_set():
+                return _stopped()
+            handle = self._launcher.start(job_dir)
+            self._store.update_job(job.name, state="RUNNING", handle=handle, attempt=job.attempt + 1)
+            self._ops.set_job(job.name, handle)
+            self._ops.report_progress(job.name, PREPARE_SHARE, "worker started")
+            job = self._store.get_job(job.name)
+        return self._monitor(job, job_dir)
+
+    def _monitor(self, job: Row[Any], job_dir: Path) -> _Outcome:
+        reader = _ProgressReader(job_dir / "progress.jsonl")
+        started = job.update_time.timestamp() if job.update_time else time.time()
+        while True:
+            for percent, message, counters in reader.new_lines():
+                share = PREPARE_SHARE + (100.0 - PREPARE_SHARE) * percent / 100.0
+                self._ops.report_progress(job.name, min(share, 99.9), message, counters)
+            status = self._launcher.status(job.handle, job_dir)
+            if not status.running:
+                return _result(job_dir, status.exit_code)
+            if self._closing.is_set():
+                self._launcher.stop(job.handle)
+                return _stopped()
+            if self._ops.cancel_requested(job.name):
+                self._launcher.stop(job.handle)
+                return _Outcome("CANCELLED")
+            if time.time() - started > self._timeout:
+                self._launcher.stop(job.handle)
+                return _Outcome(
+                    "FAILED",
+                    error_status(code_pb2.DEADLINE_EXCEEDED, f"training ran longer than {self._timeout:.0f} s"),
+                )
+            time.sleep(POLL_SECONDS)
+
+    def _finish(self, job: Row[Any], outcome: _Outcome) -> None:
+        kind = self._kinds[job.kind]
+        try:
+            if outcome.state == "SUCCEEDED":
+                assert outcome.result is not None
+                self._ops.finish(job.name, kind.succeeded(job, Path(job.job_dir), outcome.result))
+            else:
+                kind.ended(job, outcome.state, outcome.error)
+                error = outcome.error or error_status(code_pb2.CANCELLED, "cancelled by request")
+                self._ops.fail(job.name, error)
+        except Exception:
+            log.exception("could not record the end of a training job", extra={"operation": job.name})
+            kind.ended(job, "FAILED", error_status(code_pb2.INTERNAL, "could not store the trained model"))
+            self._ops.fail(job.name, error_status(code_pb2.INTERNAL, "could not store the trained model"))
+        self._store.update_job(job.name, state="DONE")
+        log.info(
+            "training job ended",
+            extra={"operation": job.name, "target": job.target, "state": outcome.state},
+        )
+        if outcome.state == "SUCCEEDED":
+            shutil.rmtree(Path(job.job_dir) / "scratch", ignore_errors=True)
+
+
+def _stopped() -> _Outcome:
+    return _Outcome(
+        "FAILED", error_status(code_pb2.ABORTED, "the training service stopped while the job ran; re-run it")
+    )
+
+
+def _result(job_dir: Path, exit_code: int | None) -> _Outcome:
+    """The worker's verdict from result.json, or a FAILED that says how the worker died."""
+    try:
+        result = json.loads((job_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        how = f"exited with code {exit_code}" if exit_code is not None else "is gone (it died or was killed)"
+        return _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"the training worker {how}{_log_tail(job_dir)}"))
+    if result.get("ok"):
+        return _Outcome("SUCCEEDED", result=result)
+    error = result.get("error") or {}
+    code = _CODES.get(str(error.get("code")), code_pb2.INTERNAL)
+    return _Outcome("FAILED", error_status(code, str(error.get("message") or "training failed")))
+
+
+def _log_tail(job_dir: Path, lines: int = 5) -> str:
+    try:
+        text = (job_dir / "worker.log").read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return (": " + " | ".join(text))[:2000] if text else ""
+
+
+class _ProgressReader:
+    """Reads complete lines appended to the worker's progress file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+
+    def new_lines(self) -> list[tuple[float, str, dict[str, float]]]:
+        try:
+            with self._path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                entry = json.loads(line)
+                counters = {k: float(v) for k, v in (entry.get("counters") or {}).items()}
+                out.append((float(entry["percent"]), str(entry.get("message", "")), counters))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out

@@ -1,0 +1,242 @@
+"""TrainingService (solutions half): checks requests, records resources, hands training to the jobs."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+
+from foretell.core import names, pagination
+from foretell.core.artifacts import path_of
+from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.idempotency import IdempotencyStore
+from foretell.core.operations import OperationStore
+from foretell.recipes.registry import RECIPES, ParamError, parse_params, recipe_class
+from foretell.training import convert
+from foretell.training.jobs import TrainingJobs
+from foretell.training.store import TrainingStore
+from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc, training_service_pb2_grpc
+from foretell.v1 import training_pb2 as pb
+from foretell.v1 import training_service_pb2 as api
+
+SOLUTION = ("solutions",)
+VERSION = ("solutions", "versions")
+MAX_HPO_TRIALS = 50
+# Metrics a solution version reports (and HPO may optimise).
+METRIC_NAMES = frozenset(
+    [f"{m}_at_{k}" for m in ("precision", "recall", "ndcg") for k in convert.METRIC_KS] + ["mrr", "catalog_coverage"]
+)
+
+
+def _paged(request: Any, scope: str, fetch: Any) -> tuple[list[Any], str]:
+    page = fetch(pagination.page_size(request.page_size), pagination.decode_token(request.page_token, scope))
+    return page.rows, pagination.encode_token(page.last, scope) if page.last else ""
+
+
+def check_hpo(recipe: str, config: pb.HpoConfig, path: str) -> None:
+    """Ranges must name numeric/categorical parameters of the recipe, inside their bounds."""
+    problems = Violations()
+    specs = recipe_class(recipe).params
+    if config.objective_metric and config.objective_metric not in METRIC_NAMES:
+        problems.add(f"{path}.objective_metric", f"must be one of {', '.join(sorted(METRIC_NAMES))}")
+    if not 0 <= config.max_trials <= MAX_HPO_TRIALS:
+        problems.add(f"{path}.max_trials", f"must be 0 (default 8) to {MAX_HPO_TRIALS}")
+    ranges: list[tuple[str, Any, tuple[type, ...]]] = [
+        *((f"{path}.integer_ranges[{i}]", r, (int,)) for i, r in enumerate(config.integer_ranges)),
+        *((f"{path}.continuous_ranges[{i}]", r, (float, int)) for i, r in enumerate(config.continuous_ranges)),
+    ]
+    for where, r, kinds in ranges:
+        spec = specs.get(r.name)
+        if spec is None or spec.kind not in kinds:
+            problems.add(f"{where}.name", f"is not a {'/'.join(k.__name__ for k in kinds)} parameter of {recipe}")
+            continue
+        if r.min_value > r.max_value:
+            problems.add(f"{where}.max_value", "must be at least min_value")
+        if (spec.low is not None and r.min_value < spec.low) or (spec.high is not None and r.max_value > spec.high):
+            problems.add(f"{where}", f"must lie within [{spec.low}, {spec.high}]")
+        if getattr(r, "log_scale", False) and r.min_value <= 0:
+            problems.add(f"{where}.min_value", "must be > 0 on a log scale")
+    for i, c in enumerate(config.categorical_ranges):
+        spec = specs.get(c.name)
+        if spec is None:
+            problems.add(f"{path}.categorical_ranges[{i}].name", f"is not a parameter of {recipe}")
+            continue
+        for j, value in enumerate(c.values):
+            try:
+                parse_params(recipe, {c.name: value})
+            except ParamError as exc:
+                problems.add(f"{path}.categorical_ranges[{i}].values[{j}]", str(exc))
+    problems.raise_if_any()
+
+
+class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
+    def __init__(
+        self,
+        store: TrainingStore,
+        jobs: TrainingJobs,
+        operations: OperationStore,
+        idempotency: IdempotencyStore,
+        dataset_channel: grpc.Channel,
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._ops = operations
+        self._idem = idempotency
+        self._datasets = dataset_service_pb2_grpc.DatasetServiceStub(dataset_channel)
+
+    # ---- solutions ---------------------------------------------------------------------
+
+    def CreateSolution(self, request: api.CreateSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
+        solution_id = names.check_id(request.solution_id, "solution_id")
+        s = request.solution
+        group = names.check_name(s.dataset_group, "solution.dataset_group", "datasetGroups")
+        if s.recipe not in RECIPES:
+            raise invalid("solution.recipe", f"unknown recipe {s.recipe[:64]!r}; one of {', '.join(RECIPES)}")
+        try:
+            parse_params(s.recipe, dict(s.hyper_parameters))
+        except ParamError as exc:
+            raise invalid(f"solution.hyper_parameters[{exc.name[:64]}]", str(exc)) from None
+        if s.perform_hpo or s.HasField("hpo_config"):
+            check_hpo(s.recipe, s.hpo_config, "solution.hpo_config")
+        if len(s.event_type) > 256:
+            raise invalid("solution.event_type", "is longer than 256 characters")
+        self._check_group(group, "solution.dataset_group")
+        values = {
+            "name": f"solutions/{solution_id}",
+            "dataset_group": group,
+            "recipe": s.recipe,
+            "hyper_parameters": dict(s.hyper_parameters),
+            "perform_hpo": s.perform_hpo,
+            "hpo_config": s.hpo_config.SerializeToString() if s.HasField("hpo_config") else None,
+            "event_type": s.event_type,
+        }
+        return self._idem.run(
+            "CreateSolution",
+            request.request_id,
+            pb.Solution,
+            lambda: convert.solution(self._store.create_solution(values)),
+        )
+
+    def _check_group(self, group: str, field_name: str) -> None:
+        try:
+            found = self._datasets.GetDatasetGroup(dataset_service_pb2.GetDatasetGroupRequest(name=group), timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(group, "dataset group") from None
+            raise
+        if found.domain != dataset_pb2.DOMAIN_RECOMMENDATION:
+            raise invalid(field_name, "must be a dataset group of domain DOMAIN_RECOMMENDATION")
+
+    def GetSolution(self, request: api.GetSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
+        return convert.solution(self._store.get_solution(names.check_name(request.name, "name", *SOLUTION)))
+
+    def ListSolutions(  # noqa: N802
+        self, request: api.ListSolutionsRequest, context: grpc.ServicerContext
+    ) -> api.ListSolutionsResponse:
+        group = request.dataset_group
+        if group:
+            names.check_name(group, "dataset_group", "datasetGroups")
+        rows, token = _paged(
+            request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after)
+        )
+        return api.ListSolutionsResponse(solutions=[convert.solution(r) for r in rows], next_page_token=token)
+
+    def DeleteSolution(  # noqa: N802
+        self, request: api.DeleteSolutionRequest, context: grpc.ServicerContext
+    ) -> api.DeleteSolutionResponse:
+        name = names.check_name(request.name, "name", *SOLUTION)
+
+        def delete() -> api.DeleteSolutionResponse:
+            for version in self._store.delete_solution(name):
+                _remove_artifact(version.artifact_uri)
+            return api.DeleteSolutionResponse()
+
+        return self._idem.run("DeleteSolution", request.request_id, api.DeleteSolutionResponse, delete)
+
+    # ---- solution versions -------------------------------------------------------------
+
+    def CreateSolutionVersion(  # noqa: N802
+        self, request: api.CreateSolutionVersionRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        parent = names.check_name(request.parent, "parent", *SOLUTION)
+        version_id = (
+            names.check_id(request.solution_version_id, "solution_version_id")
+            if request.solution_version_id
+            else names.new_id()
+        )
+        if request.training_mode not in pb.TrainingMode.values():
+            raise invalid("training_mode", "is not a known training mode")
+        mode = "UPDATE" if request.training_mode == pb.TRAINING_MODE_UPDATE else "FULL"
+        names.check_request_id(request.request_id)
+        solution = self._store.get_solution(parent)
+        if mode == "UPDATE" and self._store.latest_succeeded_version(parent) is None:
+            raise FailedPrecondition(
+                f"solution {parent!r} has no trained version to update; train one with TRAINING_MODE_FULL first"
+            )
+        self._check_interactions(solution.dataset_group)
+
+        def start() -> operations_pb2.Operation:
+            name = f"{parent}/versions/{version_id}"
+            operation = self._ops.create(name, "train")
+            self._store.create_version(
+                {
+                    "name": name,
+                    "solution": parent,
+                    "training_mode": mode,
+                    "state": "PENDING",
+                    "operation": operation.name,
+                }
+            )
+            self._jobs.submit(operation.name, "solution-version", name)
+            return operation
+
+        return self._idem.run("CreateSolutionVersion", request.request_id, operations_pb2.Operation, start)
+
+    def _check_interactions(self, group: str) -> None:
+        listed = self._datasets.ListDatasets(
+            dataset_service_pb2.ListDatasetsRequest(parent=group, page_size=100), timeout=10
+        )
+        rows = sum(d.row_count for d in listed.datasets if d.dataset_type == dataset_pb2.DATASET_TYPE_INTERACTIONS)
+        if rows == 0:
+            raise FailedPrecondition(f"dataset group {group!r} has no interactions yet; import some first")
+
+    def GetSolutionVersion(  # noqa: N802
+        self, request: api.GetSolutionVersionRequest, context: grpc.ServicerContext
+    ) -> pb.SolutionVersion:
+        return convert.solution_version(self._store.get_version(names.check_name(request.name, "name", *VERSION)))
+
+    def ListSolutionVersions(  # noqa: N802
+        self, request: api.ListSolutionVersionsRequest, context: grpc.ServicerContext
+    ) -> api.ListSolutionVersionsResponse:
+        parent = names.check_name(request.parent, "parent", *SOLUTION)
+        self._store.get_solution(parent)
+        rows, token = _paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
+        return api.ListSolutionVersionsResponse(
+            solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token
+        )
+
+    def DeleteSolutionVersion(  # noqa: N802
+        self, request: api.DeleteSolutionVersionRequest, context: grpc.ServicerContext
+    ) -> api.DeleteSolutionVersionResponse:
+        name = names.check_name(request.name, "name", *VERSION)
+
+        def delete() -> api.DeleteSolutionVersionResponse:
+            _remove_artifact(self._store.delete_version(name).artifact_uri)
+            return api.DeleteSolutionVersionResponse()
+
+        return self._idem.run("DeleteSolutionVersion", request.request_id, api.DeleteSolutionVersionResponse, delete)
+
+    def GetSolutionMetrics(  # noqa: N802
+        self, request: api.GetSolutionMetricsRequest, context: grpc.ServicerContext
+    ) -> api.GetSolutionMetricsResponse:
+        row = self._store.get_version(names.check_name(request.name, "name", *VERSION))
+        if row.state != "SUCCEEDED":
+            raise FailedPrecondition(f"solution version {row.name!r} is {row.state}; metrics exist once it SUCCEEDED")
+        return api.GetSolutionMetricsResponse(metrics=convert.solution_metrics(row))
+
+
+def _remove_artifact(uri: str) -> None:
+    if uri:
+        shutil.rmtree(path_of(uri), ignore_errors=True)

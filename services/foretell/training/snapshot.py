@@ -1,0 +1,67 @@
+"""Takes an immutable snapshot of a dataset group through the dataset service's contract.
+
+Each dataset of the group is exported (ExportDataset) as `<type>.csv` into a fresh directory;
+training reads only that directory, so imports and events that arrive later cannot change a
+run halfway (the DESIGN's "snapshot URI").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.rpc import status_pb2
+
+from foretell.core.artifacts import uri_of
+from foretell.core.errors import Cancelled, FailedPrecondition
+from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+
+FILE_OF = {
+    dataset_pb2.DATASET_TYPE_INTERACTIONS: "interactions.csv",
+    dataset_pb2.DATASET_TYPE_ITEMS: "items.csv",
+    dataset_pb2.DATASET_TYPE_USERS: "users.csv",
+}
+
+
+def take_snapshot(
+    channel: grpc.Channel, dataset_group: str, directory: Path, cancelled: Callable[[], bool], timeout: float = 3600
+) -> list[str]:
+    """Exports the group's datasets into `directory`; returns the files written."""
+    datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+    operations = operations_pb2_grpc.OperationsStub(channel)
+    directory.mkdir(parents=True, exist_ok=True)
+    # wait_for_ready: a job resumed at start-up may call before the dataset service listens.
+    listed = datasets.ListDatasets(
+        dataset_service_pb2.ListDatasetsRequest(parent=dataset_group, page_size=100), timeout=60, wait_for_ready=True
+    )
+    written = []
+    for dataset in listed.datasets:
+        file_name = FILE_OF.get(dataset.dataset_type)
+        if file_name is None:
+            continue
+        operation = datasets.ExportDataset(
+            dataset_service_pb2.ExportDatasetRequest(name=dataset.name, destination_uri=uri_of(directory / file_name)),
+            timeout=30,
+        )
+        deadline = time.monotonic() + timeout
+        while not operation.done:
+            if cancelled():
+                operations.CancelOperation(operations_pb2.CancelOperationRequest(name=operation.name), timeout=30)
+                raise Cancelled("cancelled while taking the dataset snapshot")
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(f"the snapshot of {dataset.name} took longer than {timeout:.0f} s")
+            time.sleep(0.1)
+            operation = operations.GetOperation(operations_pb2.GetOperationRequest(name=operation.name), timeout=30)
+        if operation.HasField("error"):
+            raise FailedPrecondition(f"the snapshot of {dataset.name} failed: {_message(operation.error)}")
+        written.append(file_name)
+    if "interactions.csv" not in written:
+        raise FailedPrecondition(f"dataset group {dataset_group!r} has no INTERACTIONS dataset")
+    return written
+
+
+def _message(status: status_pb2.Status) -> str:
+    return status.message or f"code {status.code}"

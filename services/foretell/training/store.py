@@ -1,0 +1,180 @@
+"""SQLAlchemy storage of the training service: solutions, their versions, and training jobs.
+
+A job row is the durable record of one worker run; it outlives the server process so that a
+restarted service can re-attach to a worker still running or report one that died.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+
+from foretell.core.db import transaction
+from foretell.core.errors import FailedPrecondition
+from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+
+metadata = MetaData()
+
+solutions = Table(
+    "solutions",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("dataset_group", String(128), nullable=False, index=True),
+    Column("recipe", String(64), nullable=False),
+    Column("hyper_parameters", JSON, nullable=False),
+    Column("perform_hpo", Boolean, nullable=False, default=False),
+    Column("hpo_config", LargeBinary, nullable=True),
+    Column("event_type", String(256), nullable=False, default=""),
+    Column("latest_solution_version", String(256), nullable=False, default=""),
+    *times(),
+)
+
+solution_versions = Table(
+    "solution_versions",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("solution", String(128), nullable=False, index=True),
+    Column("training_mode", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("snapshot_uri", Text, nullable=False, default=""),
+    Column("artifact_uri", Text, nullable=False, default=""),
+    Column("tuned_hyper_parameters", JSON, nullable=True),
+    Column("metrics", JSON, nullable=True),
+    Column("training_seconds", Float, nullable=True),
+    Column("error", LargeBinary, nullable=True),
+    Column("operation", String(80), nullable=False, default=""),
+    *times(),
+)
+
+# States of a job row: QUEUED (waiting for a slot), PREPARING (taking the snapshot),
+# RUNNING (a worker exists: `handle` says where), DONE.
+jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("name", String(80), primary_key=True),  # the operation name
+    Column("kind", String(32), nullable=False),  # "solution-version", later "predictor", "forecast"
+    Column("target", String(256), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("job_dir", Text, nullable=False),
+    Column("handle", String(256), nullable=False, default=""),
+    Column("attempt", Integer, nullable=False, default=0),
+    *times(),
+)
+
+ACTIVE_VERSION_STATES = ("PENDING", "RUNNING")
+
+
+class TrainingStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    # ---- solutions -------------------------------------------------------------------
+
+    def create_solution(self, values: dict[str, Any]) -> Row[Any]:
+        return insert_row(self.engine, solutions, values, "solution")
+
+    def get_solution(self, name: str) -> Row[Any]:
+        return get_row(self.engine, solutions, name, "solution")
+
+    def list_solutions(self, group: str, size: int, after: str | None) -> Page:
+        where = [solutions.c.dataset_group == group] if group else []
+        return page_rows(self.engine, solutions, size, after, *where)
+
+    def delete_solution(self, name: str) -> list[Row[Any]]:
+        """Deletes the solution and its versions; returns the deleted versions (for their artifacts)."""
+        self.get_solution(name)
+        with transaction(self.engine) as conn:
+            versions = conn.execute(select(solution_versions).where(solution_versions.c.solution == name)).fetchall()
+            busy = [v.name for v in versions if v.state in ACTIVE_VERSION_STATES]
+            if busy:
+                raise FailedPrecondition(
+                    f"solution {name!r} has versions still training: {', '.join(busy)}; cancel them first",
+                    metadata={"resource": name},
+                )
+            conn.execute(delete(solution_versions).where(solution_versions.c.solution == name))
+            conn.execute(delete(solutions).where(solutions.c.name == name))
+        return list(versions)
+
+    # ---- solution versions -----------------------------------------------------------
+
+    def create_version(self, values: dict[str, Any]) -> Row[Any]:
+        row = insert_row(self.engine, solution_versions, values, "solution version")
+        with transaction(self.engine) as conn:
+            conn.execute(
+                update(solutions)
+                .where(solutions.c.name == values["solution"])
+                .values(latest_solution_version=values["name"], update_time=now())
+            )
+        return row
+
+    def get_version(self, name: str) -> Row[Any]:
+        return get_row(self.engine, solution_versions, name, "solution version")
+
+    def update_version(self, name: str, **values: Any) -> Row[Any]:
+        with transaction(self.engine) as conn:
+            conn.execute(
+                update(solution_versions).where(solution_versions.c.name == name).values(update_time=now(), **values)
+            )
+            return get_row(self.engine, solution_versions, name, "solution version", conn)
+
+    def list_versions(self, solution: str, size: int, after: str | None) -> Page:
+        return page_rows(self.engine, solution_versions, size, after, solution_versions.c.solution == solution)
+
+    def latest_succeeded_version(self, solution: str) -> Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(solution_versions)
+                .where(solution_versions.c.solution == solution, solution_versions.c.state == "SUCCEEDED")
+                .order_by(solution_versions.c.create_time.desc())
+                .limit(1)
+            ).first()
+
+    def delete_version(self, name: str) -> Row[Any]:
+        row = self.get_version(name)
+        if row.state in ACTIVE_VERSION_STATES:
+            raise FailedPrecondition(
+                f"solution version {name!r} is still training; cancel its operation first",
+                metadata={"resource": name},
+            )
+        with transaction(self.engine) as conn:
+            conn.execute(delete(solution_versions).where(solution_versions.c.name == name))
+        return row
+
+    # ---- jobs ------------------------------------------------------------------------
+
+    def create_job(self, name: str, kind: str, target: str, job_dir: str) -> Row[Any]:
+        return insert_row(
+            self.engine,
+            jobs,
+            {"name": name, "kind": kind, "target": target, "state": "QUEUED", "job_dir": job_dir},
+            "job",
+        )
+
+    def get_job(self, name: str) -> Row[Any]:
+        return get_row(self.engine, jobs, name, "job")
+
+    def update_job(self, name: str, **values: Any) -> None:
+        with transaction(self.engine) as conn:
+            conn.execute(update(jobs).where(jobs.c.name == name).values(update_time=now(), **values))
+
+    def unfinished_jobs(self) -> list[Row[Any]]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(jobs).where(jobs.c.state != "DONE").order_by(jobs.c.create_time)))
