@@ -374,3 +374,19 @@ def test_train_solution_without_a_holdout_still_fits() -> None:
     assert result.metrics == {} and result.trials == []
     with pytest.raises(ParamError):
         train_solution(data, "popularity-count", {"half_life_days": "-1"}, None, no_progress)
+
+
+def test_docs_list_every_recipe_parameter_and_are_current() -> None:
+    from click.testing import CliRunner
+
+    from foretell.cli.main import cli
+    from foretell.recipes.registry import RECIPES, describe_recipes
+
+    text = describe_recipes()
+    for name in RECIPES:
+        assert f"## {name}\n" in text
+        assert all(f"| `{param}` |" in text for param in recipe_class(name).params)
+    docs = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
+    assert docs.read_text() == text, "docs/recipes.md is stale: write describe_recipes() to it"
+    result = CliRunner().invoke(cli, ["recipes"])
+    assert result.exit_code == 0 and result.output == text

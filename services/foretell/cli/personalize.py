@@ -19,6 +19,7 @@ from tqdm import tqdm
 from foretell.cli import output as out
 from foretell.cli.output import CliError, json_option, quiet_option, state
 from foretell.client import Client, ForetellError, operation_response
+from foretell.recipes.registry import describe_recipes
 from foretell.v1 import common_pb2
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
@@ -222,8 +223,14 @@ def _cancel(client: Client, operation: operations_pb2.Operation) -> NoReturn:
 
 def register(cli: click.Group) -> None:
     """Adds this module's commands to the root `foretell` group."""
-    for command in (solution, train, metrics, campaign, filter_group, recommend, rank, similar):
+    for command in (recipes, solution, train, metrics, campaign, filter_group, recommend, rank, similar):
         cli.add_command(command)
+
+
+@click.command()
+def recipes() -> None:
+    """Lists the recommendation recipes and their hyper-parameters (no server needed)."""
+    click.echo(describe_recipes(), nl=False)
 
 
 @click.group()
@@ -234,7 +241,7 @@ def solution() -> None:
 @solution.command("create")
 @click.argument("solution_id")
 @click.option("--group", "dataset_group", required=True, help="Dataset group: `shop` or `datasetGroups/shop`.")
-@click.option("--recipe", required=True, help="popularity-count, sims, ease, als or sequence.")
+@click.option("--recipe", required=True, help="popularity-count, sims, ease, als or sequence (see `foretell recipes`).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A hyper-parameter; repeatable.")
 @click.option("--hpo", is_flag=True, help="Tune hyper-parameters on a validation split before training.")
 @click.option("--hpo-metric", default="", help='HPO objective, e.g. "ndcg_at_10" (maximized).')
@@ -255,7 +262,7 @@ def solution_create(
 
     \b
     Example:
-      foretell solution create movies --group shop --recipe ease --param lambda=200
+      foretell solution create movies --group shop --recipe ease --param l2=200
     """
     hpo_config = None
     if hpo_metric or hpo_trials:

@@ -57,3 +57,38 @@ def parse_params(recipe: str, raw: dict[str, str]) -> dict[str, Any]:
         if name not in specs:
             raise ParamError(name, f"unknown hyper-parameter of {recipe}; known: {', '.join(sorted(specs))}")
     return {name: _parse(name, spec, raw[name]) if name in raw else spec.default for name, spec in specs.items()}
+
+
+def describe_recipes() -> str:
+    """Markdown reference of every recipe and its hyper-parameters (docs/recipes.md is this text)."""
+    lines = [
+        "# Recommendation recipes",
+        "",
+        "Generated from `foretell.recipes.registry.describe_recipes()` (also `foretell recipes`); a test keeps",
+        "this file current. Hyper-parameters are strings in `Solution.hyper_parameters`; unset ones take the",
+        "default. With HPO and no ranges of its own, a solution tunes the parameters listed under each recipe.",
+    ]
+    from foretell.recipes.hpo import default_space  # hpo imports this module
+
+    for name in RECIPES:
+        cls = recipe_class(name)
+        module = importlib.import_module(cls.__module__)
+        summary = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").removeprefix(f"{name}: ")
+        summary = summary[:1].upper() + summary[1:]
+        tuned = ", ".join(f"`{r.name}`" for r in default_space(name)) or "nothing (no default space)"
+        lines += ["", f"## {name}", "", summary, "", f"HPO searches: {tuned}.", ""]
+        lines += ["| parameter | type | default | range | meaning |", "|---|---|---|---|---|"]
+        for param, spec in cls.params.items():
+            if spec.choices:
+                bounds = " / ".join(spec.choices)
+            elif spec.low is not None or spec.high is not None:
+                bounds = f"{_number(spec.low)} .. {_number(spec.high)}"
+            else:
+                bounds = ""
+            cell = spec.doc.replace("|", "\\|")
+            lines.append(f"| `{param}` | {spec.kind.__name__} | `{spec.default}` | {bounds} | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
