@@ -257,7 +257,7 @@ def serve_noop(conn: Connection, recommendations: bytes, ranking: bytes, max_wor
 
 @dataclass
 class Stats:
-    calls: int
+    calls: int  # measured calls (warm-up excluded)
     errors: int
     seconds: float
     qps: float
@@ -265,6 +265,8 @@ class Stats:
     p99_ms: float
     offered_qps: float
     segment_qps: list[float]
+    all_calls: int = 0  # warm-up included: the denominator of cpu_ms_per_call
+    cpu_ms_per_call: float = float("nan")  # server process CPU (user + system) per call it answered
 
 
 def run_load(
@@ -295,6 +297,7 @@ async def _load(
     ]
     loop = asyncio.get_running_loop()
     latencies: list[list[float]] = [[] for _ in ports]
+    answered = [0 for _ in ports]
     errors = [0 for _ in ports]
     seconds = [0.0 for _ in ports]
     per_segment: list[list[float]] = [[] for _ in ports]
@@ -305,6 +308,7 @@ async def _load(
         except grpc.RpcError:
             errors[server] += 1
             return
+        answered[server] += 1
         if record:
             latencies[server].append(loop.time() - intended)
 
@@ -360,6 +364,7 @@ async def _load(
                 float(np.percentile(lat, 99)),
                 rates[server] if mode == "open" else 0.0,
                 per_segment[server],
+                answered[server],
             )  # fmt: skip
         )
     return out
@@ -377,7 +382,13 @@ def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
 
 
 def _measure(
-    ports: list[int], method: str, requests: list[bytes], mode: str, args: argparse.Namespace, rates: list[float]
+    ports: list[int],
+    pids: list[int],
+    method: str,
+    requests: list[bytes],
+    mode: str,
+    args: argparse.Namespace,
+    rates: list[float],
 ) -> list[Stats]:
     options = {
         "concurrency": args.concurrency,
@@ -386,10 +397,19 @@ def _measure(
         "segment": args.segment,
         "warmup": args.warmup,
     }
+    before = [_cpu_seconds(pid) for pid in pids]
     process, conn = _spawn(run_load, ports, method, requests, mode, rates, options)
     result = [Stats(**s) for s in conn.recv()]
     process.join()
+    for stats, pid, start in zip(result, pids, before, strict=True):
+        stats.cpu_ms_per_call = (_cpu_seconds(pid) - start) * 1e3 / max(stats.all_calls, 1)
     return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _setup_group(port: int) -> None:
@@ -543,13 +563,14 @@ def main() -> None:
     _, noop_port, _ = noop_conn.recv()
 
     ports = [port, noop_port]
+    pids = [foretell.pid, noop.pid]
     rows: list[dict[str, Any]] = []
     for method in args.methods.split(","):
         requests = rec_requests if method == "GetRecommendations" else rank_requests
-        peak = _measure(ports, method, requests, "closed", args, [0.0, 0.0])
+        peak = _measure(ports, pids, method, requests, "closed", args, [0.0, 0.0])
         for name, stats in zip(("foretell", "noop"), peak, strict=True):
             print(f"{method} {name} peak: {_brief(stats)}", flush=True)
-        half = _measure(ports, method, requests, "open", args, [stats.qps / 2 for stats in peak])
+        half = _measure(ports, pids, method, requests, "open", args, [stats.qps / 2 for stats in peak])
         for name, stats in zip(("foretell", "noop"), half, strict=True):
             print(f"{method} {name} at half its peak: {_brief(stats)}", flush=True)
         # Segment pairs ran back to back: their ratios show how much the machine moved meanwhile.
@@ -562,6 +583,7 @@ def main() -> None:
                     "peak": asdict(p),
                     "half_peak": asdict(h),
                     "qps_ratio": peak[0].qps / peak[1].qps if name == "foretell" else None,
+                    "cpu_ratio": peak[1].cpu_ms_per_call / peak[0].cpu_ms_per_call if name == "foretell" else None,
                     "pair_ratio_p10_p90": [float(np.percentile(pairs, 10)), float(np.percentile(pairs, 90))]
                     if name == "foretell"
                     else None,
@@ -607,23 +629,28 @@ def main() -> None:
 
 
 def _brief(stats: Stats) -> str:
-    return f"{stats.qps:,.0f} QPS, p50 {stats.p50_ms:.2f} ms, p99 {stats.p99_ms:.2f} ms, {stats.errors} errors"
+    return (
+        f"{stats.qps:,.0f} QPS, p50 {stats.p50_ms:.2f} ms, p99 {stats.p99_ms:.2f} ms, {stats.errors} errors, "
+        f"server CPU {stats.cpu_ms_per_call:.3f} ms/call"
+    )
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| method | server | peak QPS | p50 ms | p99 ms | half-peak QPS | p50 ms | p99 ms | Foretell / no-op QPS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | server | peak QPS | p50 ms | p99 ms | server CPU ms/call | half-peak QPS | p50 ms | p99 ms "
+        "| Foretell / no-op QPS | no-op / Foretell CPU per call |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ratio = ""
+        ratio = cpu = ""
         if r["qps_ratio"] is not None:
             low, high = r["pair_ratio_p10_p90"]
             ratio = f"**{r['qps_ratio']:.2f}** ({low:.2f}-{high:.2f})"
+            cpu = f"**{r['cpu_ratio']:.2f}**"
         p, h = r["peak"], r["half_peak"]
-        peak = f"{p['qps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f}"
+        peak = f"{p['qps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['cpu_ms_per_call']:.3f}"
         half = f"{h['qps']:,.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f}"
-        lines.append(f"| {r['method']} | {r['server']} | {peak} | {half} | {ratio} |")
+        lines.append(f"| {r['method']} | {r['server']} | {peak} | {half} | {ratio} | {cpu} |")
     return "\n".join(lines)
 
 

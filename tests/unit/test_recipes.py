@@ -288,6 +288,23 @@ def test_save_load_round_trip(
     assert not any(p.suffix == ".pkl" for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("recipe", ["popularity-count", "sims", "ease", "als", "sequence"])
+def test_score_items_equals_the_full_scores_of_those_items(
+    recipe: str, split: tuple[Interactions, Interactions, dict[int, np.ndarray]]
+) -> None:
+    _, train, _ = split
+    raw = {"epochs": "1", "dim": "16", "max_len": "16", "device": "cpu"} if recipe == "sequence" else {}
+    model = fit(recipe, train, **raw)
+    hists = histories(train)
+    users = np.array([0, 1, -1, 2])
+    given = [hists[0], np.concatenate([hists[1], [3]]), np.array([5, 7]), np.array([], dtype=np.int32)]
+    items = np.array([9, 0, 57, 3, 9, train.n_items - 1])
+    expected = model.score(users, given)[:, items]
+    got = model.score_items(users, given, items)
+    assert got.dtype == np.float32 and got.shape == (4, len(items))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_parse_params_errors() -> None:
     assert parse_params("ease", {"l2": "30"})["l2"] == 30.0
     with pytest.raises(ParamError) as unknown:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +84,18 @@ class Als(Recommender):
         return cls(x, y, train_counts, popularity_prior(data), p)
 
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        out = self._user_vectors(users, histories) @ self.item_factors.T
+        out += self.prior
+        return out
+
+    def score_items(self, users: np.ndarray, histories: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        out = self._user_vectors(users, histories) @ self.item_factors[items].T
+        out += self.prior[items]
+        return out
+
+    def _user_vectors(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Trained factors where the history is the training one; folded-in vectors otherwise."""
         users = np.asarray(users, dtype=np.int64)
         vectors = np.zeros((len(histories), self.item_factors.shape[1]), dtype=np.float32)
         known = (users >= 0) & (users < len(self.user_factors))
@@ -92,9 +105,14 @@ class Als(Recommender):
         vectors[same] = self.user_factors[users[same]]
         for r in np.flatnonzero(~same).tolist():
             vectors[r] = self.fold_in(histories[r])
-        out = vectors @ self.item_factors.T
-        out += self.prior
-        return out
+        return vectors
+
+    @cached_property
+    def _gram(self) -> np.ndarray:
+        """Y^T Y in float64, shared by every fold-in (an n_items x f^2 product: too dear per request)."""
+        y = self.item_factors.astype(np.float64)
+        gram: np.ndarray = y.T @ y
+        return gram
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """The user vector that training would give `history` against the fixed item factors."""
@@ -109,8 +127,7 @@ class Als(Recommender):
         items, at = np.unique(h, return_inverse=True)
         c = 1.0 + float(self.config["alpha"]) * np.bincount(at, weights=w, minlength=len(items))
         yh = self.item_factors[items].astype(np.float64)
-        y = self.item_factors.astype(np.float64)
-        a = y.T @ y + (yh * (c - 1.0)[:, None]).T @ yh + float(self.config["regularization"]) * np.eye(f)
+        a = self._gram + (yh * (c - 1.0)[:, None]).T @ yh + float(self.config["regularization"]) * np.eye(f)
         return np.linalg.solve(a, yh.T @ c).astype(np.float32)
 
     def similar(self, items: np.ndarray) -> np.ndarray:

@@ -85,6 +85,14 @@ class Recommender(ABC):
         followed by real-time events). Scores of items in the history are not masked here.
         """
 
+    def score_items(self, users: np.ndarray, histories: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+        """(len(users), len(items)) float32 scores of just `items` (GetPersonalizedRanking).
+
+        The same values as `score(users, histories)[:, items]`; recipes override it to avoid
+        scoring the whole catalogue for a short input list.
+        """
+        return np.asarray(self.score(users, histories)[:, np.asarray(items, dtype=np.int64)], dtype=np.float32)
+
     def similar(self, items: np.ndarray) -> np.ndarray:
         """(len(items), n_items) item-to-item scores; by default the score of a one-item history."""
         return self.score(np.full(len(items), -1), [np.array([i]) for i in items])

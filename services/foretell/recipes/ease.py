@@ -84,6 +84,13 @@ class Ease(Recommender):
         out += self.prior
         return out
 
+    def score_items(self, users: np.ndarray, histories: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        h = history_matrix(histories, self.n_items, float(self.config["recent_half_life"]))
+        out = np.asarray(h @ self.weights[:, items], dtype=np.float32)
+        out += self.prior[items]
+        return out
+
     def save(self, directory: Path) -> None:
         np.save(directory / "weights.npy", self.weights, allow_pickle=False)
         np.save(directory / "prior.npy", self.prior, allow_pickle=False)

@@ -50,6 +50,9 @@ class Popularity(Recommender):
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         return np.tile(self.counts, (len(histories), 1))
 
+    def score_items(self, users: np.ndarray, histories: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+        return np.tile(self.counts[np.asarray(items, dtype=np.int64)], (len(histories), 1)).astype(np.float32)
+
     def similar(self, items: np.ndarray) -> np.ndarray:
         return np.tile(self.counts, (len(items), 1))
 

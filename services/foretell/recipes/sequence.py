@@ -128,9 +128,11 @@ class _Net(nn.Module):
             x, _ = self.gru(self.drop(x))
         return self.norm(x)
 
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """(N, dim) states -> (N, n_items) scores of every item."""
-        return states @ self.items.weight[1:].T + self.bias
+    def logits(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, dim) states -> (N, n_items) scores of every item, or (N, len(items)) of `items`."""
+        if items is None:
+            return states @ self.items.weight[1:].T + self.bias
+        return states @ self.items.weight[items + 1].T + self.bias[items]
 
 
 def _user_sequences(data: Interactions) -> list[np.ndarray]:
@@ -255,13 +257,22 @@ class Sequence(Recommender):
     # ---- serving ------------------------------------------------------------------------------
 
     def score(self, users: np.ndarray, histories: Seq[np.ndarray]) -> np.ndarray:
-        out = np.empty((len(histories), self.n_items), dtype=np.float32)
+        return self._score(histories, None)
+
+    def score_items(self, users: np.ndarray, histories: Seq[np.ndarray], items: np.ndarray) -> np.ndarray:
+        return self._score(histories, np.asarray(items, dtype=np.int64))
+
+    def _score(self, histories: Seq[np.ndarray], items: np.ndarray | None) -> np.ndarray:
+        """Scores of every item, or of `items` only (their embedding rows alone are multiplied)."""
+        width = self.n_items if items is None else len(items)
+        out = np.empty((len(histories), width), dtype=np.float32)
         max_len = self.net.max_len
         clean = [np.asarray(h, dtype=np.int64)[-max_len:] for h in histories]
         # Item indices beyond this model's catalogue (added after training) cannot be read: drop them.
         clean = [h[(h >= 0) & (h < self.n_items)] for h in clean]
         rows = [r for r, h in enumerate(clean) if len(h)]
-        out[[r for r, h in enumerate(clean) if not len(h)]] = self.prior
+        out[[r for r, h in enumerate(clean) if not len(h)]] = self.prior if items is None else self.prior[items]
+        columns = None if items is None else torch.from_numpy(items).to(self.device)
         for lo in range(0, len(rows), _SCORE_BATCH):
             chunk = rows[lo : lo + _SCORE_BATCH]
             length = max(len(clean[r]) for r in chunk)
@@ -270,7 +281,7 @@ class Sequence(Recommender):
                 tokens[i, length - len(clean[r]) :] = clean[r] + 1
             with torch.inference_mode():
                 states = self.net.encode(torch.from_numpy(tokens).to(self.device))[:, -1]
-                out[chunk] = self.net.logits(states).float().cpu().numpy()
+                out[chunk] = self.net.logits(states, columns).float().cpu().numpy()
         return out
 
     # ---- persistence --------------------------------------------------------------------------

@@ -100,6 +100,13 @@ class Sims(Recommender):
         out += self.prior
         return out
 
+    def score_items(self, users: np.ndarray, histories: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        h = history_matrix(histories, self.n_items, float(self.config["recent_half_life"]))
+        out = np.asarray((h @ self.sim)[:, items].toarray(), dtype=np.float32)
+        out += self.prior[items]
+        return out
+
     def similar(self, items: np.ndarray) -> np.ndarray:
         out = np.asarray(self.sim[np.asarray(items, dtype=np.int64)].toarray(), dtype=np.float32)
         out += self.prior

@@ -6,7 +6,7 @@ Speed comes from not touching the whole catalogue per request where possible:
   events it was computed with, so a new event for the user makes it stale without any callback;
 - filters become item masks (cached per filter and values) applied to the cached candidates;
   only when a filter leaves fewer than `n` candidates is the full catalogue scored again;
-- ranking scores only the listed items when the model offers `score_items`.
+- ranking scores only the listed items (`Recommender.score_items`).
 
 Exploration (cold start): items with no interactions (unless their creation time is older than
 the cutoff) and items created within `cutoff_days` of the newest interaction are "new". With
@@ -332,7 +332,6 @@ class Engine:
         self._newest = float(data.timestamps.max()) if len(data.timestamps) else 0.0
         self._created = data.item_created
         self.catalog = ItemCatalog(self.item_ids, self.item_index, data.item_features, data.item_created)
-        self._score_items: Callable[..., Any] | None = getattr(self.model, "score_items", None)
         self._cache: dict[Any, _Candidates] = {}
         self._similar: dict[int, _Candidates] = {}
         self._masks: dict[Any, np.ndarray | None] = {}
@@ -525,10 +524,8 @@ class Engine:
         return ranked
 
     def _scores_of(self, req: _Request, items: np.ndarray) -> np.ndarray:
-        if self._score_items is not None:
-            user = np.array([req.user], dtype=np.int64)
-            return np.asarray(self._score_items(user, [req.sequence], items), dtype=np.float32)[0]
-        return self._score_row(req)[items]
+        user = np.array([req.user], dtype=np.int64)
+        return np.asarray(self.model.score_items(user, [req.sequence], items), dtype=np.float32)[0]
 
     def similar(self, item_id: str, n: int = 25, *, item_filter: BoundFilter | None = None) -> list[Scored]:
         """Items most similar to `item_id` (itself excluded); UnknownItem when it is not in the model."""
