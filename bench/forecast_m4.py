@@ -7,9 +7,10 @@ Horizon h and seasonal period m are fixed per frequency (Hourly 48/24, Weekly 13
      decimals on the full sets), and our own Naive2 (`naive2_forecast`) must match the submission.
   2. Models: statsforecast AutoETS, AutoARIMA and AutoTheta (season_length m, one StatsForecast call
      per model, n_jobs=1), and every Foretell forecaster in `foretell.forecasting.models.FORECASTERS`
-     (when that module imports). sMAPE and MASE are M4's (means over series); OWA is relative to our
-     Naive2 on the same series; wQL is Amazon Forecast's mean over levels 0.1/0.5/0.9 (statsforecast:
-     its 80% interval and the mean). fit s = wall time to fit and forecast every series, after a
+     (when that module imports), plus `foretell.forecasting.automl.AutoMl` (`--foretell` picks a
+     subset). sMAPE and MASE are M4's (means over series); OWA is relative to our Naive2 on the
+     same series; wQL is Amazon Forecast's mean over levels 0.1/0.5/0.9 (statsforecast: its 80%
+     interval and the mean). fit s = wall time to fit and forecast every series, after a
      warm-up call that absorbs one-time JIT compilation.
 The published M4 rows (Naive2, Theta) are shown for reference; they cover the full sets only.
 Cost on 2 cores: statsforecast AutoARIMA with m=24 is very slow on Hourly (over 30 min for 40 series),
@@ -248,7 +249,12 @@ def foretell_registry() -> tuple[dict[str, type], Callable[..., Any]] | None:
 
 
 def run_frequency(
-    m4: Path, frequency: str, limit: int | None, models: Sequence[str], published: dict[str, Any]
+    m4: Path,
+    frequency: str,
+    limit: int | None,
+    models: Sequence[str],
+    published: dict[str, Any],
+    foretell: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
     h, m = HORIZON[frequency], SEASON[frequency]
     series = load_m4(m4, frequency, limit)
@@ -314,9 +320,13 @@ def run_frequency(
         print("foretell models: not available yet")
     else:
         forecasters, make_forecaster = registry
-        for name in forecasters:
+        makers: dict[str, Callable[[], Any]] = {name: functools.partial(make_forecaster, name) for name in forecasters}
+        from foretell.forecasting.automl import AutoMl
+
+        makers["automl"] = functools.partial(AutoMl, horizon=h)  # per-series backtest, ensemble of the best 2
+        for name in foretell if foretell is not None else list(makers):
             try:
-                means, quantiles, seconds = run_foretell(series, h, m, functools.partial(make_forecaster, name))
+                means, quantiles, seconds = run_foretell(series, h, m, makers[name])
             except Exception as e:
                 print(f"foretell {name}: failed: {e!r}")
                 continue
@@ -362,6 +372,9 @@ def main() -> None:
     parser.add_argument("--frequencies", default="Hourly,Weekly")
     parser.add_argument("--limit", type=int, default=None, help="first N series per frequency (quick runs)")
     parser.add_argument("--models", default=",".join(STATSFORECAST_MODELS), help="statsforecast models ('' for none)")
+    parser.add_argument(
+        "--foretell", default=None, help="Foretell forecasters to run, comma-separated (default: all and automl)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -379,7 +392,9 @@ def main() -> None:
         if not (m4 / "Train" / f"{frequency}-train.csv").exists():
             reproduction[frequency] = test_only_frequency(m4, frequency, args.limit, published)
             continue
-        reproduction[frequency], freq_rows = run_frequency(m4, frequency, args.limit, models, published)
+        reproduction[frequency], freq_rows = run_frequency(
+            m4, frequency, args.limit, models, published, args.foretell.split(",") if args.foretell else None
+        )
         rows.extend(freq_rows)
     total = time.perf_counter() - started
     print(f"\n{markdown(rows)}\n\ntotal {total:.0f} s")
