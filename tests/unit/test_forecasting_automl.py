@@ -58,3 +58,8 @@ def test_bad_configuration_is_a_value_error() -> None:
         AutoMl(horizon=0)
     with pytest.raises(RuntimeError):
         AutoMl(horizon=3).predict(3)
+
+
+def test_an_ensemble_of_every_candidate_needs_no_backtest() -> None:
+    model = AutoMl(horizon=12, candidates=("theta", "seasonal-naive"), top=2).fit(seasonal(), season_length=12)
+    assert model.scores_ == {} and model.chosen_ == ["theta", "seasonal-naive"]

@@ -53,8 +53,10 @@ class AutoMl(Forecaster):
         y = np.asarray(y, dtype=np.float64)
         h = self.horizon
         self.scores_ = {}
-        # A backtest needs a training part of at least two windows; shorter series skip it.
-        if len(y) >= 3 * h:
+        keep = 1 if self.mode == "select" else min(self.top, len(self.candidates))
+        # A backtest needs a training part of at least two windows; shorter series skip it, and so
+        # does an ensemble of every candidate (nothing to choose).
+        if len(y) >= 3 * h and keep < len(self.candidates):
             train, held = y[:-h], y[-h:]
             for name in self.candidates:
                 mean = make_forecaster(name).fit(train, season_length).predict(h).mean
@@ -63,7 +65,6 @@ class AutoMl(Forecaster):
             ranked = sorted(self.candidates, key=lambda n: self.scores_[n])
         else:
             ranked = list(self.candidates)
-        keep = 1 if self.mode == "select" else min(self.top, len(ranked))
         self.chosen_ = ranked[:keep]
         self.models_ = [make_forecaster(name).fit(y, season_length) for name in self.chosen_]
         return self
