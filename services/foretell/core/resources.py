@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
 from sqlalchemy import Column, DateTime, Engine, Table, insert, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +26,18 @@ def times() -> list[Column[Any]]:
         Column("create_time", DateTime(timezone=True), nullable=False),
         Column("update_time", DateTime(timezone=True), nullable=False),
     ]
+
+
+def timestamp_of(moment: datetime) -> timestamp_pb2.Timestamp:
+    """A stored time as a proto Timestamp. SQLite returns naive datetimes; everything stored is UTC."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return stamp
+
+
+def status_of(data: bytes | None) -> status_pb2.Status | None:
+    """A stored (serialized) error Status, or None where there is none."""
+    return status_pb2.Status.FromString(data) if data else None
 
 
 @dataclass

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
+from foretell.core.resources import status_of, timestamp_of
 from foretell.dataset.schema_rules import Field
-from foretell.dataset.store import utc
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 
@@ -27,12 +25,6 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
 
 def enum_value(enum: Any, name: str, prefix: str) -> Any:
     return int(enum.Value(prefix + name)) if name else 0
-
-
-def _ts(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(utc(moment))
-    return stamp
 
 
 def fields_from_proto(fields: Any) -> list[Field]:
@@ -53,8 +45,8 @@ def dataset_group(row: Row[Any]) -> pb.DatasetGroup:
         display_name=row.display_name,
         state=pb.DatasetGroup.State.Value("STATE_" + row.state),
         labels=row.labels or {},
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 
@@ -72,8 +64,8 @@ def schema(row: Row[Any]) -> pb.Schema:
             )
             for f in fields_from_row(row)
         ],
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 
@@ -85,13 +77,9 @@ def dataset(row: Row[Any], row_count: int) -> pb.Dataset:
         data_frequency=row.data_frequency,
         state=pb.Dataset.State.Value("STATE_" + row.state),
         row_count=row_count,
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
-
-
-def _error(data: bytes | None) -> status_pb2.Status | None:
-    return status_pb2.Status.FromString(data) if data else None
 
 
 def import_job(row: Row[Any]) -> pb.ImportJob:
@@ -102,10 +90,10 @@ def import_job(row: Row[Any]) -> pb.ImportJob:
         state=enum_value(pb.JobState, row.state, "JOB_STATE_"),
         rows_imported=row.rows_imported,
         bytes_total=row.bytes_total,
-        error=_error(row.error),
+        error=status_of(row.error),
         operation=row.operation,
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 
@@ -115,10 +103,10 @@ def export_job(row: Row[Any]) -> pb.ExportJob:
         destination_uri=row.destination_uri,
         state=enum_value(pb.JobState, row.state, "JOB_STATE_"),
         rows_exported=row.rows_exported,
-        error=_error(row.error),
+        error=status_of(row.error),
         operation=row.operation,
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -151,11 +150,6 @@ series = Table(
     Index("ix_series_dataset_job_item_ts", "dataset", "import_job", "item_id", "ts"),
 )
 ROW_TABLES = {"interactions": interactions, "entities": entities, "series": series}
-
-
-def utc(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; everything stored is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def dims_key(dimensions: dict[str, str] | None) -> str:

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-from google.rpc import status_pb2
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -33,7 +30,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import NotFound
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, insert_row, now, page_rows, status_of, times, timestamp_of
 from foretell.recommendation.filters import FilterExpression, parse_filter
 from foretell.v1 import recommendation_pb2 as pb
 
@@ -179,17 +176,6 @@ class RecommendationStore:
 # ---- rows -> protos ------------------------------------------------------------------------
 
 
-def _ts(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    # SQLite returns naive datetimes; everything stored is UTC.
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
-
-
-def _error(data: bytes | None) -> status_pb2.Status | None:
-    return status_pb2.Status.FromString(data) if data else None
-
-
 def state_value(state: str) -> Any:
     return pb.DeploymentState.Value("DEPLOYMENT_STATE_" + state)
 
@@ -204,9 +190,9 @@ def to_campaign(row: Row[Any]) -> pb.Campaign:
         ),
         enable_metadata_with_recommendations=row.metadata_enabled,
         state=state_value(row.state),
-        error=_error(row.error),
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        error=status_of(row.error),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 
@@ -215,8 +201,8 @@ def to_filter(row: Row[Any]) -> pb.Filter:
         name=row.name,
         dataset_group=row.dataset_group,
         filter_expression=row.expression,
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
     )
 
 
@@ -230,8 +216,8 @@ def to_batch_job(row: Row[Any]) -> pb.BatchInferenceJob:
         filter=row.filter,
         filter_values=row.filter_values or {},
         state=state_value(row.state),
-        error=_error(row.error),
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        error=status_of(row.error),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
         operation=row.operation,
     )

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
-from foretell.core.resources import now
+from foretell.core.resources import timestamp_of
 from foretell.v1 import training_pb2 as pb
 
 METRIC_KS = (5, 10, 25)
-
-
-def _ts(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=now().tzinfo))
-    return stamp
 
 
 def solution(row: Row[Any]) -> pb.Solution:
@@ -29,8 +22,8 @@ def solution(row: Row[Any]) -> pb.Solution:
         hyper_parameters=row.hyper_parameters or {},
         perform_hpo=row.perform_hpo,
         event_type=row.event_type,
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
         latest_solution_version=row.latest_solution_version,
     )
     if row.hpo_config:
@@ -46,8 +39,8 @@ def solution_version(row: Row[Any]) -> pb.SolutionVersion:
         dataset_snapshot_uri=row.snapshot_uri,
         artifact_uri=row.artifact_uri,
         tuned_hyper_parameters=row.tuned_hyper_parameters or {},
-        create_time=_ts(row.create_time),
-        update_time=_ts(row.update_time),
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
         operation=row.operation,
     )
     if row.training_seconds is not None:
