@@ -89,32 +89,6 @@ class _Fitted:
 # ---------------------------------------------------------------- naive family
 
 
-class Naive(_Fitted, Forecaster):
-    """The last value; intervals from the one-step residual RMS growing with sqrt(h) (random walk)."""
-
-    name: ClassVar[str] = "naive"
-
-    def __init__(self) -> None:
-        self.y_: np.ndarray | None = None
-        self.fitted_: np.ndarray = np.empty(0)
-        self.sigma_: float = 0.0
-
-    def fit(self, y: np.ndarray, season_length: int = 1) -> Naive:
-        y = _check_series(y)
-        _check_season(season_length)
-        self.y_ = y
-        self.fitted_ = np.concatenate([[np.nan], y[:-1]])
-        self.sigma_ = _residual_scale(y, self.fitted_)
-        return self
-
-    def predict(self, horizon: int, quantiles: tuple[float, ...] = DEFAULT_QUANTILES) -> Forecast:
-        self._require_fit()
-        assert self.y_ is not None
-        horizon, levels = _check_request(horizon, quantiles)
-        steps = np.arange(1, horizon + 1, dtype=np.float64)
-        return _normal_forecast(np.full(horizon, self.y_[-1]), self.sigma_ * np.sqrt(steps), levels)
-
-
 class SeasonalNaive(_Fitted, Forecaster):
     """The value one season ago; naive when season_length == 1 or the series is shorter than a season.
 
@@ -147,6 +121,20 @@ class SeasonalNaive(_Fitted, Forecaster):
         steps = np.arange(horizon)
         mean = self.y_[n - m + steps % m]
         return _normal_forecast(mean, self.sigma_ * np.sqrt(steps // m + 1.0), levels)
+
+
+class Naive(SeasonalNaive):
+    """The last value; intervals from the one-step residual RMS growing with sqrt(h) (random walk).
+
+    Seasonal naive with a season of one step, whatever season_length says.
+    """
+
+    name: ClassVar[str] = "naive"
+
+    def fit(self, y: np.ndarray, season_length: int = 1) -> Naive:
+        _check_season(season_length)
+        super().fit(y, 1)
+        return self
 
 
 class _WithFallback(_Fitted):
