@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 import pytest
 from click.testing import CliRunner, Result
 
@@ -41,24 +40,9 @@ def rows(result: Result) -> list[list[str]]:
     return [line.split() for line in result.stdout.splitlines()[1:]]
 
 
-def _trainable(stubs: Stubs) -> None:
-    """Skips while the training service or its recipes are still being written."""
-    try:
-        stubs.training.GetSolutionVersion(tapi.GetSolutionVersionRequest(name="solutions/a/versions/b"), timeout=5)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("the training service does not train yet")
-    for module in ("foretell.recipes.data", "foretell.recipes.train", "foretell.recipes.ease"):
-        try:
-            __import__(module)
-        except ImportError:
-            pytest.skip(f"{module} is not written yet")
-
-
 @pytest.fixture
 def shop(stubs: Stubs, tmp_path: Path) -> Group:
     """Group "shop": 1500 interactions of 40 users on 120 items; item k has genre GENRES[k % 3]."""
-    _trainable(stubs)
     group = make_recommendation_group(stubs)
     done = stubs.wait(upload(stubs, group.interactions, interactions_csv(1500, users=40, items=120)))
     assert not done.HasField("error"), done.error
@@ -202,8 +186,7 @@ def test_ctrl_c_cancels_the_training(stubs: Stubs, shop: Group, monkeypatch: pyt
     assert version.state == training_pb2.TRAINING_STATE_CANCELLED
 
 
-def test_demo_trains_deploys_and_recommends(tmp_path: Path, stubs: Stubs) -> None:
-    _trainable(stubs)  # the demo starts its own server; `stubs` only answers whether training works yet
+def test_demo_trains_deploys_and_recommends(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     result = ok("demo", "--data-dir", str(data_dir), "--rows", "3000", "-q")
 

@@ -3,7 +3,7 @@
 Most tests serve a campaign whose artifact the test writes with a small co-occurrence model
 and records in the database before the server starts, so they exercise the start-up reload
 and do not depend on training. The end-to-end tests at the bottom train through the training
-service and skip while it cannot train yet.
+service.
 """
 
 from __future__ import annotations
@@ -433,26 +433,6 @@ def _train(stubs: Stubs, group: Group, solution_id: str, recipe: str, params: di
     return meta.name
 
 
-def _trainable(stubs: Stubs) -> None:
-    try:
-        stubs.training.GetSolutionVersion(
-            training_service_pb2.GetSolutionVersionRequest(name="solutions/a/versions/b"), timeout=5
-        )
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("the training service does not serve solution versions yet")
-    for module in (
-        "foretell.recipes.data",
-        "foretell.recipes.train",
-        "foretell.recipes.sequence",
-        "foretell.recipes.popularity",
-    ):
-        try:
-            __import__(module)
-        except ImportError:
-            pytest.skip(f"{module} is not written yet")
-
-
 def _deploy(stubs: Stubs, campaign_id: str, version: str) -> str:
     operation = stubs.recommendations.CreateCampaign(
         api.CreateCampaignRequest(campaign_id=campaign_id, campaign=pb.Campaign(solution_version=version)), timeout=10
@@ -470,7 +450,6 @@ def _deploy(stubs: Stubs, campaign_id: str, version: str) -> str:
 
 @pytest.fixture
 def trained(stubs: Stubs) -> Group:
-    _trainable(stubs)
     group = make_recommendation_group(stubs)
     assert not stubs.wait(upload(stubs, group.interactions, interactions_csv(3000, users=60, items=120))).HasField(
         "error"
@@ -509,7 +488,6 @@ def walks_csv(users: int = 60, items: int = 40, length: int = 30) -> bytes:
 
 
 def test_a_click_changes_a_sequence_campaigns_next_answer_within_a_second(stubs: Stubs) -> None:
-    _trainable(stubs)
     group = make_recommendation_group(stubs)
     assert not stubs.wait(upload(stubs, group.interactions, walks_csv())).HasField("error")
     small = {
