@@ -33,6 +33,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from foretell.cli import output as out
+from foretell.cli.forecast_demo import run_forecast_demo
 from foretell.cli.output import CliError
 from foretell.cli.personalize import train_with_progress
 from foretell.cli.progress import import_file, wait_with_progress
@@ -635,7 +636,7 @@ def personalize(client: Client, data: DemoData, recipe: str, show_progress: bool
     settings = ", ".join(f"{k}={v}" for k, v in params.items())
     say(f"[8/{STEPS}] CreateSolution {solution.name} (recipe {solution.recipe}{', ' if settings else ''}{settings})")
     operation = client.create_solution_version(solution)
-    version = train_with_progress(client, operation, show=show_progress)
+    version = train_with_progress(client, operation, show=show_progress, response=tpb.SolutionVersion)
     seconds = version.training_duration.ToTimedelta().total_seconds()
     tuned = ", ".join(f"{k}={v}" for k, v in sorted(version.tuned_hyper_parameters.items())) or "defaults"
     say(f"[9/{STEPS}] trained        {version.name} in {seconds:.1f}s ({tuned})")
@@ -791,6 +792,9 @@ def run_demo(
     show_progress: bool,
     as_json: bool,
     recipe: str = DEFAULT_RECIPE,
+    series: Path | None = None,
+    frequency: str = "D",
+    horizon: int = 14,
 ) -> None:
     from foretell.core.settings import load_settings
     from foretell.runtime.server import create_server
@@ -812,6 +816,9 @@ def run_demo(
             data, loaded = load_data(client, data_dir, rows, movielens, show_progress, say)
             served = personalize(client, data, recipe, show_progress, say)
             summary = {**_dataset_summary(client, loaded), **served}
+            say()
+            say("Forecasting")
+            summary.update(run_forecast_demo(client, data_dir, series, frequency, horizon, show_progress, say))
         summary["target"] = target
         summary["seconds"] = round(time.monotonic() - started, 2)
         if as_json:
@@ -880,6 +887,10 @@ def _print_summary(summary: dict[str, Any], keep_serving: bool) -> None:
     click.echo(
         f"model:  {summary['solutionVersion']} (recipe {summary['recipe']}, trained in "
         f"{summary['trainingSeconds']:.1f}s, NDCG@10 {summary['ndcgAt10']:.4f}), serving as {summary['campaign']}"
+    )
+    click.echo(
+        f"forecast: {summary['forecast']} ({summary['forecastSeries']} series, backtest average wQL "
+        f"{summary['forecastAccuracy']['averageWql']:.4f}), plot in {summary['forecastPlot']}"
     )
     click.echo(f"Done in {summary['seconds']:.1f}s.")
     if not keep_serving:

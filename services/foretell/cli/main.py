@@ -17,8 +17,8 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
+from foretell.cli import forecast, personalize
 from foretell.cli import output as out
-from foretell.cli import personalize
 from foretell.cli.output import CliError, State, json_option, quiet_option, state
 from foretell.cli.progress import import_file, wait_with_progress
 from foretell.client import ForetellError, operation_response, raise_for_operation
@@ -619,10 +619,16 @@ def operations_wait(name: str) -> None:
 @click.option("--keep-serving", is_flag=True, help="Keep the server running afterwards, until Ctrl-C.")
 @click.option("--recipe", default="ease", show_default=True,
               help="Recipe to train: popularity-count, sims, ease, als or sequence.")
+@click.option("--series", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Time series CSV (ITEM_ID,TIMESTAMP,TARGET_VALUE) to forecast [default: statsmodels' "
+                   "US quarterly macro data].")
+@click.option("--frequency", default="D", show_default=True, help="With --series: its forecast frequency.")
+@click.option("--horizon", type=click.IntRange(min=1), default=14, show_default=True,
+              help="With --series: steps to forecast.")
 @json_option
 @quiet_option
 def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, keep_serving: bool,
-         recipe: str) -> None:
+         recipe: str, series: Path | None, frequency: str, horizon: int) -> None:
     """Import, train, deploy and recommend in one process, no setup needed.
 
     Starts an embedded all-in-one server, then, through the gRPC client: creates a
@@ -630,16 +636,20 @@ def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, ke
     sends items and events in real time, exports the interactions, trains a solution
     version (progress bar), prints its offline metrics, deploys a campaign, and prints
     recommendations, a personalized ranking and similar items with their titles, then
-    a click sent with PutEvents changing the next answer. Safe to run again.
+    a click sent with PutEvents changing the next answer. Then forecasting: imports time
+    series, trains an AutoML predictor, prints its backtest accuracy, generates and queries
+    a forecast and saves a PNG plot of history, forecast and quantile band. Safe to run again.
     """
     from foretell.cli.demo import run_demo
 
     obj = state()
     run_demo(data_dir=data_dir, rows=rows, movielens=movielens, port=port, keep_serving=keep_serving,
-             show_progress=obj.progress, as_json=obj.json, recipe=recipe)
+             show_progress=obj.progress, as_json=obj.json, recipe=recipe, series=series, frequency=frequency,
+             horizon=horizon)
 
 
 personalize.register(cli)  # solution, train, metrics, campaign, filter, recommend, rank, similar
+forecast.register(cli)  # predictor, accuracy, forecast, query
 
 
 if __name__ == "__main__":

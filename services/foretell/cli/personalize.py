@@ -14,6 +14,7 @@ import click
 import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 from tqdm import tqdm
 
 from foretell.cli import output as out
@@ -27,6 +28,7 @@ from foretell.v1 import training_pb2 as tpb
 from foretell.v1 import training_service_pb2 as tapi
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=Message)
 
 _TRAIN_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]"
 #: How long Ctrl-C waits for a cancelled training to wind down before giving up on it.
@@ -167,8 +169,13 @@ def _postfix(meta: common_pb2.OperationMetadata) -> str:
 
 
 def train_with_progress(
-    client: Client, operation: operations_pb2.Operation, *, show: bool, desc: str = "train"
-) -> tpb.SolutionVersion:
+    client: Client,
+    operation: operations_pb2.Operation,
+    *,
+    show: bool,
+    desc: str = "train",
+    response: type[M],
+) -> M:
     """Waits for a training operation with a percent bar showing its status message and loss.
 
     Ctrl-C cancels the training on the server (unlike an import, an abandoned training would
@@ -192,7 +199,7 @@ def train_with_progress(
         if done.WhichOneof("result") == "response":
             bar.n = 100
             bar.refresh()
-    return operation_response(done, tpb.SolutionVersion)
+    return operation_response(done, response)
 
 
 def _cancel(client: Client, operation: operations_pb2.Operation) -> NoReturn:
@@ -420,7 +427,7 @@ def train(solution_ref: str, update: bool, version_id: str, no_wait: bool) -> No
                 f"`foretell operations wait {operation.name}`"
             )
         return
-    version = train_with_progress(client, operation, show=obj.progress)
+    version = train_with_progress(client, operation, show=obj.progress, response=tpb.SolutionVersion)
     if obj.json:
         out.print_json(version)
     else:

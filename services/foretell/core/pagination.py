@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from foretell.core.errors import invalid
+from foretell.core.resources import Page
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -40,3 +43,9 @@ def decode_token(token: str, scope: str) -> str | None:
     if bound != _scope_hash(scope) or not isinstance(after, str):
         raise invalid("page_token", "belongs to a different list request")
     return after
+
+
+def paged(request: Any, scope: str, fetch: Callable[[int, str | None], Page]) -> tuple[Sequence[Any], str]:
+    """One page of rows of a List request (page_size, page_token) and the next page token, bound to `scope`."""
+    page = fetch(page_size(request.page_size), decode_token(request.page_token, scope))
+    return page.rows, encode_token(page.last, scope) if page.last else ""

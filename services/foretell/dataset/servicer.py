@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from foretell.dataset.importer import local_path, parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
-from foretell.dataset.store import DatasetStore, Page
+from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
@@ -50,12 +50,6 @@ def _import_mode(value: int, field_name: str) -> str:
     if value and not mode:
         raise invalid(field_name, "is not a known import mode")
     return mode or "FULL"
-
-
-def _paged(request: Any, scope: str, fetch: Callable[[int, str | None], Page]) -> tuple[Sequence[Row[Any]], str]:
-    """One page of rows and the next page token (AIP-158), the token bound to `scope`."""
-    page = fetch(pagination.page_size(request.page_size), pagination.decode_token(request.page_token, scope))
-    return page.rows, pagination.encode_token(page.last, scope) if page.last else ""
 
 
 def _struct(message: Any) -> dict[str, Any]:
@@ -113,7 +107,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasetGroups(
         self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
     ) -> api.ListDatasetGroupsResponse:  # noqa: N802
-        rows, token = _paged(request, "groups", self._store.list_groups)
+        rows, token = pagination.paged(request, "groups", self._store.list_groups)
         return api.ListDatasetGroupsResponse(
             dataset_groups=[convert.dataset_group(r) for r in rows], next_page_token=token
         )
@@ -144,7 +138,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return convert.schema(self._store.get_schema(names.check_name(request.name, "name", *SCHEMA)))
 
     def ListSchemas(self, request: api.ListSchemasRequest, context: grpc.ServicerContext) -> api.ListSchemasResponse:  # noqa: N802
-        rows, token = _paged(request, "schemas", self._store.list_schemas)
+        rows, token = pagination.paged(request, "schemas", self._store.list_schemas)
         return api.ListSchemasResponse(schemas=[convert.schema(r) for r in rows], next_page_token=token)
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
@@ -196,7 +190,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
         parent = names.check_name(request.parent, "parent", *GROUP)
         self._store.get_group(parent)
-        rows, token = _paged(request, parent, lambda size, after: self._store.list_datasets(parent, size, after))
+        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
         return api.ListDatasetsResponse(
             datasets=[convert.dataset(r, self._store.row_count(r.name, TABLE_OF[r.dataset_type])) for r in rows],
             next_page_token=token,
@@ -305,7 +299,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListImportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListImportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = _paged(
+        rows, token = pagination.paged(
             request, dataset.name, lambda size, after: self._store.list_import_jobs(dataset.name, size, after)
         )
         return api.ListImportJobsResponse(import_jobs=[convert.import_job(r) for r in rows], next_page_token=token)
@@ -341,7 +335,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListExportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListExportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = _paged(
+        rows, token = pagination.paged(
             request, dataset.name, lambda size, after: self._store.list_export_jobs(dataset.name, size, after)
         )
         return api.ListExportJobsResponse(export_jobs=[convert.export_job(r) for r in rows], next_page_token=token)

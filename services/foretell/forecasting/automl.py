@@ -10,6 +10,7 @@ ensemble is what M4's strong entries did, and it is steadier than a pick on one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -78,3 +79,27 @@ class AutoMl(Forecaster):
             levels=forecasts[0].levels,
             quantiles=np.mean([f.quantiles for f in forecasts], axis=0),
         )
+
+
+DEFAULT_MODE = "ensemble"
+DEFAULT_TOP = 2
+
+
+def select_candidates(scores: Mapping[str, float], mode: str = DEFAULT_MODE, top: int = DEFAULT_TOP) -> list[str]:
+    """The candidates to serve one series with, given its backtest error per candidate (lower is better;
+    inf or NaN means the candidate failed and ranks last)."""
+    ranked = sorted(scores, key=lambda n: scores[n] if np.isfinite(scores[n]) else np.inf)
+    return ranked[: 1 if mode == "select" else max(1, top)]
+
+
+def combine(forecasts: Sequence[Forecast], weights: Sequence[float] | None = None) -> Forecast:
+    """The (weighted) mean of forecasts; a mean of non-decreasing quantile rows stays non-decreasing."""
+    if len(forecasts) == 1:
+        return forecasts[0]
+    w = np.full(len(forecasts), 1.0 / len(forecasts)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    return Forecast(
+        mean=np.tensordot(w, np.array([f.mean for f in forecasts]), axes=1),
+        levels=forecasts[0].levels,
+        quantiles=np.tensordot(w, np.array([f.quantiles for f in forecasts]), axes=1),
+    )

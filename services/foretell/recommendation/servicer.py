@@ -29,7 +29,6 @@ from foretell.core import names, pagination
 from foretell.core.artifacts import path_of
 from foretell.core.errors import NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
-from foretell.core.resources import Page
 from foretell.recommendation.batch import BatchJobs, BatchSpec
 from foretell.recommendation.campaigns import Campaigns, CampaignSpec, Deployment
 from foretell.recommendation.engine import Exploration, Scored, UnknownItem
@@ -76,11 +75,6 @@ def _exploration(config: pb.ExplorationConfig, path: str) -> Exploration:
         problems.add(f"{path}.exploration_item_age_cutoff_days", "must be a number of days >= 0 (0 means 30)")
     problems.raise_if_any()
     return Exploration(weight, cutoff)
-
-
-def _paged(request: Any, scope: str, fetch: Callable[[int, str | None], Page]) -> tuple[Sequence[Any], str]:
-    page = fetch(pagination.page_size(request.page_size), pagination.decode_token(request.page_token, scope))
-    return page.rows, pagination.encode_token(page.last, scope) if page.last else ""
 
 
 def _fill(
@@ -149,7 +143,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     def ListCampaigns(  # noqa: N802
         self, request: api.ListCampaignsRequest, context: grpc.ServicerContext
     ) -> api.ListCampaignsResponse:
-        rows, token = _paged(request, "campaigns", self._store.list_campaigns)
+        rows, token = pagination.paged(request, "campaigns", self._store.list_campaigns)
         return api.ListCampaignsResponse(campaigns=[to_campaign(r) for r in rows], next_page_token=token)
 
     def UpdateCampaign(  # noqa: N802
@@ -230,7 +224,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         group = request.dataset_group
         if group:
             names.check_name(group, "dataset_group", "datasetGroups")
-        rows, token = _paged(
+        rows, token = pagination.paged(
             request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after)
         )
         return api.ListFiltersResponse(filters=[to_filter(r) for r in rows], next_page_token=token)
@@ -450,7 +444,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         version = request.solution_version
         if version:
             names.check_name(version, "solution_version", "solutions", "versions")
-        rows, token = _paged(
+        rows, token = pagination.paged(
             request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after)
         )
         return api.ListBatchInferenceJobsResponse(

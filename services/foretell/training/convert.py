@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
@@ -43,10 +43,9 @@ def solution_version(row: Row[Any]) -> pb.SolutionVersion:
         update_time=timestamp_of(row.update_time),
         operation=row.operation,
     )
-    if row.training_seconds is not None:
-        out.training_duration.CopyFrom(
-            duration_pb2.Duration(seconds=int(row.training_seconds), nanos=int(row.training_seconds % 1 * 1e9))
-        )
+    took = _duration(row.training_seconds)
+    if took is not None:
+        out.training_duration.CopyFrom(took)
     if row.error:
         out.error.CopyFrom(status_pb2.Status.FromString(row.error))
     return out
@@ -70,3 +69,92 @@ def solution_metrics(row: Row[Any]) -> pb.SolutionMetrics:
         evaluated_users=int(metrics.get("evaluated_users", 0)),
         metrics=metrics,
     )
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    return duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9))
+
+
+def predictor(row: Row[Any]) -> pb.Predictor:
+    out = pb.Predictor.FromString(row.spec)
+    out.name = row.name
+    out.state = pb.TrainingState.Value(f"TRAINING_STATE_{row.state}")
+    out.dataset_snapshot_uri = row.snapshot_uri
+    out.artifact_uri = row.artifact_uri
+    out.create_time.CopyFrom(timestamp_of(row.create_time))
+    out.update_time.CopyFrom(timestamp_of(row.update_time))
+    out.operation = row.operation
+    took = _duration(row.training_seconds)
+    if took is not None:
+        out.training_duration.CopyFrom(took)
+    if row.error:
+        out.error.CopyFrom(status_pb2.Status.FromString(row.error))
+    return out
+
+
+def forecast(row: Row[Any]) -> pb.Forecast:
+    out = pb.Forecast(
+        name=row.name,
+        predictor=row.predictor,
+        quantiles=row.quantiles,
+        state=pb.TrainingState.Value(f"TRAINING_STATE_{row.state}"),
+        artifact_uri=row.artifact_uri,
+        series_count=row.series_count,
+        create_time=timestamp_of(row.create_time),
+        update_time=timestamp_of(row.update_time),
+        operation=row.operation,
+    )
+    if row.error:
+        out.error.CopyFrom(status_pb2.Status.FromString(row.error))
+    return out
+
+
+def error_metrics(data: dict[str, Any] | None) -> pb.ErrorMetrics:
+    """ErrorMetrics from the JSON the worker stores (None marks a value that could not be computed)."""
+    if not data:
+        return pb.ErrorMetrics()
+
+    def value(key: str) -> float:
+        v = data.get(key)
+        return float("nan") if v is None else float(v)
+
+    return pb.ErrorMetrics(
+        weighted_quantile_losses=[
+            pb.WeightedQuantileLoss(quantile=float(q), loss=float("nan") if loss is None else float(loss))
+            for q, loss in data.get("wql", [])
+        ],
+        average_weighted_quantile_loss=value("average_wql"),
+        wape=value("wape"),
+        rmse=value("rmse"),
+        mape=value("mape"),
+        mase=value("mase"),
+        smape=value("smape"),
+    )
+
+
+def algorithm_accuracy(data: dict[str, Any]) -> pb.AlgorithmAccuracy:
+    return pb.AlgorithmAccuracy(
+        algorithm=data["algorithm"],
+        windows=[
+            pb.WindowMetrics(
+                start_time=_seconds(w["start"]), end_time=_seconds(w["end"]), metrics=error_metrics(w.get("metrics"))
+            )
+            for w in data.get("windows", [])
+        ],
+        overall=error_metrics(data.get("overall")),
+    )
+
+
+def item_accuracy(data: dict[str, Any]) -> pb.ItemAccuracy:
+    return pb.ItemAccuracy(
+        item_id=data["item_id"],
+        dimensions=data.get("dimensions") or {},
+        algorithm=data["algorithm"],
+        metrics=error_metrics(data.get("metrics")),
+    )
+
+
+def _seconds(epoch: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(epoch))

@@ -78,9 +78,12 @@ class TrainingJobs:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="training-job")
         self._closing = threading.Event()
 
-    def submit(self, operation: str, kind: str, target: str) -> None:
+    def submit(self, operation: str, kind: str, target: str, request: dict[str, Any] | None = None) -> None:
+        """Queues a job; `request` (JSON) is what `prepare` needs beyond the target's stored row."""
         job_dir = self._jobs_dir / operation.removeprefix("operations/")
         job_dir.mkdir(parents=True, exist_ok=True)
+        if request is not None:
+            (job_dir / "request.json").write_text(json.dumps(request))
         self._store.create_job(operation, kind, target, str(job_dir))
         self._ops.report_progress(operation, 0.0, "queued")
         self._pool.submit(self._guarded, operation)

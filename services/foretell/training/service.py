@@ -13,6 +13,7 @@ from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.training.jobs import JobKind, TrainingJobs
 from foretell.training.launcher import LocalLauncher
+from foretell.training.predictor_jobs import ForecastExportJobs, ForecastJobs, PredictorJobs
 from foretell.training.servicer import TrainingServicer
 from foretell.training.solution_jobs import SolutionVersionJobs
 from foretell.training.store import TrainingStore
@@ -27,7 +28,13 @@ def add_training_service(
     """Registers TrainingService; returns the function that stops its jobs."""
     store = TrainingStore(engine)
     dataset_channel = peers.channel("dataset")
-    kinds: dict[str, JobKind] = {"solution-version": SolutionVersionJobs(store, dataset_channel, settings.artifacts)}
+    artifacts = settings.artifacts
+    kinds: dict[str, JobKind] = {
+        "solution-version": SolutionVersionJobs(store, dataset_channel, artifacts),
+        "predictor": PredictorJobs(store, dataset_channel, artifacts, workers=0),
+        "forecast": ForecastJobs(store, dataset_channel, artifacts, workers=0),
+        "forecast-export": ForecastExportJobs(store, artifacts),
+    }
     jobs = TrainingJobs(
         store,
         operations,
@@ -37,8 +44,7 @@ def add_training_service(
         settings.training_workers,
         settings.training_timeout_seconds,
     )
-    # Predictor and forecast RPCs answer UNIMPLEMENTED until the forecasting work lands.
-    servicer = TrainingServicer(store, jobs, operations, IdempotencyStore(engine), dataset_channel)  # type: ignore[abstract]
+    servicer = TrainingServicer(store, jobs, operations, IdempotencyStore(engine), dataset_channel, artifacts)
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
     return jobs.close

@@ -1,8 +1,12 @@
-"""TrainingService (solutions half): checks requests, records resources, hands training to the jobs."""
+"""TrainingService: checks requests, records resources, hands training to the jobs.
+
+Solutions live here; predictors and forecasts in `forecasting_servicer.ForecastingRpcs`.
+"""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +19,7 @@ from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.recipes.registry import RECIPES, ParamError, parse_params, recipe_class
 from foretell.training import convert
+from foretell.training.forecasting_servicer import ForecastingRpcs
 from foretell.training.jobs import TrainingJobs
 from foretell.training.store import TrainingStore
 from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc, training_service_pb2_grpc
@@ -28,11 +33,6 @@ MAX_HPO_TRIALS = 50
 METRIC_NAMES = frozenset(
     [f"{m}_at_{k}" for m in ("precision", "recall", "ndcg") for k in convert.METRIC_KS] + ["mrr", "catalog_coverage"]
 )
-
-
-def _paged(request: Any, scope: str, fetch: Any) -> tuple[list[Any], str]:
-    page = fetch(pagination.page_size(request.page_size), pagination.decode_token(request.page_token, scope))
-    return page.rows, pagination.encode_token(page.last, scope) if page.last else ""
 
 
 def check_hpo(recipe: str, config: pb.HpoConfig, path: str) -> None:
@@ -71,7 +71,7 @@ def check_hpo(recipe: str, config: pb.HpoConfig, path: str) -> None:
     problems.raise_if_any()
 
 
-class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
+class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(
         self,
         store: TrainingStore,
@@ -79,7 +79,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         operations: OperationStore,
         idempotency: IdempotencyStore,
         dataset_channel: grpc.Channel,
+        artifacts: Path,
     ) -> None:
+        self._artifacts = artifacts
         self._store = store
         self._jobs = jobs
         self._ops = operations
@@ -119,15 +121,17 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             lambda: convert.solution(self._store.create_solution(values)),
         )
 
-    def _check_group(self, group: str, field_name: str) -> None:
+    def _check_group(
+        self, group: str, field_name: str, domain: dataset_pb2.Domain.ValueType = dataset_pb2.DOMAIN_RECOMMENDATION
+    ) -> None:
         try:
             found = self._datasets.GetDatasetGroup(dataset_service_pb2.GetDatasetGroupRequest(name=group), timeout=10)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(group, "dataset group") from None
             raise
-        if found.domain != dataset_pb2.DOMAIN_RECOMMENDATION:
-            raise invalid(field_name, "must be a dataset group of domain DOMAIN_RECOMMENDATION")
+        if found.domain != domain:
+            raise invalid(field_name, f"must be a dataset group of domain {dataset_pb2.Domain.Name(domain)}")
 
     def GetSolution(self, request: api.GetSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
         return convert.solution(self._store.get_solution(names.check_name(request.name, "name", *SOLUTION)))
@@ -138,7 +142,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         group = request.dataset_group
         if group:
             names.check_name(group, "dataset_group", "datasetGroups")
-        rows, token = _paged(
+        rows, token = pagination.paged(
             request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after)
         )
         return api.ListSolutionsResponse(solutions=[convert.solution(r) for r in rows], next_page_token=token)
@@ -212,7 +216,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     ) -> api.ListSolutionVersionsResponse:
         parent = names.check_name(request.parent, "parent", *SOLUTION)
         self._store.get_solution(parent)
-        rows, token = _paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
+        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
         return api.ListSolutionVersionsResponse(
             solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token
         )

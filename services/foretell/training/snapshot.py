@@ -23,11 +23,19 @@ FILE_OF = {
     dataset_pb2.DATASET_TYPE_INTERACTIONS: "interactions.csv",
     dataset_pb2.DATASET_TYPE_ITEMS: "items.csv",
     dataset_pb2.DATASET_TYPE_USERS: "users.csv",
+    dataset_pb2.DATASET_TYPE_TARGET_TIME_SERIES: "target_time_series.csv",
+    dataset_pb2.DATASET_TYPE_RELATED_TIME_SERIES: "related_time_series.csv",
+    dataset_pb2.DATASET_TYPE_ITEM_METADATA: "item_metadata.csv",
 }
 
 
 def take_snapshot(
-    channel: grpc.Channel, dataset_group: str, directory: Path, cancelled: Callable[[], bool], timeout: float = 3600
+    channel: grpc.Channel,
+    dataset_group: str,
+    directory: Path,
+    cancelled: Callable[[], bool],
+    timeout: float = 3600,
+    required: str = "interactions.csv",
 ) -> list[str]:
     """Exports the group's datasets into `directory`; returns the files written."""
     datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
@@ -58,8 +66,9 @@ def take_snapshot(
         if operation.HasField("error"):
             raise FailedPrecondition(f"the snapshot of {dataset.name} failed: {_message(operation.error)}")
         written.append(file_name)
-    if "interactions.csv" not in written:
-        raise FailedPrecondition(f"dataset group {dataset_group!r} has no INTERACTIONS dataset")
+    if required not in written:
+        kind = required.removesuffix(".csv").upper()
+        raise FailedPrecondition(f"dataset group {dataset_group!r} has no {kind} dataset")
     return written
 
 

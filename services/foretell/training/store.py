@@ -63,13 +63,44 @@ solution_versions = Table(
     *times(),
 )
 
+predictors = Table(
+    "predictors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("dataset_group", String(128), nullable=False, index=True),
+    # The Predictor proto as given (its inputs); outputs live in the columns below.
+    Column("spec", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("snapshot_uri", Text, nullable=False, default=""),
+    Column("artifact_uri", Text, nullable=False, default=""),
+    Column("accuracy", JSON, nullable=True),
+    Column("training_seconds", Float, nullable=True),
+    Column("error", LargeBinary, nullable=True),
+    Column("operation", String(80), nullable=False, default=""),
+    *times(),
+)
+
+forecasts = Table(
+    "forecasts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("predictor", String(128), nullable=False, index=True),
+    Column("quantiles", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("artifact_uri", Text, nullable=False, default=""),
+    Column("series_count", Integer, nullable=False, default=0),
+    Column("error", LargeBinary, nullable=True),
+    Column("operation", String(80), nullable=False, default=""),
+    *times(),
+)
+
 # States of a job row: QUEUED (waiting for a slot), PREPARING (taking the snapshot),
 # RUNNING (a worker exists: `handle` says where), DONE.
 jobs = Table(
     "training_jobs",
     metadata,
     Column("name", String(80), primary_key=True),  # the operation name
-    Column("kind", String(32), nullable=False),  # "solution-version", later "predictor", "forecast"
+    Column("kind", String(32), nullable=False),  # "solution-version", "predictor", "forecast", "forecast-export"
     Column("target", String(256), nullable=False),
     Column("state", String(16), nullable=False),
     Column("job_dir", Text, nullable=False),
@@ -129,11 +160,7 @@ class TrainingStore:
         return get_row(self.engine, solution_versions, name, "solution version")
 
     def update_version(self, name: str, **values: Any) -> Row[Any]:
-        with transaction(self.engine) as conn:
-            conn.execute(
-                update(solution_versions).where(solution_versions.c.name == name).values(update_time=now(), **values)
-            )
-            return get_row(self.engine, solution_versions, name, "solution version", conn)
+        return self._update(solution_versions, name, "solution version", values)
 
     def list_versions(self, solution: str, size: int, after: str | None) -> Page:
         return page_rows(self.engine, solution_versions, size, after, solution_versions.c.solution == solution)
@@ -157,6 +184,66 @@ class TrainingStore:
         with transaction(self.engine) as conn:
             conn.execute(delete(solution_versions).where(solution_versions.c.name == name))
         return row
+
+    # ---- predictors and forecasts ----------------------------------------------------
+
+    def create_predictor(self, values: dict[str, Any]) -> Row[Any]:
+        return insert_row(self.engine, predictors, values, "predictor")
+
+    def get_predictor(self, name: str) -> Row[Any]:
+        return get_row(self.engine, predictors, name, "predictor")
+
+    def update_predictor(self, name: str, **values: Any) -> Row[Any]:
+        return self._update(predictors, name, "predictor", values)
+
+    def list_predictors(self, group: str, size: int, after: str | None) -> Page:
+        where = [predictors.c.dataset_group == group] if group else []
+        return page_rows(self.engine, predictors, size, after, *where)
+
+    def delete_predictor(self, name: str) -> Row[Any]:
+        row = self.get_predictor(name)
+        if row.state in ACTIVE_VERSION_STATES:
+            raise FailedPrecondition(
+                f"predictor {name!r} is still training; cancel its operation first", metadata={"resource": name}
+            )
+        with transaction(self.engine) as conn:
+            used = conn.execute(select(forecasts.c.name).where(forecasts.c.predictor == name).limit(5)).scalars()
+            blocking = list(used)
+            if blocking:
+                raise FailedPrecondition(
+                    f"predictor {name!r} has forecasts ({', '.join(blocking)}); delete them first",
+                    metadata={"resource": name},
+                )
+            conn.execute(delete(predictors).where(predictors.c.name == name))
+        return row
+
+    def create_forecast(self, values: dict[str, Any]) -> Row[Any]:
+        return insert_row(self.engine, forecasts, values, "forecast")
+
+    def get_forecast(self, name: str) -> Row[Any]:
+        return get_row(self.engine, forecasts, name, "forecast")
+
+    def update_forecast(self, name: str, **values: Any) -> Row[Any]:
+        return self._update(forecasts, name, "forecast", values)
+
+    def list_forecasts(self, predictor: str, size: int, after: str | None) -> Page:
+        where = [forecasts.c.predictor == predictor] if predictor else []
+        return page_rows(self.engine, forecasts, size, after, *where)
+
+    def delete_forecast(self, name: str) -> Row[Any]:
+        row = self.get_forecast(name)
+        if row.state in ACTIVE_VERSION_STATES:
+            raise FailedPrecondition(
+                f"forecast {name!r} is still being generated; cancel its operation first", metadata={"resource": name}
+            )
+        with transaction(self.engine) as conn:
+            conn.execute(delete(forecasts).where(forecasts.c.name == name))
+        return row
+
+    def _update(self, table: Table, name: str, what: str, values: dict[str, Any]) -> Row[Any]:
+        with transaction(self.engine) as conn:
+            conn.execute(update(table).where(table.c.name == name).values(update_time=now(), **values))
+            return get_row(self.engine, table, name, what, conn)
 
     # ---- jobs ------------------------------------------------------------------------
 

@@ -60,17 +60,26 @@ def _write_result(job_dir: Path, result: dict[str, Any]) -> None:
     os.replace(partial, job_dir / "result.json")
 
 
-def _kinds() -> dict[str, Callable[[dict[str, Any], ProgressFile], dict[str, Any]]]:
-    from foretell.training.solution_worker import train_solution_version
+def _job(kind: str) -> Callable[[dict[str, Any], ProgressFile], dict[str, Any]]:
+    # Imported here so that a worker loads only the stack its job needs.
+    if kind == "solution-version":
+        from foretell.training.solution_worker import train_solution_version
 
-    return {"solution-version": train_solution_version}
+        return train_solution_version
+    from foretell.training import predictor_worker
+
+    return {
+        "predictor": predictor_worker.train_predictor_job,
+        "forecast": predictor_worker.generate_forecast_job,
+        "forecast-export": predictor_worker.export_forecast_job,
+    }[kind]
 
 
 def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "spec.json").read_text())
     progress = ProgressFile(job_dir / "progress.jsonl")
     try:
-        output = _kinds()[spec["kind"]](spec, progress)
+        output = _job(spec["kind"])(spec, progress)
     except WorkerError as exc:
         log.warning("training failed", extra={"code": exc.code, "error": str(exc)})
         _write_result(job_dir, {"ok": False, "error": {"code": exc.code, "message": str(exc)}})
@@ -93,4 +102,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))
+    # Run the importable module, not this `__main__` copy: jobs raise `foretell.training.worker.WorkerError`,
+    # which a `__main__.WorkerError` handler would not catch.
+    from foretell.training import worker
+
+    raise SystemExit(worker.main(sys.argv))

@@ -1,0 +1,467 @@
+"""Predictors: backtest candidate algorithms over every series, choose per series, generate forecasts.
+
+Pure computation over a `SeriesSet` (no gRPC, no files): the training worker loads the snapshot,
+calls `train_predictor`, stores what it returns, and later calls `generate_forecast`.
+
+Backtest windows (Amazon Forecast's rule): with horizon h, `offset` (default h) and `windows` n,
+window w (0 = latest) trains on each series up to `L - offset - w*h` and scores the next h steps.
+Every series is back-filled to the dataset end, so the windows are the same dates for every series.
+A series too short for a window (fewer than `MIN_TRAIN` points before it) sits that window out.
+
+AutoML ranks the candidates per series by the chosen metric averaged over the windows and serves
+`automl.select_candidates` of them (one, or an ensemble merged by `automl.combine`). The "chosen"
+accuracy scores that served choice on the same windows it was chosen on, so it is optimistic by
+construction, as Amazon Forecast's own AutoML figures are.
+
+Statistical models are fitted per series (in worker processes when there are many series); the
+deep model ("deepar") is one global model per window, plus a final one on all the data, which
+alone can forecast cold-start items (items with metadata and no history).
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from foretell.forecasting import automl
+from foretell.forecasting.base import Forecast
+from foretell.forecasting.deepar import DeepAr, GlobalSeries
+from foretell.forecasting.metrics import ErrorMetrics, aggregate, evaluate_forecast
+from foretell.forecasting.models import FORECASTERS, make_forecaster
+from foretell.forecasting.series import SeriesSet
+from foretell.forecasting.table import ForecastTable
+
+DEEP = "deepar"
+ALGORITHMS: tuple[str, ...] = (*FORECASTERS, DEEP)
+METRICS: tuple[str, ...] = ("average_wql", "wape", "rmse", "mape", "mase", "smape")
+MIN_TRAIN = 2
+# Below this many series a process pool costs more than it saves.
+PARALLEL_MIN_SERIES = 64
+
+Progress = Callable[..., None]
+
+
+def _no_progress(fraction: float, message: str = "", **counters: float) -> None:
+    pass
+
+
+class ParamError(ValueError):
+    """A hyper-parameter that does not exist or does not parse; `.name` is its key as given."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+# ---- configuration ---------------------------------------------------------------------
+
+
+def _param_types(algorithm: str) -> dict[str, type]:
+    if algorithm == DEEP:
+        return dict(DeepAr.PARAMS)
+    signature = inspect.signature(FORECASTERS[algorithm].__init__)
+    return {name: _kind(p) for name, p in signature.parameters.items() if name != "self"}
+
+
+def _kind(p: inspect.Parameter) -> type:
+    """The type a constructor parameter takes, from its default (or its annotation when that is None)."""
+    if p.default is not None and p.default is not inspect.Parameter.empty:
+        return type(p.default)
+    text = str(p.annotation)
+    return int if "int" in text else float if "float" in text else str
+
+
+def _coerce(kind: type, raw: str) -> Any:
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError
+        return raw.lower() in ("true", "1")
+    return kind(raw)
+
+
+def parse_hyper_parameters(algorithms: Sequence[str], raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Typed hyper-parameters per algorithm. With one algorithm keys are plain ("epochs"); with several
+    (AutoML) they are prefixed by the algorithm ("deepar.epochs")."""
+    out: dict[str, dict[str, Any]] = {a: {} for a in algorithms}
+    for key, value in raw.items():
+        if len(algorithms) == 1 and "." not in key:
+            algorithm, name = algorithms[0], key
+        else:
+            algorithm, _, name = key.partition(".")
+            if algorithm not in out:
+                raise ParamError(
+                    key, f"must be <algorithm>.<parameter> with an algorithm among {', '.join(algorithms)}"
+                )
+        types = _param_types(algorithm)
+        if name not in types:
+            known = ", ".join(sorted(types)) or "none"
+            raise ParamError(key, f"is not a hyper-parameter of {algorithm}; known: {known}")
+        try:
+            out[algorithm][name] = _coerce(types[name], value)
+        except ValueError:
+            raise ParamError(key, f"{value[:40]!r} is not a valid {types[name].__name__}") from None
+        if algorithm != DEEP:
+            try:
+                make_forecaster(algorithm, **out[algorithm])
+            except (ValueError, TypeError) as exc:
+                raise ParamError(key, str(exc)) from None
+    if DEEP in out and out[DEEP]:
+        try:
+            DeepAr(horizon=1, **out[DEEP])
+        except (ValueError, TypeError) as exc:
+            raise ParamError(f"{DEEP}." if len(algorithms) > 1 else "", str(exc)) from None
+    return out
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    candidates: tuple[str, ...]  # one algorithm, or AutoML's candidates
+    horizon: int
+    quantiles: tuple[float, ...]
+    backtest_windows: int = 1
+    backtest_offset: int = 0  # 0: the horizon
+    metric: str = "average_wql"
+    ensemble: bool = True  # AutoML only: merge the best candidates instead of picking one
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: int = 0  # processes for per-series fitting; 0: every CPU
+    seed: int = 0
+
+    @property
+    def offset(self) -> int:
+        return self.backtest_offset or self.horizon
+
+    @property
+    def automl(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def check_history(lengths: Sequence[int], config: PredictorConfig) -> None:
+    """ValueError (naming forecast_horizon) when even the longest series cannot hold the backtest."""
+    needed = config.offset + (config.backtest_windows - 1) * config.horizon + max(MIN_TRAIN, config.horizon)
+    longest = max(lengths, default=0)
+    if longest < needed:
+        raise ValueError(
+            f"forecast_horizon {config.horizon} with {config.backtest_windows} backtest window(s) and offset "
+            f"{config.offset} needs series of at least {needed} steps at this frequency; the longest has {longest}"
+        )
+
+
+# ---- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class PredictorResult:
+    windows: list[tuple[int, int]]  # (first, last) forecast timestamp of each window, oldest first
+    by_algorithm: dict[str, list[ErrorMetrics | None]]  # pooled over series, per window
+    chosen_windows: list[ErrorMetrics | None]  # what the predictor serves, per window
+    chosen: list[list[str]]  # per series: the algorithms it is forecast with
+    item_metrics: list[ErrorMetrics | None]  # per series, the served choice over every window
+    deepar: DeepAr | None  # trained on all the data when any series uses it
+
+    def overall(self, per_window: Sequence[ErrorMetrics | None]) -> ErrorMetrics | None:
+        return average_windows(per_window)
+
+
+def metric_value(m: ErrorMetrics, metric: str) -> float:
+    value = {
+        "average_wql": m.mean_wql,
+        "wape": m.wape,
+        "rmse": m.rmse,
+        "mape": m.mape,
+        "mase": m.mase,
+        "smape": m.smape,
+    }[metric]
+    return float(value) if np.isfinite(value) else float("inf")
+
+
+def average_windows(per_window: Sequence[ErrorMetrics | None]) -> ErrorMetrics | None:
+    """Metrics over several windows: Amazon Forecast reports their plain average."""
+    present = [m for m in per_window if m is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    first = present[0]
+
+    def mean(attr: str) -> float:
+        values = np.array([getattr(m, attr) for m in present], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else float("nan")
+
+    wql = tuple(float(np.mean([m.wql[i] for m in present])) for i in range(len(first.levels)))
+    return ErrorMetrics(
+        smape=mean("smape"),
+        mase=mean("mase"),
+        wape=mean("wape"),
+        rmse=mean("rmse"),
+        mape=mean("mape"),
+        levels=first.levels,
+        wql=wql,
+        mean_wql=mean("mean_wql"),
+        n_series=max(m.n_series for m in present),
+        n_points=sum(m.n_points for m in present),
+        sum_abs_error=sum(m.sum_abs_error for m in present),
+        sum_abs_actual=sum(m.sum_abs_actual for m in present),
+        sum_sq_error=sum(m.sum_sq_error for m in present),
+        sum_ape=sum(m.sum_ape for m in present),
+        n_ape=sum(m.n_ape for m in present),
+        sum_pinball=tuple(sum(m.sum_pinball[i] for m in present) for i in range(len(first.levels))),
+    )
+
+
+# ---- per-series statistical fits (run in worker processes) ----------------------------
+
+# (series index, algorithm, train values, season length, horizon, quantiles, params)
+_Task = tuple[int, str, np.ndarray, int, int, tuple[float, ...], dict[str, Any]]
+
+
+def _fit_predict(task: _Task) -> tuple[int, str, Forecast]:
+    index, algorithm, y, season, horizon, quantiles, params = task
+    return index, algorithm, make_forecaster(algorithm, **params).fit(y, season).predict(horizon, quantiles)
+
+
+def _run_tasks(tasks: list[_Task], workers: int, progress: Callable[[int], None]) -> dict[tuple[int, str], Forecast]:
+    out: dict[tuple[int, str], Forecast] = {}
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers <= 1 or len(tasks) < PARALLEL_MIN_SERIES:
+        for i, task in enumerate(tasks):
+            index, algorithm, forecast = _fit_predict(task)
+            out[index, algorithm] = forecast
+            progress(i + 1)
+        return out
+    # fork: the children inherit the loaded modules instead of importing them again.
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        chunk = max(1, min(32, len(tasks) // (n_workers * 8)))
+        for i, (index, algorithm, forecast) in enumerate(pool.map(_fit_predict, tasks, chunksize=chunk)):
+            out[index, algorithm] = forecast
+            progress(i + 1)
+    return out
+
+
+# ---- the deep model ------------------------------------------------------------------
+
+
+def _global(series: SeriesSet, cut: Sequence[int] | None, horizon: int) -> list[GlobalSeries]:
+    """The series as DeepAR inputs, truncated to `cut[i]` points when given (a backtest window)."""
+    m = series.frequency.season_length
+    out = []
+    for i, target in enumerate(series.targets):
+        n = len(target) if cut is None else cut[i]
+        related = None if series.related is None else series.related[i][: n + horizon]
+        static = None if series.static is None else series.static[i]
+        # Every series ends at the same date, so phases counted back from the end line up.
+        out.append(GlobalSeries(np.nan_to_num(target[:n]), related, static, (-n) % m))
+    return out
+
+
+def _fit_deepar(inputs: list[GlobalSeries], series: SeriesSet, config: PredictorConfig, progress: Progress) -> DeepAr:
+    params = {"seed": config.seed, **config.params[DEEP]}
+    model = DeepAr(horizon=config.horizon, season_length=series.frequency.season_length, **params)
+    return model.fit(inputs, series.cardinalities, progress)
+
+
+# ---- training ------------------------------------------------------------------------
+
+
+def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progress = _no_progress) -> PredictorResult:
+    """Backtests every candidate, chooses per series, and trains the final deep model if one is used."""
+    h, season = config.horizon, series.frequency.season_length
+    lengths = [len(t) for t in series.targets]
+    check_history(lengths, config)
+    n_windows = config.backtest_windows
+    # cuts[w][i]: training points of series i in window w (0 = latest).
+    cuts = [[length - config.offset - w * h for length in lengths] for w in range(n_windows)]
+    statistical = [c for c in config.candidates if c != DEEP]
+    has_deep = DEEP in config.candidates
+    steps = n_windows * (len(statistical) * len(lengths) + (1 if has_deep else 0)) + (1 if has_deep else 0)
+    done = 0
+
+    def advance(count: int, message: str) -> None:
+        progress(min(0.99, (done + count) / max(steps, 1)), message)
+
+    forecasts: list[dict[tuple[int, str], Forecast]] = []
+    for w in range(n_windows):
+        tasks: list[_Task] = [
+            (i, algorithm, series.targets[i][: cuts[w][i]], season, h, config.quantiles, config.params[algorithm])
+            for i in range(len(lengths))
+            if cuts[w][i] >= MIN_TRAIN
+            for algorithm in statistical
+        ]
+        window_label = f"backtest window {n_windows - w} of {n_windows}"
+        got = _run_tasks(tasks, config.workers, lambda k, label=window_label: advance(k, label))  # type: ignore[misc]
+        done += len(statistical) * len(lengths)
+        if has_deep:
+            eligible = [i for i in range(len(lengths)) if cuts[w][i] >= MIN_TRAIN]
+            inputs = _global(series, cuts[w], h)
+            model = _fit_deepar([inputs[i] for i in eligible], series, config, _sub(progress, done, steps))
+            for i, forecast in zip(
+                eligible, model.predict([inputs[i] for i in eligible], config.quantiles), strict=True
+            ):
+                got[i, DEEP] = forecast
+            done += 1
+        forecasts.append(got)
+
+    # Per series and candidate: metrics on every window it took part in.
+    per_item: list[dict[str, list[ErrorMetrics]]] = []
+    for i, target in enumerate(series.targets):
+        scored: dict[str, list[ErrorMetrics]] = {}
+        for w in range(n_windows):
+            cut = cuts[w][i]
+            if cut < MIN_TRAIN:
+                continue
+            actual = target[cut : cut + h]
+            for algorithm in config.candidates:
+                f = forecasts[w].get((i, algorithm))
+                if f is not None:
+                    scored.setdefault(algorithm, []).append(_score(actual, f, target[:cut], season))
+        per_item.append(scored)
+
+    chosen: list[list[str]] = []
+    for scored in per_item:
+        if not config.automl or not scored:
+            chosen.append(list(config.candidates[:1]) if not config.automl else _fallback(config))
+            continue
+        scores = {a: float(np.mean([metric_value(m, config.metric) for m in ms])) for a, ms in scored.items()}
+        chosen.append(automl.select_candidates(scores, "ensemble" if config.ensemble else "select"))
+
+    by_algorithm: dict[str, list[ErrorMetrics | None]] = {a: [] for a in config.candidates}
+    chosen_windows: list[ErrorMetrics | None] = []
+    item_windows: list[list[ErrorMetrics]] = [[] for _ in lengths]
+    for w in range(n_windows):
+        for algorithm in config.candidates:
+            ms = [
+                _score(series.targets[i][cuts[w][i] : cuts[w][i] + h], f, series.targets[i][: cuts[w][i]], season)
+                for (i, a), f in sorted(forecasts[w].items())
+                if a == algorithm
+            ]
+            by_algorithm[algorithm].insert(0, aggregate(ms) if ms else None)
+        served = []
+        for i, names in enumerate(chosen):
+            parts = [forecasts[w][i, a] for a in names if (i, a) in forecasts[w]]
+            if not parts:
+                continue
+            cut = cuts[w][i]
+            m = _score(series.targets[i][cut : cut + h], automl.combine(parts), series.targets[i][:cut], season)
+            served.append(m)
+            item_windows[i].append(m)
+        chosen_windows.insert(0, aggregate(served) if served else None)
+
+    final = None
+    if has_deep and (any(DEEP in names for names in chosen) or series.cold_items):
+        progress(done / max(steps, 1), "training the deep model on all the data")
+        final = _fit_deepar(_global(series, None, h), series, config, _sub(progress, done, steps))
+    windows = []
+    for w in reversed(range(n_windows)):
+        last_step = -config.offset - w * h  # relative to the dataset end + 1 step
+        first = series.frequency.add(series.end, last_step + 1)
+        last = series.frequency.add(series.end, last_step + h)
+        windows.append((int(np.asarray(first).item()), int(np.asarray(last).item())))
+    return PredictorResult(
+        windows=windows,
+        by_algorithm=by_algorithm,
+        chosen_windows=chosen_windows,
+        chosen=chosen,
+        item_metrics=[aggregate(ms) if ms else None for ms in item_windows],
+        deepar=final,
+    )
+
+
+def _fallback(config: PredictorConfig) -> list[str]:
+    """A series too short to backtest gets the simplest candidate available."""
+    for simple in ("seasonal-naive", "naive", "ets", "theta"):
+        if simple in config.candidates:
+            return [simple]
+    return list(config.candidates[:1])
+
+
+def _score(actual: np.ndarray, f: Forecast, insample: np.ndarray, season: int) -> ErrorMetrics:
+    m = season if len(insample) > season else 1
+    return evaluate_forecast(actual, f.mean, f.levels, f.quantiles, insample, m)
+
+
+def _sub(progress: Progress, done: int, steps: int) -> Progress:
+    """Maps a sub-task's 0..1 progress into its share of the whole."""
+
+    def report(fraction: float, message: str = "", **counters: float) -> None:
+        progress(min(0.99, (done + fraction) / max(steps, 1)), message, **counters)
+
+    return report
+
+
+# ---- forecasting ---------------------------------------------------------------------
+
+
+def generate_forecast(
+    series: SeriesSet,
+    chosen: Mapping[tuple[str, str], Sequence[str]],
+    config: PredictorConfig,
+    deepar: DeepAr | None,
+    quantiles: tuple[float, ...],
+    progress: Progress = _no_progress,
+) -> ForecastTable:
+    """Refits each series' chosen algorithms on all its history and forecasts `config.horizon` steps.
+
+    `chosen` maps (item id, dimensions key) to algorithm names; series absent from it (new since the
+    predictor was trained) get AutoML's fallback. Cold-start items are forecast only by the deep model.
+    """
+    h, season = config.horizon, series.frequency.season_length
+    names = [list(chosen.get(series_key(series, i)) or _fallback(config)) for i in range(len(series.targets))]
+    if deepar is None:
+        names = [[a for a in n if a != DEEP] or _fallback_statistical(config) for n in names]
+    tasks: list[_Task] = [
+        (i, a, series.targets[i], season, h, quantiles, config.params.get(a, {}))
+        for i, n in enumerate(names)
+        for a in n
+        if a != DEEP
+    ]
+    total = max(len(tasks), 1)
+    got = _run_tasks(tasks, config.workers, lambda k: progress(0.9 * k / total, f"{k} of {total} fits"))
+    if deepar is not None:
+        wanted = [i for i, n in enumerate(names) if DEEP in n]
+        inputs = _global(series, None, h)
+        for i, f in zip(wanted, deepar.predict([inputs[i] for i in wanted], quantiles), strict=True):
+            got[i, DEEP] = f
+    merged = [automl.combine([got[i, a] for a in n]) for i, n in enumerate(names)]
+    item_ids = list(series.item_ids)
+    dimensions = [dict(d) for d in series.dimensions]
+    if deepar is not None and series.cold_items:
+        cold = [
+            GlobalSeries(
+                np.zeros(0),
+                None,
+                None if series.cold_static is None else series.cold_static[j],
+                0,
+            )
+            for j in range(len(series.cold_items))
+        ]
+        if series.related is None:
+            merged += deepar.predict(cold, quantiles)
+            item_ids += list(series.cold_items)
+            dimensions += [{} for _ in series.cold_items]
+    future = np.asarray(series.future(0, h), dtype=np.int64)
+    n = len(merged)
+    return ForecastTable(
+        item_ids=item_ids,
+        dimensions=dimensions,
+        timestamps=np.tile(future, (n, 1)),
+        mean=np.array([f.mean for f in merged], dtype=np.float64).reshape(n, h),
+        levels=np.asarray(quantiles, dtype=np.float64),
+        values=np.array([f.quantiles for f in merged], dtype=np.float64).reshape(n, len(quantiles), h),
+    )
+
+
+def _fallback_statistical(config: PredictorConfig) -> list[str]:
+    names = [a for a in _fallback(config) if a != DEEP]
+    return names or ["seasonal-naive"]
+
+
+def series_key(series: SeriesSet, i: int) -> tuple[str, str]:
+    dims = series.dimensions[i]
+    return series.item_ids[i], "&".join(f"{k}={dims[k]}" for k in sorted(dims))

@@ -1,0 +1,203 @@
+"""Server side of predictor, forecast and forecast-export jobs: what to prepare, how to record the end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from sqlalchemy.engine import Row
+
+from foretell.core.artifacts import path_of, uri_of
+from foretell.core.resources import now
+from foretell.forecasting.automl import DEFAULT_CANDIDATES
+from foretell.training import convert
+from foretell.training.snapshot import take_snapshot
+from foretell.training.store import TrainingStore
+from foretell.v1 import training_pb2 as pb
+from foretell.v1 import training_service_pb2 as api
+
+FILL_METHODS = {
+    pb.FILL_METHOD_UNSPECIFIED: "zero",
+    pb.FILL_METHOD_ZERO: "zero",
+    pb.FILL_METHOD_VALUE: "value",
+    pb.FILL_METHOD_MEAN: "mean",
+    pb.FILL_METHOD_MEDIAN: "median",
+    pb.FILL_METHOD_PREVIOUS: "previous",
+    pb.FILL_METHOD_NAN: "nan",
+}
+METRIC_OF = {
+    pb.ACCURACY_METRIC_UNSPECIFIED: "average_wql",
+    pb.ACCURACY_METRIC_AVERAGE_WQL: "average_wql",
+    pb.ACCURACY_METRIC_WAPE: "wape",
+    pb.ACCURACY_METRIC_RMSE: "rmse",
+    pb.ACCURACY_METRIC_MAPE: "mape",
+    pb.ACCURACY_METRIC_MASE: "mase",
+    pb.ACCURACY_METRIC_SMAPE: "smape",
+}
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def predictor_spec(p: pb.Predictor) -> dict[str, Any]:
+    """What the worker needs of a (validated) Predictor, with every default made explicit."""
+    if p.perform_automl:
+        candidates = list(p.automl_config.candidate_algorithms) or list(DEFAULT_CANDIDATES)
+    else:
+        candidates = [p.algorithm]
+    return {
+        "candidates": candidates,
+        "horizon": p.forecast_horizon,
+        "frequency": p.forecast_frequency,
+        "quantiles": list(p.forecast_quantiles) or list(DEFAULT_QUANTILES),
+        "dimensions": list(p.forecast_dimensions),
+        "backtest_windows": p.backtest_windows or 1,
+        "backtest_offset": p.backtest_window_offset or p.forecast_horizon,
+        "metric": METRIC_OF[p.automl_config.optimization_metric],
+        "ensemble": p.automl_config.ensemble if p.perform_automl else False,
+        "fill_policies": [
+            {"field": f.field, "method": FILL_METHODS[f.method], "value": f.value} for f in p.fill_policies
+        ],
+        "hyper_parameters": dict(p.hyper_parameters),
+    }
+
+
+def _snapshot_dir(artifacts: Path, dataset_group: str) -> Path:
+    group_id = dataset_group.rsplit("/", 1)[-1]
+    return artifacts / "snapshots" / group_id / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def _aware(moment: Any) -> Any:
+    return moment if moment.tzinfo else moment.replace(tzinfo=now().tzinfo)
+
+
+def _write_spec(job_dir: Path, spec: dict[str, Any]) -> None:
+    (job_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+
+
+class _ModelJobs:
+    """What predictor and forecast jobs share: a snapshot to take and an artifact directory per resource."""
+
+    collection: ClassVar[str]
+
+    def __init__(self, store: TrainingStore, dataset_channel: grpc.Channel, artifacts: Path, workers: int) -> None:
+        self._store = store
+        self._channel = dataset_channel
+        self._artifacts = artifacts
+        self._workers = workers  # processes per job for per-series fits; 0: every CPU
+
+    def artifact_dir(self, name: str) -> Path:
+        return self._artifacts / self.collection / name.rsplit("/", 1)[-1]
+
+
+class PredictorJobs(_ModelJobs):
+    """The JobKind "predictor"."""
+
+    collection = "predictors"
+
+    def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
+        row = self._store.get_predictor(job.target)
+        snapshot = _snapshot_dir(self._artifacts, row.dataset_group)
+        take_snapshot(self._channel, row.dataset_group, snapshot, cancelled, required="target_time_series.csv")
+        self._store.update_predictor(row.name, state="RUNNING", snapshot_uri=uri_of(snapshot))
+        spec = predictor_spec(pb.Predictor.FromString(row.spec))
+        spec.update(
+            kind="predictor",
+            snapshot_dir=str(snapshot),
+            artifact_dir=str(self.artifact_dir(row.name)),
+            workers=self._workers,
+        )
+        _write_spec(job_dir, spec)
+
+    def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
+        row = self._store.get_predictor(job.target)
+        row = self._store.update_predictor(
+            row.name,
+            state="SUCCEEDED",
+            artifact_uri=uri_of(self.artifact_dir(row.name)),
+            accuracy=result.get("accuracy"),
+            training_seconds=(now() - _aware(row.create_time)).total_seconds(),
+        )
+        return convert.predictor(row)
+
+    def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
+        row = self._store.get_predictor(job.target)
+        shutil.rmtree(self.artifact_dir(row.name), ignore_errors=True)
+        self._store.update_predictor(
+            row.name,
+            state=state,
+            error=error.SerializeToString() if error is not None else None,
+            training_seconds=(now() - _aware(row.create_time)).total_seconds(),
+        )
+
+
+class ForecastJobs(_ModelJobs):
+    """The JobKind "forecast": a fresh snapshot, the predictor's choices refitted, a ForecastTable out."""
+
+    collection = "forecasts"
+
+    def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
+        row = self._store.get_forecast(job.target)
+        predictor = self._store.get_predictor(row.predictor)
+        # The latest data: new imports since training are forecast from without retraining.
+        snapshot = _snapshot_dir(self._artifacts, predictor.dataset_group)
+        take_snapshot(self._channel, predictor.dataset_group, snapshot, cancelled, required="target_time_series.csv")
+        self._store.update_forecast(row.name, state="RUNNING")
+        spec = {
+            "kind": "forecast",
+            "snapshot_dir": str(snapshot),
+            "predictor_dir": str(path_of(predictor.artifact_uri)),
+            "quantiles": list(row.quantiles),
+            "artifact_dir": str(self.artifact_dir(row.name)),
+            "workers": self._workers,
+        }
+        _write_spec(job_dir, spec)
+
+    def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
+        row = self._store.update_forecast(
+            job.target,
+            state="SUCCEEDED",
+            artifact_uri=uri_of(self.artifact_dir(job.target)),
+            series_count=int(result.get("series_count", 0)),
+        )
+        return convert.forecast(row)
+
+    def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
+        shutil.rmtree(self.artifact_dir(job.target), ignore_errors=True)
+        self._store.update_forecast(
+            job.target, state=state, error=error.SerializeToString() if error is not None else None
+        )
+
+
+class ForecastExportJobs:
+    """The JobKind "forecast-export": a forecast's table written as CSV (see ForecastTable.to_csv)."""
+
+    def __init__(self, store: TrainingStore, artifacts: Path) -> None:
+        self._store = store
+        self._artifacts = artifacts
+
+    def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
+        request = json.loads((job_dir / "request.json").read_text())
+        row = self._store.get_forecast(job.target)
+        _write_spec(
+            job_dir,
+            {
+                "kind": "forecast-export",
+                "forecast_dir": str(path_of(row.artifact_uri)),
+                "destination": str(path_of(request["destination_uri"])),
+                "destination_uri": request["destination_uri"],
+            },
+        )
+
+    def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
+        return api.ExportForecastResponse(
+            destination_uri=result["destination_uri"], rows_exported=int(result["rows_exported"])
+        )
+
+    def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
+        """The table writes its CSV atomically, so a failed export leaves nothing behind to remove."""
