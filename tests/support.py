@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from google.longrunning import operations_pb2, operations_pb2_grpc
 
 from foretell.core.settings import Settings
@@ -146,3 +148,64 @@ def make_recommendation_group(stubs: Stubs, group_id: str = "shop") -> Group:
         timeout=5,
     )
     return Group(group.name, inter.name, items.name)
+
+
+# ---- forecasting ------------------------------------------------------------------------
+
+DAY = 86_400
+START = 1_700_006_400  # 2023-11-15 00:00 UTC
+TARGET_FIELDS = [
+    pb.SchemaField(name="ITEM_ID", type=pb.FIELD_TYPE_STRING),
+    pb.SchemaField(name="TIMESTAMP", type=pb.FIELD_TYPE_TIMESTAMP),
+    pb.SchemaField(name="TARGET_VALUE", type=pb.FIELD_TYPE_DOUBLE),
+    pb.SchemaField(name="store", type=pb.FIELD_TYPE_STRING),
+]
+
+
+def daily_csv(items: int = 6, days: int = 120, seed: int = 0, shuffle: bool = True) -> bytes:
+    """Weekly-seasonal daily sales with a level per item, rows in random order (order must not matter)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(items):
+        level = 20.0 + 10 * i
+        for d in range(days):
+            value = level * (1 + 0.4 * math.sin(2 * math.pi * d / 7)) + rng.normal(0, 1.5)
+            rows.append([f"item{i}", _iso(START + d * DAY), f"{value:.3f}", "north" if i % 2 else "south"])
+    if shuffle:
+        rng.shuffle(rows)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["ITEM_ID", "TIMESTAMP", "TARGET_VALUE", "store"])
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _iso(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def make_forecasting_group(stubs: Stubs, group_id: str, data: bytes) -> str:
+    d = stubs.datasets
+    group = d.CreateDatasetGroup(
+        api.CreateDatasetGroupRequest(
+            dataset_group_id=group_id, dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_FORECASTING)
+        ),
+        timeout=5,
+    )
+    d.CreateSchema(
+        api.CreateSchemaRequest(
+            schema_id=f"{group_id}-target", schema=pb.Schema(domain=pb.DOMAIN_FORECASTING, fields=TARGET_FIELDS)
+        ),
+        timeout=5,
+    )
+    dataset = d.CreateDataset(
+        api.CreateDatasetRequest(
+            parent=group.name,
+            dataset_id="sales",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_TARGET_TIME_SERIES, schema=f"schemas/{group_id}-target"),
+        ),
+        timeout=5,
+    )
+    done = stubs.wait(upload(stubs, dataset.name, data, chunk=1 << 16))
+    assert not done.HasField("error"), done.error
+    return str(group.name)

@@ -206,6 +206,11 @@ def test_demo_trains_deploys_and_recommends(tmp_path: Path) -> None:
     assert recommendations.count("mostly") == 2 and recommendations.count(" The ") >= 10  # titles, 5 per user
     assert " is gone " in out.split("[15/15]", 1)[1]
     assert "serving as campaigns/movielens-demo" in out.split("Summary", 1)[1]
+    # Forecasting: statsmodels' quarterly macro series, AutoML with its backtest table, a query, a plot.
+    for step in ("[F1] forecasting data", "[F2] predictor", "[F3] forecast", "[F4] QueryForecast", "[F5] plot"):
+        assert step in out, step
+    assert "8 series x 8 steps" in out and "realgdp" in out.split("[F4]", 1)[1]
+    assert (data_dir / "forecast.png").read_bytes()[:4] == b"\x89PNG"
 
     # Again, as JSON, with another recipe: the previous campaign and solution are replaced.
     again = ok("--json", "demo", "--data-dir", str(data_dir), "--rows", "1000", "--recipe", "popularity-count")
@@ -214,3 +219,5 @@ def test_demo_trains_deploys_and_recommends(tmp_path: Path) -> None:
     assert len(report["recommendations"]) == 2 and all(len(v) == 5 for v in report["recommendations"].values())
     assert report["realtime"]["clicked"] not in report["realtime"]["after"]
     assert {d["type"]: d["rows"] for d in report["datasets"]}["INTERACTIONS"] == 1000 + 5 + 1
+    assert report["forecast"] == "forecasts/forecast-demo" and report["forecastSeries"] == 8
+    assert 0 < report["forecastAccuracy"]["averageWql"] < 0.2

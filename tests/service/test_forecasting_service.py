@@ -4,7 +4,6 @@ backtest accuracy, generate, query and export forecasts; bad requests and bad da
 from __future__ import annotations
 
 import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -20,67 +19,10 @@ from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import training_service_pb2 as api
 
 from errors import expect_error
-from support import Stubs, upload
+from support import DAY, START, Stubs, daily_csv, make_forecasting_group, upload
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-DAY = 86_400
-START = 1_700_006_400  # 2023-11-15 00:00 UTC
-TARGET_FIELDS = [
-    dpb.SchemaField(name="ITEM_ID", type=dpb.FIELD_TYPE_STRING),
-    dpb.SchemaField(name="TIMESTAMP", type=dpb.FIELD_TYPE_TIMESTAMP),
-    dpb.SchemaField(name="TARGET_VALUE", type=dpb.FIELD_TYPE_DOUBLE),
-    dpb.SchemaField(name="store", type=dpb.FIELD_TYPE_STRING),
-]
-
-
-def daily_csv(items: int = 6, days: int = 120, seed: int = 0, shuffle: bool = True) -> bytes:
-    """Weekly-seasonal daily sales with a level per item, rows in random order (order must not matter)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(items):
-        level = 20.0 + 10 * i
-        for d in range(days):
-            value = level * (1 + 0.4 * math.sin(2 * math.pi * d / 7)) + rng.normal(0, 1.5)
-            rows.append([f"item{i}", _iso(START + d * DAY), f"{value:.3f}", "north" if i % 2 else "south"])
-    if shuffle:
-        rng.shuffle(rows)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["ITEM_ID", "TIMESTAMP", "TARGET_VALUE", "store"])
-    writer.writerows(rows)
-    return out.getvalue().encode()
-
-
-def _iso(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def make_forecasting_group(stubs: Stubs, group_id: str, data: bytes) -> str:
-    d = stubs.datasets
-    group = d.CreateDatasetGroup(
-        dapi.CreateDatasetGroupRequest(
-            dataset_group_id=group_id, dataset_group=dpb.DatasetGroup(domain=dpb.DOMAIN_FORECASTING)
-        ),
-        timeout=5,
-    )
-    d.CreateSchema(
-        dapi.CreateSchemaRequest(
-            schema_id=f"{group_id}-target", schema=dpb.Schema(domain=dpb.DOMAIN_FORECASTING, fields=TARGET_FIELDS)
-        ),
-        timeout=5,
-    )
-    dataset = d.CreateDataset(
-        dapi.CreateDatasetRequest(
-            parent=group.name,
-            dataset_id="sales",
-            dataset=dpb.Dataset(dataset_type=dpb.DATASET_TYPE_TARGET_TIME_SERIES, schema=f"schemas/{group_id}-target"),
-        ),
-        timeout=5,
-    )
-    done = stubs.wait(upload(stubs, dataset.name, data, chunk=1 << 16))
-    assert not done.HasField("error"), done.error
-    return str(group.name)
 
 
 def _predictor(group: str, **fields: object) -> training_pb2.Predictor:
@@ -301,3 +243,58 @@ def test_a_training_predictor_reports_progress_and_can_be_cancelled(stubs: Stubs
     assert done.error.code == grpc.StatusCode.CANCELLED.value[0]
     predictor = stubs.training.GetPredictor(api.GetPredictorRequest(name="predictors/deep"), timeout=5)
     assert predictor.state == training_pb2.TRAINING_STATE_CANCELLED and not predictor.artifact_uri
+
+
+def test_deepar_learns_across_series_and_forecasts_a_cold_start_item(stubs: Stubs) -> None:
+    group = make_forecasting_group(stubs, "deep", daily_csv(items=6, days=60))
+    d = stubs.datasets
+    d.CreateSchema(
+        dapi.CreateSchemaRequest(
+            schema_id="deep-meta",
+            schema=dpb.Schema(
+                domain=dpb.DOMAIN_FORECASTING,
+                fields=[
+                    dpb.SchemaField(name="ITEM_ID", type=dpb.FIELD_TYPE_STRING),
+                    dpb.SchemaField(name="size", type=dpb.FIELD_TYPE_STRING, categorical=True),
+                ],
+            ),
+        ),
+        timeout=5,
+    )
+    meta = d.CreateDataset(
+        dapi.CreateDatasetRequest(
+            parent=group,
+            dataset_id="meta",
+            dataset=dpb.Dataset(dataset_type=dpb.DATASET_TYPE_ITEM_METADATA, schema="schemas/deep-meta"),
+        ),
+        timeout=5,
+    )
+    # item0-2 are small (levels 20-40), item3-5 large (50-70); "newbie" has metadata and no history.
+    sizes = "ITEM_ID,size\n" + "".join(f"item{i},{'small' if i < 3 else 'large'}\n" for i in range(6))
+    done = stubs.wait(upload(stubs, meta.name, (sizes + "newbie,large\n").encode()))
+    assert not done.HasField("error"), done.error
+
+    params = {"epochs": "3", "hidden_size": "16", "num_samples": "50"}
+    done = _train(stubs, "deep", _predictor(group, algorithm="deepar", hyper_parameters=params))
+    assert not done.HasField("error"), done.error
+    accuracy = stubs.training.GetAccuracyMetrics(api.GetAccuracyMetricsRequest(name="predictors/deep"), timeout=5)
+    assert [a.algorithm for a in accuracy.algorithms] == ["deepar"] and accuracy.chosen.overall.wape > 0
+
+    done = stubs.wait(
+        stubs.training.CreateForecast(
+            api.CreateForecastRequest(forecast_id="deep", forecast=training_pb2.Forecast(predictor="predictors/deep")),
+            timeout=10,
+        ),
+        timeout=120,
+    )
+    assert not done.HasField("error"), done.error
+    forecast = stubs.training.GetForecast(api.GetForecastRequest(name="forecasts/deep"), timeout=5)
+    assert forecast.series_count == 7
+    query = forecast_query_service_pb2_grpc.ForecastQueryServiceStub(stubs.channel)
+    answer = query.QueryForecast(
+        forecast_query_service_pb2.QueryForecastRequest(forecast=forecast.name, item_id="newbie"), timeout=5
+    )
+    (series,) = answer.series
+    mean = np.array([p.value for p in series.mean])
+    low, mid, high = (np.array([p.value for p in q.points]) for q in series.quantiles)
+    assert len(mean) == 7 and np.isfinite(mean).all() and (low <= mid).all() and (mid <= high).all()

@@ -73,15 +73,16 @@ def test_service_runs_alone(module: str, service: str, tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == 0
 
 
-def test_predictors_are_served_but_not_implemented_yet(tmp_path: Path) -> None:
-    # Predictors land with the forecasting issue; until then the contract says so clearly.
+def test_the_training_service_alone_serves_predictors(tmp_path: Path) -> None:
     proc, port = start("foretell.training", tmp_path)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = training_service_pb2_grpc.TrainingServiceStub(channel)
             with pytest.raises(grpc.RpcError) as info:
                 stub.GetPredictor(training_service_pb2.GetPredictorRequest(name="predictors/x"), timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND and "predictors/x" in (info.value.details() or "")
+            listed = stub.ListPredictors(training_service_pb2.ListPredictorsRequest(), timeout=5)
+            assert not listed.predictors
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)

@@ -26,17 +26,19 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from foretell.forecasting import automl
 from foretell.forecasting.base import Forecast
-from foretell.forecasting.deepar import DeepAr, GlobalSeries
 from foretell.forecasting.metrics import ErrorMetrics, aggregate, evaluate_forecast
 from foretell.forecasting.models import FORECASTERS, make_forecaster
 from foretell.forecasting.series import SeriesSet
 from foretell.forecasting.table import ForecastTable
+
+if TYPE_CHECKING:  # torch loads only for jobs that use the deep model
+    from foretell.forecasting.deepar import DeepAr, GlobalSeries
 
 DEEP = "deepar"
 ALGORITHMS: tuple[str, ...] = (*FORECASTERS, DEEP)
@@ -65,6 +67,8 @@ class ParamError(ValueError):
 
 def _param_types(algorithm: str) -> dict[str, type]:
     if algorithm == DEEP:
+        from foretell.forecasting.deepar import DeepAr
+
         return dict(DeepAr.PARAMS)
     signature = inspect.signature(FORECASTERS[algorithm].__init__)
     return {name: _kind(p) for name, p in signature.parameters.items() if name != "self"}
@@ -113,6 +117,8 @@ def parse_hyper_parameters(algorithms: Sequence[str], raw: Mapping[str, str]) ->
             except (ValueError, TypeError) as exc:
                 raise ParamError(key, str(exc)) from None
     if DEEP in out and out[DEEP]:
+        from foretell.forecasting.deepar import DeepAr
+
         try:
             DeepAr(horizon=1, **out[DEEP])
         except (ValueError, TypeError) as exc:
@@ -250,6 +256,8 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: Callable[[int], None]
 
 def _global(series: SeriesSet, cut: Sequence[int] | None, horizon: int) -> list[GlobalSeries]:
     """The series as DeepAR inputs, truncated to `cut[i]` points when given (a backtest window)."""
+    from foretell.forecasting.deepar import GlobalSeries
+
     m = series.frequency.season_length
     out = []
     for i, target in enumerate(series.targets):
@@ -262,6 +270,8 @@ def _global(series: SeriesSet, cut: Sequence[int] | None, horizon: int) -> list[
 
 
 def _fit_deepar(inputs: list[GlobalSeries], series: SeriesSet, config: PredictorConfig, progress: Progress) -> DeepAr:
+    from foretell.forecasting.deepar import DeepAr
+
     params = {"seed": config.seed, **config.params[DEEP]}
     model = DeepAr(horizon=config.horizon, season_length=series.frequency.season_length, **params)
     return model.fit(inputs, series.cardinalities, progress)
@@ -432,6 +442,8 @@ def generate_forecast(
     item_ids = list(series.item_ids)
     dimensions = [dict(d) for d in series.dimensions]
     if deepar is not None and series.cold_items:
+        from foretell.forecasting.deepar import GlobalSeries
+
         cold = [
             GlobalSeries(
                 np.zeros(0),

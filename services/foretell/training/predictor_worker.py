@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from foretell.forecasting.deepar import DeepAr
 from foretell.forecasting.frequency import Frequency
 from foretell.forecasting.metrics import ErrorMetrics
 from foretell.forecasting.predictor import (
@@ -132,7 +131,11 @@ def generate_forecast_job(spec: dict[str, Any], progress: Progress) -> dict[str,
     series = _series(predictor_spec, spec["snapshot_dir"])
     config = config_of(predictor_spec)
     chosen = {(item, dims): names for item, dims, names in saved["chosen"]}
-    deepar = DeepAr.load(predictor_dir / DEEP) if (predictor_dir / DEEP).exists() else None
+    deepar = None
+    if (predictor_dir / DEEP).exists():
+        from foretell.forecasting.deepar import DeepAr
+
+        deepar = DeepAr.load(predictor_dir / DEEP)
     table = generate_forecast(series, chosen, config, deepar, tuple(spec["quantiles"]), progress)
     table.save(Path(spec["artifact_dir"]))
     return {"series_count": len(table.item_ids)}
