@@ -474,3 +474,26 @@ def test_ten_thousand_series_of_a_thousand_steps_build_in_seconds() -> None:
     assert len(result.targets) == n and sum(len(t) for t in result.targets) >= n * (steps - 20)
     assert not any(np.isnan(t).any() for t in result.targets)
     assert elapsed < 20, elapsed  # about 2 s on an idle 2-core machine; generous for a loaded CI box
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plot_forecast_writes_a_png(tmp_path: Path) -> None:
+    from foretell.forecasting.plot import plot_forecast
+
+    history_ts = Frequency.parse("D").add(day(0), np.arange(60))
+    forecast_ts = Frequency.parse("D").add(day(60), np.arange(14))
+    history = 10 + np.sin(np.arange(60) / 3)
+    mean = np.full(14, 10.0)
+    path = tmp_path / "forecast.png"
+    plot_forecast(path, history_ts, history, forecast_ts, mean, mean - 1, mean + 1, title="item 007")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000  # a drawn figure, not an empty canvas
+    plain = tmp_path / "no-band.png"
+    plot_forecast(plain, history_ts, history, forecast_ts, mean, None, None)
+    assert plain.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="upper needs one value per forecast step"):
+        plot_forecast(tmp_path / "bad.png", history_ts, history, forecast_ts, mean, mean, mean[:3])
+    assert not (tmp_path / "bad.png").exists()
