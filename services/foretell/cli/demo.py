@@ -818,7 +818,9 @@ def run_demo(
             summary = {**_dataset_summary(client, loaded), **served}
             say()
             say("Forecasting")
-            summary.update(run_forecast_demo(client, data_dir, series, frequency, horizon, show_progress, say))
+            summary.update(
+                run_forecast_demo(client, data_dir, series, frequency, horizon, show_progress, say, not as_json)
+            )
         summary["target"] = target
         summary["seconds"] = round(time.monotonic() - started, 2)
         if as_json:

@@ -105,8 +105,11 @@ def run_forecast_demo(
     horizon: int,
     show_progress: bool,
     say: Callable[[str], None],
+    tables: bool = True,
 ) -> dict[str, Any]:
-    """Import -> AutoML predictor (backtest accuracy) -> forecast -> query -> PNG plot."""
+    """Import -> AutoML predictor (backtest accuracy) -> forecast -> query -> PNG plot.
+
+    `tables`: print the accuracy and forecast tables (stdout), off when stdout holds the JSON summary."""
     if series is None:
         source = macro_series(data_dir / "input")
     else:
@@ -138,14 +141,16 @@ def run_forecast_demo(
     seconds = predictor.training_duration.ToTimedelta().total_seconds()
     say(f"[F2] predictor         {predictor.name}: AutoML over {', '.join(CANDIDATES)} in {seconds:.1f}s")
     accuracy = client.call(client.training.GetAccuracyMetrics, tapi.GetAccuracyMetricsRequest(name=predictor.name))
-    say("      backtest accuracy (2 windows of the last quarters):")
-    print_accuracy(accuracy)
+    say(f"      backtest accuracy over 2 windows of {source.horizon} steps:")
+    if tables:
+        print_accuracy(accuracy)
 
     forecast = create_forecast(client, GROUP_ID, predictor.name, (), show_progress)
     say(f"[F3] forecast          {forecast.name}: {forecast.series_count} series x {source.horizon} steps")
     answer = client.query_forecast(forecast.name, source.plot_item)
     say(f"[F4] QueryForecast     {source.plot_item}:")
-    print_series(answer.series)
+    if tables:
+        print_series(answer.series)
     plot_path = data_dir / "forecast.png"
     plot_series(plot_path, answer.series[0], source.path)
     say(f"[F5] plot              {plot_path}")
