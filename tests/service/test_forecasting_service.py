@@ -245,7 +245,7 @@ def test_a_training_predictor_reports_progress_and_can_be_cancelled(stubs: Stubs
     assert predictor.state == training_pb2.TRAINING_STATE_CANCELLED and not predictor.artifact_uri
 
 
-def test_deepar_learns_across_series_and_forecasts_a_cold_start_item(stubs: Stubs) -> None:
+def test_deepar_with_related_series_and_metadata_forecasts_a_cold_start_item(stubs: Stubs) -> None:
     group = make_forecasting_group(stubs, "deep", daily_csv(items=6, days=60))
     d = stubs.datasets
     d.CreateSchema(
@@ -272,6 +272,37 @@ def test_deepar_learns_across_series_and_forecasts_a_cold_start_item(stubs: Stub
     # item0-2 are small (levels 20-40), item3-5 large (50-70); "newbie" has metadata and no history.
     sizes = "ITEM_ID,size\n" + "".join(f"item{i},{'small' if i < 3 else 'large'}\n" for i in range(6))
     done = stubs.wait(upload(stubs, meta.name, (sizes + "newbie,large\n").encode()))
+    assert not done.HasField("error"), done.error
+
+    # A known-future covariate for every item, the cold one included, through the forecast horizon.
+    d.CreateSchema(
+        dapi.CreateSchemaRequest(
+            schema_id="deep-related",
+            schema=dpb.Schema(
+                domain=dpb.DOMAIN_FORECASTING,
+                fields=[
+                    dpb.SchemaField(name="ITEM_ID", type=dpb.FIELD_TYPE_STRING),
+                    dpb.SchemaField(name="TIMESTAMP", type=dpb.FIELD_TYPE_TIMESTAMP),
+                    dpb.SchemaField(name="promo", type=dpb.FIELD_TYPE_DOUBLE),
+                ],
+            ),
+        ),
+        timeout=5,
+    )
+    related = d.CreateDataset(
+        dapi.CreateDatasetRequest(
+            parent=group,
+            dataset_id="related",
+            dataset=dpb.Dataset(dataset_type=dpb.DATASET_TYPE_RELATED_TIME_SERIES, schema="schemas/deep-related"),
+        ),
+        timeout=5,
+    )
+    promo = "ITEM_ID,TIMESTAMP,promo\n" + "".join(
+        f"{item},{START + day * DAY},{float(day % 10 == 0)}\n"
+        for item in [*(f"item{i}" for i in range(6)), "newbie"]
+        for day in range(67)
+    )
+    done = stubs.wait(upload(stubs, related.name, promo.encode(), chunk=1 << 16))
     assert not done.HasField("error"), done.error
 
     params = {"epochs": "3", "hidden_size": "16", "num_samples": "50"}

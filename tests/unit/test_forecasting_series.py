@@ -349,6 +349,24 @@ def test_metadata_codes_and_cold_start_items() -> None:
     assert result.cold_static.tolist() == [[0, 3], [2, 2]]
 
 
+def test_cold_start_items_get_their_future_covariates() -> None:
+    target = frame([("a", day(0), 1.0), ("a", day(1), 2.0)])
+    related = pd.DataFrame(
+        {
+            "ITEM_ID": ["a", "a", "a", "new", "new", "new"],
+            "TIMESTAMP": [day(0), day(1), day(2), day(1), day(2), day(3)],
+            "price": [5.0, 6.0, 7.0, 9.0, 8.0, 7.5],
+        }
+    )
+    metadata = pd.DataFrame({"ITEM_ID": ["a", "new", "bare"], "colour": ["red", "blue", "red"]})
+    result = build_series(target, DAY, 2, related=related, item_metadata=metadata)
+    assert result.cold_items == ["bare", "new"] and result.cold_related is not None
+    # Only the two steps after the end (days 2 and 3); "bare" has no related rows: the fill is 0.
+    assert same(result.cold_related[1][:, 0], [8.0, 7.5])
+    assert same(result.cold_related[0][:, 0], [0.0, 0.0])
+    assert build_series(target, DAY, 2, item_metadata=metadata).cold_related is None
+
+
 def test_metadata_errors_and_absence() -> None:
     target = frame([("a", day(0), 1.0)])
     plain = build_series(target, DAY, 1)

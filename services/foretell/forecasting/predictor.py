@@ -447,16 +447,15 @@ def generate_forecast(
         cold = [
             GlobalSeries(
                 np.zeros(0),
-                None,
+                None if series.cold_related is None else series.cold_related[j],
                 None if series.cold_static is None else series.cold_static[j],
                 0,
             )
             for j in range(len(series.cold_items))
         ]
-        if series.related is None:
-            merged += deepar.predict(cold, quantiles)
-            item_ids += list(series.cold_items)
-            dimensions += [{} for _ in series.cold_items]
+        merged += deepar.predict(cold, quantiles)
+        item_ids += list(series.cold_items)
+        dimensions += [{d: "" for d in series.dimension_fields} for _ in series.cold_items]
     future = np.asarray(series.future(0, h), dtype=np.int64)
     n = len(merged)
     return ForecastTable(

@@ -40,7 +40,8 @@ refuse or drop the field: models take no NaN). "mean"/"median" use all rows of t
 Item metadata. STRING fields become category codes 1..K in sorted value order; 0 is a missing value
 or an item without a metadata row. Numeric fields are ignored (they are not categories, and the
 forecasters take no static reals). Items with metadata but no target rows are cold-start items:
-listed in `cold_items` with their codes in `cold_static`, not among the series. Two metadata rows for
+listed in `cold_items` with their codes in `cold_static` and their future covariates in `cold_related`,
+not among the series. Two metadata rows for
 one item are an error.
 
 Vectorised throughout: rows are grouped by factorised keys, aggregated with one sort and
@@ -102,6 +103,7 @@ class SeriesSet:
     cardinalities: list[int]  # per static column, codes incl. 0
     cold_items: list[str] = field(default_factory=list)  # items with metadata and no target rows, sorted
     cold_static: np.ndarray | None = None  # (len(cold_items), c) their codes; None without static fields
+    cold_related: list[np.ndarray] | None = None  # their (horizon, k) covariates; None without related data
     dimension_fields: list[str] = field(default_factory=list)  # the requested forecast dimensions, in order
     horizon: int = 0  # steps `related` extends past `end`
 
@@ -455,6 +457,12 @@ def build_series(
     if rel is not None:
         related_arrays = _related_series(rel, rel_steps, series_keys, first, end_step + horizon, width, policies)
     static_fields, static, cards, cold, cold_static = _static(item_metadata, item_ids)
+    cold_related = None
+    if rel is not None and cold:
+        # A cold-start item has only a future: its covariates for the `horizon` steps after `end`.
+        cold_keys = pd.DataFrame({"ITEM_ID": cold, **{d: [""] * len(cold) for d in dims}})
+        cold_first = np.full(len(cold), end_step + 1, dtype=np.int64)
+        cold_related = _related_series(rel, rel_steps, cold_keys, cold_first, end_step + horizon, width, policies)
     return SeriesSet(
         frequency=frequency,
         item_ids=item_ids,
@@ -469,6 +477,7 @@ def build_series(
         cardinalities=cards,
         cold_items=cold,
         cold_static=cold_static,
+        cold_related=cold_related,
         dimension_fields=dims,
         horizon=horizon,
     )
