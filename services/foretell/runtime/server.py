@@ -90,7 +90,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
             )
             names.append(recommendation_service.SERVICE_NAME)
         elif service == "forecast-query":
-            forecast_query_service.add_forecast_query_service(server)
+            forecast_query_service.add_forecast_query_service(server, settings, peers)
             names.append(forecast_query_service.SERVICE_NAME)
         else:
             raise ValueError(f"unknown service {service!r}")
