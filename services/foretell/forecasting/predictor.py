@@ -305,18 +305,19 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
             for algorithm in statistical
         ]
         window_label = f"backtest window {n_windows - w} of {n_windows}"
-        got = _run_tasks(tasks, config.workers, lambda k, label=window_label: advance(k, label))  # type: ignore[misc]
+        forecasts.append(
+            _run_tasks(tasks, config.workers, lambda k, label=window_label: advance(k, label))  # type: ignore[misc]
+        )
         done += len(statistical) * len(lengths)
-        if has_deep:
-            eligible = [i for i in range(len(lengths)) if cuts[w][i] >= MIN_TRAIN]
-            inputs = _global(series, cuts[w], h)
-            model = _fit_deepar([inputs[i] for i in eligible], series, config, _sub(progress, done, steps))
-            for i, forecast in zip(
-                eligible, model.predict([inputs[i] for i in eligible], config.quantiles), strict=True
-            ):
-                got[i, DEEP] = forecast
-            done += 1
-        forecasts.append(got)
+    # The deep model after every statistical fit: the fit pool forks, and a fork after torch's threads
+    # have started is not safe.
+    for w in range(n_windows if has_deep else 0):
+        eligible = [i for i in range(len(lengths)) if cuts[w][i] >= MIN_TRAIN]
+        inputs = _global(series, cuts[w], h)
+        model = _fit_deepar([inputs[i] for i in eligible], series, config, _sub(progress, done, steps))
+        for i, forecast in zip(eligible, model.predict([inputs[i] for i in eligible], config.quantiles), strict=True):
+            forecasts[w][i, DEEP] = forecast
+        done += 1
 
     # Per series and candidate: metrics on every window it took part in.
     per_item: list[dict[str, list[ErrorMetrics]]] = []
@@ -412,7 +413,7 @@ def generate_forecast(
     series: SeriesSet,
     chosen: Mapping[tuple[str, str], Sequence[str]],
     config: PredictorConfig,
-    deepar: DeepAr | None,
+    deepar: Callable[[], DeepAr] | None,
     quantiles: tuple[float, ...],
     progress: Progress = _no_progress,
 ) -> ForecastTable:
@@ -420,6 +421,7 @@ def generate_forecast(
 
     `chosen` maps (item id, dimensions key) to algorithm names; series absent from it (new since the
     predictor was trained) get AutoML's fallback. Cold-start items are forecast only by the deep model.
+    `deepar` loads the predictor's deep model; it is called after the statistical fits (see train_predictor).
     """
     h, season = config.horizon, series.frequency.season_length
     names = [list(chosen.get(series_key(series, i)) or _fallback(config)) for i in range(len(series.targets))]
@@ -433,15 +435,16 @@ def generate_forecast(
     ]
     total = max(len(tasks), 1)
     got = _run_tasks(tasks, config.workers, lambda k: progress(0.9 * k / total, f"{k} of {total} fits"))
-    if deepar is not None:
+    model = deepar() if deepar is not None else None
+    if model is not None:
         wanted = [i for i, n in enumerate(names) if DEEP in n]
         inputs = _global(series, None, h)
-        for i, f in zip(wanted, deepar.predict([inputs[i] for i in wanted], quantiles), strict=True):
+        for i, f in zip(wanted, model.predict([inputs[i] for i in wanted], quantiles), strict=True):
             got[i, DEEP] = f
     merged = [automl.combine([got[i, a] for a in n]) for i, n in enumerate(names)]
     item_ids = list(series.item_ids)
     dimensions = [dict(d) for d in series.dimensions]
-    if deepar is not None and series.cold_items:
+    if model is not None and series.cold_items:
         from foretell.forecasting.deepar import GlobalSeries
 
         cold = [
@@ -453,7 +456,7 @@ def generate_forecast(
             )
             for j in range(len(series.cold_items))
         ]
-        merged += deepar.predict(cold, quantiles)
+        merged += model.predict(cold, quantiles)
         item_ids += list(series.cold_items)
         dimensions += [{d: "" for d in series.dimension_fields} for _ in series.cold_items]
     future = np.asarray(series.future(0, h), dtype=np.int64)

@@ -135,7 +135,9 @@ def generate_forecast_job(spec: dict[str, Any], progress: Progress) -> dict[str,
     if (predictor_dir / DEEP).exists():
         from foretell.forecasting.deepar import DeepAr
 
-        deepar = DeepAr.load(predictor_dir / DEEP)
+        def deepar() -> DeepAr:
+            return DeepAr.load(predictor_dir / DEEP)
+
     table = generate_forecast(series, chosen, config, deepar, tuple(spec["quantiles"]), progress)
     table.save(Path(spec["artifact_dir"]))
     return {"series_count": len(table.item_ids)}
