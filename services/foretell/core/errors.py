@@ -97,6 +97,13 @@ class Aborted(ForetellError):
     reason = "ABORTED"
 
 
+class Unavailable(ForetellError):
+    """A peer service did not answer; the caller may retry."""
+
+    code = code_pb2.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
 class Cancelled(ForetellError):
     code = code_pb2.CANCELLED
     reason = "CANCELLED"

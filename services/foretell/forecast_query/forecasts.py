@@ -19,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import code_pb2
 
 from foretell.core import names
 from foretell.core.artifacts import path_of
-from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, NotFound, invalid
+from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, NotFound, Unavailable, invalid
 from foretell.forecast_query.query import ServedForecast
 from foretell.forecasting.table import ForecastTable
 from foretell.v1 import training_pb2, training_service_pb2, training_service_pb2_grpc
@@ -33,11 +32,6 @@ log = logging.getLogger("foretell.forecast_query")
 RECHECK_SECONDS = 5.0
 CAPACITY = 8
 PEER_TIMEOUT = 10.0
-
-
-class Unavailable(ForetellError):
-    code = code_pb2.UNAVAILABLE
-    reason = "UNAVAILABLE"
 
 
 @dataclass

@@ -29,7 +29,7 @@ from google.rpc import code_pb2
 
 from foretell.core import names
 from foretell.core.artifacts import path_of
-from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, invalid
+from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, invalid
 from foretell.core.operations import OperationStore, error_status
 from foretell.recipes.artifact import load_artifact
 from foretell.recommendation.engine import NO_EVENTS, Engine, Exploration, RecentEvents
@@ -51,11 +51,6 @@ CACHE_USERS = 100_000
 # Serialized answers cached per deployment (about 1 KB each for 25 items).
 ANSWERS = 50_000
 PEER_TIMEOUT = 10.0
-
-
-class Unavailable(ForetellError):
-    code = code_pb2.UNAVAILABLE
-    reason = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)
