@@ -206,3 +206,40 @@ def test_registry_and_factory() -> None:
         make_forecaster("ets", alpha=0.3)
     with pytest.raises(ValueError, match="num_samples"):
         make_forecaster("npts", num_samples=0)
+
+
+def test_arima_forecast_is_the_state_space_forecast_of_its_parameters() -> None:
+    # ARMA(1, 1) around a mean: our recursion and statsmodels' Kalman filter, run with the parameters
+    # Arima estimated, must give the same forecast and standard errors (up to how the first residuals
+    # are started, which has died out by the end of the series).
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    rng = np.random.default_rng(21)
+    e = rng.normal(0, 1, 401)
+    x = np.zeros(400)
+    for t in range(1, 400):
+        x[t] = 0.7 * x[t - 1] + e[t] + 0.4 * e[t - 1]
+    y = 10 + x
+    model = Arima().fit(y)
+    p, d, q = model.order_
+    assert d == 0 and model.constant_ and p + q >= 1
+    mu = model.params_[-1]
+    assert abs(mu - 10) < 0.5
+    res = SARIMAX(y - mu, order=(p, 0, q)).filter(np.r_[model.params_[: p + q], model.sigma2_])
+    expected = res.get_forecast(H)
+    forecast = model.predict(H, (0.5, 0.9))
+    np.testing.assert_allclose(forecast.mean, expected.predicted_mean + mu, rtol=1e-6, atol=1e-6)
+    se = (forecast.quantile(0.9) - forecast.mean) / 1.2815515655446004
+    np.testing.assert_allclose(se, expected.se_mean, rtol=1e-3)
+    # in-sample one-step predictions are y minus the residuals
+    np.testing.assert_allclose(model.fitted_[-5:], y[-5:] - model.resid_[-5:])
+
+
+def test_arima_finds_the_seasonal_difference_and_the_order_limits_hold() -> None:
+    y = seasonal_series(144, seed=6)
+    model = Arima(max_p=1, max_q=1, max_P=0, max_Q=0).fit(y, M)
+    p, _, q = model.order_
+    sp, big_d, sq, m = model.seasonal_order_
+    assert big_d == 1 and m == M and sp == sq == 0 and p <= 1 and q <= 1
+    with pytest.raises(ValueError, match="max_models"):
+        Arima(max_models=0)
