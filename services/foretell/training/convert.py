@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import status_pb2
@@ -12,6 +12,7 @@ from foretell.core.resources import timestamp_of
 from foretell.v1 import training_pb2 as pb
 
 METRIC_KS = (5, 10, 25)
+M = TypeVar("M", pb.SolutionVersion, pb.Predictor)
 
 
 def solution(row: Row[Any]) -> pb.Solution:
@@ -43,6 +44,11 @@ def solution_version(row: Row[Any]) -> pb.SolutionVersion:
         update_time=timestamp_of(row.update_time),
         operation=row.operation,
     )
+    return _ended(out, row)
+
+
+def _ended(out: M, row: Row[Any]) -> M:
+    """Sets what a training resource reports once it ran: its duration and its error, if any."""
     took = _duration(row.training_seconds)
     if took is not None:
         out.training_duration.CopyFrom(took)
@@ -86,12 +92,7 @@ def predictor(row: Row[Any]) -> pb.Predictor:
     out.create_time.CopyFrom(timestamp_of(row.create_time))
     out.update_time.CopyFrom(timestamp_of(row.update_time))
     out.operation = row.operation
-    took = _duration(row.training_seconds)
-    if took is not None:
-        out.training_duration.CopyFrom(took)
-    if row.error:
-        out.error.CopyFrom(status_pb2.Status.FromString(row.error))
-    return out
+    return _ended(out, row)
 
 
 def forecast(row: Row[Any]) -> pb.Forecast:
