@@ -22,32 +22,23 @@ One run:
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import json
 import logging
-import multiprocessing as mp
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent import futures
-from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-for extra in (ROOT / "services", ROOT / "clients" / "python", BENCH_DIR):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+# The shared load generator; importing it also puts services/ and clients/python on sys.path.
+from grpc_load import add_load_arguments, compare, load_summary, machine, run_noop_server, spawn, stop, table
 
-from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress  # noqa: E402
+from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress
 
 CAMPAIGN = "campaigns/bench"
 GROUP = "datasetGroups/bench"
@@ -219,8 +210,6 @@ def serve_foretell(conn: Connection, data_dir: str) -> None:
 
 
 def serve_noop(conn: Connection, recommendations: bytes, ranking: bytes, max_workers: int) -> None:
-    import grpc
-
     from foretell.v1 import recommendation_service_pb2 as api
     from foretell.v1 import recommendation_service_pb2_grpc
 
@@ -234,182 +223,21 @@ def serve_noop(conn: Connection, recommendations: bytes, ranking: bytes, max_wor
         def GetPersonalizedRanking(self, request: Any, context: Any) -> Any:  # noqa: N802
             return ranked
 
-    # The options of foretell.runtime.server.create_server, without the error interceptor.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        maximum_concurrent_rpcs=256,
-        options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+    run_noop_server(
+        conn,
+        lambda server: recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(Noop(), server),
+        max_workers,
     )
-    recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(Noop(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    conn.send(("listening", port, 0.0))
-    conn.recv()
-    server.stop(0)
-
-
-# ---- load (subprocess) ---------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    calls: int  # measured calls (warm-up excluded)
-    errors: int
-    seconds: float
-    qps: float
-    p50_ms: float
-    p99_ms: float
-    offered_qps: float
-    segment_qps: list[float]
-    all_calls: int = 0  # warm-up included: the denominator of cpu_ms_per_call
-    cpu_ms_per_call: float = float("nan")  # server process CPU (user + system) per call it answered
-
-
-def run_load(
-    conn: Connection, ports: list[int], method: str, requests: list[bytes], mode: str, rates: list[float],
-    options: dict[str, Any],
-) -> None:  # fmt: skip
-    stats = asyncio.run(_load(ports, method, requests, mode, rates, **options))
-    conn.send([asdict(s) for s in stats])
-
-
-async def _load(
-    ports: list[int], method: str, raw: list[bytes], mode: str, rates: list[float], *, concurrency: int,
-    channels: int, segments: int, segment: float, warmup: float,
-) -> list[Stats]:  # fmt: skip
-    """Alternates between the servers in `segment`-second slices, so they share the machine's drift."""
-    import grpc
-
-    from foretell.v1 import recommendation_service_pb2 as api
-    from foretell.v1 import recommendation_service_pb2_grpc
-
-    request_type = (
-        api.GetRecommendationsRequest if method == "GetRecommendations" else api.GetPersonalizedRankingRequest
-    )
-    requests = [request_type.FromString(r) for r in raw]
-    opened = [[grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)] for port in ports]
-    calls = [
-        [getattr(recommendation_service_pb2_grpc.RecommendationServiceStub(c), method) for c in row] for row in opened
-    ]
-    loop = asyncio.get_running_loop()
-    latencies: list[list[float]] = [[] for _ in ports]
-    answered = [0 for _ in ports]
-    errors = [0 for _ in ports]
-    seconds = [0.0 for _ in ports]
-    per_segment: list[list[float]] = [[] for _ in ports]
-
-    async def one(server: int, k: int, intended: float, record: bool) -> None:
-        try:
-            await calls[server][k % channels](requests[k % len(requests)], timeout=10)
-        except grpc.RpcError:
-            errors[server] += 1
-            return
-        answered[server] += 1
-        if record:
-            latencies[server].append(loop.time() - intended)
-
-    async def closed(server: int, length: float, record: bool) -> None:
-        end = loop.time() + length
-
-        async def worker(w: int) -> None:
-            k = w
-            while (now := loop.time()) < end:
-                await one(server, k, now, record)
-                k += concurrency
-
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-
-    async def open_loop(server: int, length: float, record: bool) -> None:
-        # Latency counts from the scheduled send time, so a server that falls behind is not hidden.
-        tasks: set[asyncio.Task[None]] = set()
-        start = loop.time()
-        k = 0
-        while (intended := start + k / rates[server]) < start + length:
-            delay = intended - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(server, k, intended, record))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            k += 1
-        await asyncio.gather(*tasks)
-
-    run = closed if mode == "closed" else open_loop
-    for server in range(len(ports)):
-        await run(server, warmup, False)
-    for index in range(segments * len(ports)):
-        server = index % len(ports)
-        before, began = len(latencies[server]), loop.time()
-        await run(server, segment, True)
-        elapsed = loop.time() - began  # includes draining the calls still in flight
-        seconds[server] += elapsed
-        per_segment[server].append((len(latencies[server]) - before) / elapsed)
-    for row in opened:
-        for channel in row:
-            await channel.close()
-    out = []
-    for server in range(len(ports)):
-        lat = np.array(latencies[server]) * 1e3 if latencies[server] else np.array([np.nan])
-        out.append(
-            Stats(
-                len(latencies[server]),
-                errors[server],
-                seconds[server],
-                len(latencies[server]) / seconds[server],
-                float(np.percentile(lat, 50)),
-                float(np.percentile(lat, 99)),
-                rates[server] if mode == "open" else 0.0,
-                per_segment[server],
-                answered[server],
-            )  # fmt: skip
-        )
-    return out
 
 
 # ---- orchestration -------------------------------------------------------------------------
 
 
-def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=target, args=(child, *args), daemon=True)
-    process.start()
-    return process, parent
+def recommendation_call(method: str, channel: Any) -> Any:
+    """`method` of the generated stub on `channel`: the client (de)serializes messages, as a user's does."""
+    from foretell.v1 import recommendation_service_pb2_grpc
 
-
-def _measure(
-    ports: list[int],
-    pids: list[int],
-    method: str,
-    requests: list[bytes],
-    mode: str,
-    args: argparse.Namespace,
-    rates: list[float],
-) -> list[Stats]:
-    options = {
-        "concurrency": args.concurrency,
-        "channels": args.channels,
-        "segments": args.segments,
-        "segment": args.segment,
-        "warmup": args.warmup,
-    }
-    before = [_cpu_seconds(pid) for pid in pids]
-    process, conn = _spawn(run_load, ports, method, requests, mode, rates, options)
-    result = [Stats(**s) for s in conn.recv()]
-    process.join()
-    for stats, pid, start in zip(result, pids, before, strict=True):
-        stats.cpu_ms_per_call = (_cpu_seconds(pid) - start) * 1e3 / max(stats.all_calls, 1)
-    return result
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return getattr(recommendation_service_pb2_grpc.RecommendationServiceStub(channel), method)
 
 
 def _setup_group(port: int) -> None:
@@ -467,12 +295,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="auto", help=f"auto (als if available, else {BENCH_RECIPE}), als, ...")
     parser.add_argument("--results", type=int, default=25, help="num_results of GetRecommendations")
     parser.add_argument("--ranking-items", type=int, default=100, help="input_list size of GetPersonalizedRanking")
-    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight in the closed loop")
-    parser.add_argument("--channels", type=int, default=2, help="gRPC channels of the load process")
-    parser.add_argument("--segments", type=int, default=10, help="measured slices per server and method")
-    parser.add_argument("--segment", type=float, default=1.0, help="seconds per slice; the servers alternate")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds per server before measuring")
-    parser.add_argument("--max-workers", type=int, default=16, help="handler threads of the no-op server")
+    add_load_arguments(parser, "method")
     parser.add_argument("--methods", default="GetRecommendations,GetPersonalizedRanking")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -527,7 +350,7 @@ def main() -> None:
         engine.dispose()
         (workdir / "shape.json").write_text(json.dumps({**shape, "recipe": args.recipe}))
 
-    foretell, foretell_conn = _spawn(serve_foretell, str(settings.data_dir))
+    foretell, foretell_conn = spawn(serve_foretell, str(settings.data_dir))
     _, port, load_s = foretell_conn.recv()
     _setup_group(port)
     _, _, warm_s = foretell_conn.recv()
@@ -536,74 +359,42 @@ def main() -> None:
     rng = np.random.default_rng(1)
     users = [f"u{k}" for k in rng.integers(0, data.n_users, 2000)]
     rec_requests = [
-        api.GetRecommendationsRequest(campaign=CAMPAIGN, user_id=u, num_results=args.results).SerializeToString()
-        for u in users
+        api.GetRecommendationsRequest(campaign=CAMPAIGN, user_id=u, num_results=args.results) for u in users
     ]
     rank_requests = [
         api.GetPersonalizedRankingRequest(
             campaign=CAMPAIGN,
             user_id=u,
             input_list=[f"i{k}" for k in rng.choice(data.n_items, args.ranking_items, replace=False)],
-        ).SerializeToString()
+        )
         for u in users[:500]
     ]
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = recommendation_service_pb2_grpc.RecommendationServiceStub(channel)
-        sample_recs = stub.GetRecommendations(api.GetRecommendationsRequest.FromString(rec_requests[0]), timeout=10)
-        sample_rank = stub.GetPersonalizedRanking(
-            api.GetPersonalizedRankingRequest.FromString(rank_requests[0]), timeout=10
-        )
+        sample_recs = stub.GetRecommendations(rec_requests[0], timeout=10)
+        sample_rank = stub.GetPersonalizedRanking(rank_requests[0], timeout=10)
     assert len(sample_recs.item_list) == args.results and len(sample_rank.personalized_ranking) == args.ranking_items
 
-    noop, noop_conn = _spawn(
+    noop, noop_conn = spawn(
         serve_noop, sample_recs.SerializeToString(), sample_rank.SerializeToString(), args.max_workers
     )
-    _, noop_port, _ = noop_conn.recv()
+    _, noop_port = noop_conn.recv()
 
-    ports = [port, noop_port]
-    pids = [foretell.pid, noop.pid]
     rows: list[dict[str, Any]] = []
     for method in args.methods.split(","):
         requests = rec_requests if method == "GetRecommendations" else rank_requests
-        peak = _measure(ports, pids, method, requests, "closed", args, [0.0, 0.0])
-        for name, stats in zip(("foretell", "noop"), peak, strict=True):
-            print(f"{method} {name} peak: {_brief(stats)}", flush=True)
-        half = _measure(ports, pids, method, requests, "open", args, [stats.qps / 2 for stats in peak])
-        for name, stats in zip(("foretell", "noop"), half, strict=True):
-            print(f"{method} {name} at half its peak: {_brief(stats)}", flush=True)
-        # Segment pairs ran back to back: their ratios show how much the machine moved meanwhile.
-        pairs = [f / n for f, n in zip(peak[0].segment_qps, peak[1].segment_qps, strict=True)]
-        for name, p, h in zip(("foretell", "noop"), peak, half, strict=True):
-            rows.append(
-                {
-                    "method": method,
-                    "server": name,
-                    "peak": asdict(p),
-                    "half_peak": asdict(h),
-                    "qps_ratio": peak[0].qps / peak[1].qps if name == "foretell" else None,
-                    "cpu_ratio": peak[1].cpu_ms_per_call / peak[0].cpu_ms_per_call if name == "foretell" else None,
-                    "pair_ratio_p10_p90": [float(np.percentile(pairs, 10)), float(np.percentile(pairs, 90))]
-                    if name == "foretell"
-                    else None,
-                }
-            )
+        connect = functools.partial(recommendation_call, method)
+        rows += compare(method, method, [port, noop_port], [foretell.pid, noop.pid], connect, requests, args)
+    stop(foretell, foretell_conn)
+    stop(noop, noop_conn)
 
-    for conn in (foretell_conn, noop_conn):
-        conn.send("stop")
-    foretell.join(30)
-    noop.join(30)
-
-    table = _table(rows)
-    machine = f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()} {platform.release()}"
     print()
     print(f"Catalogue {data.n_items:,} items, {data.n_users:,} users, {len(data.users):,} interactions; "
-          f"recipe {recipe} ({args.factors} factors); closed loop with {args.concurrency} calls in flight over "
-          f"{args.channels} channels; {args.segments} slices of {args.segment:g} s per server, alternating; "
-          f"{machine}")  # fmt: skip
+          f"recipe {recipe} ({args.factors} factors); {load_summary(args)}")  # fmt: skip
     print()
-    print(table)
+    print(table(rows))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -620,38 +411,12 @@ def main() -> None:
                     "channels": args.channels,
                     "segments": args.segments,
                     "segment": args.segment,
-                    "machine": machine,
+                    "machine": machine(),
                     "rows": rows,
                 },
                 indent=2,
             )  # fmt: skip
         )
-
-
-def _brief(stats: Stats) -> str:
-    return (
-        f"{stats.qps:,.0f} QPS, p50 {stats.p50_ms:.2f} ms, p99 {stats.p99_ms:.2f} ms, {stats.errors} errors, "
-        f"server CPU {stats.cpu_ms_per_call:.3f} ms/call"
-    )
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| method | server | peak QPS | p50 ms | p99 ms | server CPU ms/call | half-peak QPS | p50 ms | p99 ms "
-        "| Foretell / no-op QPS | no-op / Foretell CPU per call |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = cpu = ""
-        if r["qps_ratio"] is not None:
-            low, high = r["pair_ratio_p10_p90"]
-            ratio = f"**{r['qps_ratio']:.2f}** ({low:.2f}-{high:.2f})"
-            cpu = f"**{r['cpu_ratio']:.2f}**"
-        p, h = r["peak"], r["half_peak"]
-        peak = f"{p['qps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['cpu_ms_per_call']:.3f}"
-        half = f"{h['qps']:,.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f}"
-        lines.append(f"| {r['method']} | {r['server']} | {peak} | {half} | {ratio} | {cpu} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
