@@ -7,14 +7,15 @@ Horizon h and seasonal period m are fixed per frequency (Hourly 48/24, Weekly 13
      decimals on the full sets), and our own Naive2 (`naive2_forecast`) must match the submission.
   2. Models: statsforecast AutoETS, AutoARIMA and AutoTheta (season_length m, one StatsForecast call
      per model, n_jobs=1), and every Foretell forecaster in `foretell.forecasting.models.FORECASTERS`
-     (when that module imports), plus `foretell.forecasting.automl.AutoMl` (`--foretell` picks a
-     subset). sMAPE and MASE are M4's (means over series); OWA is relative to our Naive2 on the
-     same series; wQL is Amazon Forecast's mean over levels 0.1/0.5/0.9 (statsforecast: its 80%
-     interval and the mean). fit s = wall time to fit and forecast every series, after a
-     warm-up call that absorbs one-time JIT compilation.
+     (when that module imports), plus `foretell.forecasting.automl.AutoMl` with its defaults, the
+     policy the training service serves (`--foretell` picks a subset). sMAPE and MASE are M4's
+     (means over series); OWA is relative to our Naive2 on the same series; wQL is Amazon Forecast's
+     mean over levels 0.1/0.5/0.9 (statsforecast: its 80% interval and the mean). fit s = wall time
+     to fit and forecast every series, after a warm-up call that absorbs one-time JIT compilation.
 The published M4 rows (Naive2, Theta) are shown for reference; they cover the full sets only.
 Cost on 2 cores: statsforecast AutoARIMA with m=24 is very slow on Hourly (over 30 min for 40 series),
-so quick Hourly runs use `--models AutoETS,AutoTheta`; Weekly, all models, full set: about 9 min.
+so Hourly runs use `--models AutoETS,AutoTheta` (about 12 min with every Foretell model); Weekly, all
+models, full set: about 12 min.
 A frequency without training data (Yearly) only gets the submission's sMAPE checked.
 
     python bench/forecast_m4.py [--data ../shared/data] [--frequencies Hourly,Weekly] [--limit 40] [--json out.json]
@@ -323,7 +324,7 @@ def run_frequency(
         makers: dict[str, Callable[[], Any]] = {name: functools.partial(make_forecaster, name) for name in forecasters}
         from foretell.forecasting.automl import AutoMl
 
-        makers["automl"] = functools.partial(AutoMl, horizon=h)  # per-series backtest, ensemble of the best 2
+        makers["automl"] = functools.partial(AutoMl, horizon=h)  # the service's defaults
         for name in foretell if foretell is not None else list(makers):
             try:
                 means, quantiles, seconds = run_foretell(series, h, m, makers[name])
@@ -378,6 +379,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    try:  # one BLAS thread for every model, as Foretell's fits use: "fit s" is one core's time
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        pass
 
     m4 = args.data / "m4"
     published = load_published(m4)
