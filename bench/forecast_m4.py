@@ -8,7 +8,10 @@ Horizon h and seasonal period m are fixed per frequency (Hourly 48/24, Weekly 13
   2. Models: statsforecast AutoETS, AutoARIMA and AutoTheta (season_length m, one StatsForecast call
      per model, n_jobs=1), and every Foretell forecaster in `foretell.forecasting.models.FORECASTERS`
      (when that module imports), plus `foretell.forecasting.automl.AutoMl` with its defaults, the
-     policy the training service serves (`--foretell` picks a subset). sMAPE and MASE are M4's
+     policy the training service serves; `deepar`, the global model trained across all series
+     (`--deepar-epochs`); `predictor-mase` / `predictor-wql`, the training service's own path (series on
+     its time grid, `train_predictor` with AutoML choosing by MASE or by mean wQL, `generate_forecast`).
+     `--foretell` picks a subset. sMAPE and MASE are M4's
      (means over series); OWA is relative to our Naive2 on the same series; wQL is Amazon Forecast's
      mean over levels 0.1/0.5/0.9 (statsforecast: its 80% interval and the mean). fit s = wall time
      to fit and forecast every series, after a warm-up call that absorbs one-time JIT compilation.
@@ -238,6 +241,62 @@ def run_foretell(
     return means, (quantiles if len(quantiles) == len(series) else None), seconds
 
 
+def run_deepar(
+    series: Sequence[Series], horizon: int, m: int, epochs: int
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
+    """Foretell's global DeepAR: one model trained across every series, then a forecast of each."""
+    from foretell.forecasting.deepar import DeepAr, GlobalSeries
+
+    inputs = [GlobalSeries(s.train, None, None, (-len(s.train)) % m) for s in series]
+    start = time.perf_counter()
+    model = DeepAr(horizon=horizon, season_length=m, epochs=epochs).fit(inputs)
+    forecasts = model.predict(inputs, LEVELS)
+    seconds = time.perf_counter() - start
+    return [f.mean for f in forecasts], [f.quantiles for f in forecasts], seconds
+
+
+def run_predictor(
+    series: Sequence[Series], horizon: int, frequency: str, metric: str
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
+    """The training service's path without gRPC: the series as a dataset on the service's own grid (so
+    Weekly gets the service's 52-week season, not M4's m=1), `train_predictor` with AutoML's default
+    candidates and windows, then `generate_forecast`; one process, like the other rows."""
+    from foretell.forecasting.automl import DEFAULT_CANDIDATES, DEFAULT_WINDOWS
+    from foretell.forecasting.frequency import Frequency
+    from foretell.forecasting.predictor import PredictorConfig, generate_forecast, series_key, train_predictor
+    from foretell.forecasting.series import build_series
+
+    grid = Frequency.parse({"Hourly": "H", "Weekly": "W", "Daily": "D", "Monthly": "M", "Quarterly": "Q"}[frequency])
+    end = int(grid.floor(np.asarray([1_700_000_000]))[0])
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                {"ITEM_ID": s.id, "TIMESTAMP": grid.add(end, np.arange(1 - s.train.size, 1)), "TARGET_VALUE": s.train}
+            )
+            for s in series
+        ],
+        ignore_index=True,
+    )
+    config = PredictorConfig(
+        candidates=DEFAULT_CANDIDATES,
+        horizon=horizon,
+        quantiles=LEVELS,
+        backtest_windows=DEFAULT_WINDOWS,
+        metric=metric,
+        ensemble=True,
+        params={name: {} for name in DEFAULT_CANDIDATES},
+        workers=1,
+    )
+    start = time.perf_counter()
+    data = build_series(frame, grid, horizon)
+    result = train_predictor(data, config)
+    chosen = {series_key(data, i): names for i, names in enumerate(result.chosen)}
+    table = generate_forecast(data, chosen, config, None, LEVELS)
+    seconds = time.perf_counter() - start
+    row = {item: i for i, item in enumerate(table.item_ids)}
+    return [table.mean[row[s.id]] for s in series], [table.values[row[s.id]] for s in series], seconds
+
+
 def foretell_registry() -> tuple[dict[str, type], Callable[..., Any]] | None:
     try:
         from foretell.forecasting.models import FORECASTERS, make_forecaster
@@ -256,6 +315,7 @@ def run_frequency(
     models: Sequence[str],
     published: dict[str, Any],
     foretell: Sequence[str] | None = None,
+    deepar_epochs: int = 10,
 ) -> tuple[dict[str, Any], list[Row]]:
     h, m = HORIZON[frequency], SEASON[frequency]
     series = load_m4(m4, frequency, limit)
@@ -325,9 +385,18 @@ def run_frequency(
         from foretell.forecasting.automl import AutoMl
 
         makers["automl"] = functools.partial(AutoMl, horizon=h)  # the service's defaults
-        for name in foretell if foretell is not None else list(makers):
+        # Global and service-path rows: not one forecaster per series, so not in `makers`.
+        whole: dict[str, Callable[[], tuple[list[np.ndarray], list[np.ndarray] | None, float]]] = {
+            "deepar": lambda: run_deepar(series, h, m, deepar_epochs),
+            "predictor-mase": lambda: run_predictor(series, h, frequency, "mase"),
+            "predictor-wql": lambda: run_predictor(series, h, frequency, "average_wql"),
+        }
+        for name in foretell if foretell is not None else [*makers, *whole]:
             try:
-                means, quantiles, seconds = run_foretell(series, h, m, makers[name])
+                if name in whole:
+                    means, quantiles, seconds = whole[name]()
+                else:
+                    means, quantiles, seconds = run_foretell(series, h, m, makers[name])
             except Exception as e:
                 print(f"foretell {name}: failed: {e!r}")
                 continue
@@ -376,6 +445,7 @@ def main() -> None:
     parser.add_argument(
         "--foretell", default=None, help="Foretell forecasters to run, comma-separated (default: all and automl)"
     )
+    parser.add_argument("--deepar-epochs", type=int, default=10, help="epochs of the global DeepAR row (CPU)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -400,7 +470,13 @@ def main() -> None:
             reproduction[frequency] = test_only_frequency(m4, frequency, args.limit, published)
             continue
         reproduction[frequency], freq_rows = run_frequency(
-            m4, frequency, args.limit, models, published, args.foretell.split(",") if args.foretell else None
+            m4,
+            frequency,
+            args.limit,
+            models,
+            published,
+            args.foretell.split(",") if args.foretell else None,
+            args.deepar_epochs,
         )
         rows.extend(freq_rows)
     total = time.perf_counter() - started
