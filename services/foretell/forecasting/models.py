@@ -12,11 +12,12 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import optimize, signal, stats
+from threadpoolctl import ThreadpoolController
 
 from foretell.forecasting.base import DEFAULT_QUANTILES, Forecast, Forecaster
 
@@ -71,11 +72,7 @@ def _residual_scale(y: np.ndarray, fitted: np.ndarray) -> float:
 
 
 @functools.cache
-def _blas_controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # optional: without it BLAS keeps its default thread count
-        return None
+def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()  # scanning the loaded libraries costs ~1 ms: once per process
 
 
@@ -85,9 +82,7 @@ def _quiet() -> Iterator[None]:
     # thousands of series would drown the logs, and the fallbacks handle the failures that matter.
     # BLAS runs single-threaded: the optimisers' tiny matrix calls only contend when OpenBLAS spreads
     # them over threads (ETS fits on M4 Weekly ran 7x slower on 2 busy cores).
-    controller = _blas_controller()
-    limit = controller.limit(limits=1, user_api="blas") if controller is not None else nullcontext()
-    with warnings.catch_warnings(), np.errstate(all="ignore"), limit:
+    with warnings.catch_warnings(), np.errstate(all="ignore"), _blas_controller().limit(limits=1, user_api="blas"):
         warnings.simplefilter("ignore")
         yield
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 from sqlalchemy import Engine
+from threadpoolctl import threadpool_limits
 
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
@@ -31,11 +32,6 @@ def single_threaded_blas() -> None:
     100k-item ALS model took 118 ms each on 2 cores instead of 4 ms. Training runs in worker
     processes, which this does not affect.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        log.warning("threadpoolctl is not installed: BLAS may oversubscribe the cores under load")
-        return
     threadpool_limits(limits=1, user_api="blas")
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core.artifacts import path_of, uri_of
 from foretell.core.resources import now
-from foretell.forecasting.automl import DEFAULT_CANDIDATES
+from foretell.forecasting.automl import DEFAULT_CANDIDATES, DEFAULT_WINDOWS
 from foretell.training import convert
 from foretell.training.snapshot import take_snapshot
 from foretell.training.store import TrainingStore
@@ -56,7 +56,7 @@ def predictor_spec(p: pb.Predictor) -> dict[str, Any]:
         "frequency": p.forecast_frequency,
         "quantiles": list(p.forecast_quantiles) or list(DEFAULT_QUANTILES),
         "dimensions": list(p.forecast_dimensions),
-        "backtest_windows": p.backtest_windows or 1,
+        "backtest_windows": p.backtest_windows or (DEFAULT_WINDOWS if p.perform_automl else 1),
         "backtest_offset": p.backtest_window_offset or p.forecast_horizon,
         "metric": METRIC_OF[p.automl_config.optimization_metric],
         "ensemble": p.automl_config.ensemble if p.perform_automl else False,

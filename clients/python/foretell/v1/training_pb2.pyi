@@ -635,7 +635,7 @@ class Predictor(_message.Message):
     forecast_frequency: _builtins.str
     """e.g. "1min", "15min", "1H", "D", "W", "M", "Q", "Y"."""
     backtest_windows: _builtins.int
-    """Backtest windows, 1 to 5 (default 1)."""
+    """Backtest windows, 1 to 5 (default 1; AutoML: 3, which makes its choice steadier)."""
     backtest_window_offset: _builtins.int
     """Steps between the end of the data and the last backtest window; default the horizon."""
     state: Global___TrainingState.ValueType
