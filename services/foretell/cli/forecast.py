@@ -126,7 +126,7 @@ def predictor() -> None:
 @click.option("--frequency", required=True, help='e.g. "15min", "H", "D", "W", "M", "Q", "Y".')
 @click.option("--quantile", "quantiles", type=float, multiple=True, help="Repeatable [default 0.1, 0.5, 0.9].")
 @click.option("--dimension", "dimensions", multiple=True, help="A forecast dimension field; repeatable.")
-@click.option("--backtest-windows", type=int, default=1, show_default=True)
+@click.option("--backtest-windows", type=int, default=0, help="1 to 5 [default: 1; with --automl 3].")
 @click.option("--fill", "fills", multiple=True, metavar="FIELD=METHOD", help="Fill policy, e.g. TARGET_VALUE=previous.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A hyper-parameter; repeatable.")
 @click.option("--no-wait", is_flag=True, help="Print the operation without waiting.")
