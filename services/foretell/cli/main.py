@@ -17,7 +17,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
-from foretell.cli import forecast, personalize
+from foretell.cli import db, forecast, personalize
 from foretell.cli import output as out
 from foretell.cli.output import CliError, State, json_option, quiet_option, state
 from foretell.cli.progress import import_file, wait_with_progress
@@ -650,6 +650,7 @@ def demo(data_dir: Path, rows: int | None, movielens: Path | None, port: int, ke
 
 personalize.register(cli)  # solution, train, metrics, campaign, filter, recommend, rank, similar
 forecast.register(cli)  # predictor, accuracy, forecast, query
+db.register(cli)  # db upgrade, db current
 
 
 if __name__ == "__main__":

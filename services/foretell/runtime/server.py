@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
+from foretell.core.migrations import SchemaNotCurrent, ensure_schema
 from foretell.core.operations import OperationsServicer, OperationStore
 from foretell.core.peers import Peers
 from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
@@ -58,6 +59,12 @@ class App:
 def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERVICES) -> App:
     wanted = list(dict.fromkeys(services))
     engine = make_engine(settings.database_url)
+    try:
+        # Before any store: their create_all must not build tables Alembic does not know about.
+        ensure_schema(engine)
+    except SchemaNotCurrent as error:
+        engine.dispose()
+        raise SystemExit(f"cannot start: {error}") from None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[ErrorInterceptor()],

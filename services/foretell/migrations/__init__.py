@@ -1,0 +1,1 @@
+"""Alembic environment for Foretell's schema (env.py, versions/); run it through foretell.core.migrations."""
