@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +48,50 @@ class Settings(BaseSettings):
     training_workers: int = Field(default=2, ge=1)
     # Seconds a training job may run before it is stopped and marked FAILED.
     training_timeout_seconds: float = Field(default=6 * 3600, gt=0)
+
+    # ---- Where training workers run (foretell.training.k8s_launcher) ----
+    # "local": processes on this machine; "kubernetes": one batch/v1 Job per training job.
+    training_launcher: Literal["local", "kubernetes"] = "local"
+    # Empty: this pod's namespace (from its service-account files), else "default".
+    k8s_namespace: str = ""
+    # The worker image (the service's own image); required with the kubernetes launcher.
+    k8s_image: str = ""
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # The workers' ServiceAccount; empty: "default".
+    k8s_service_account: str = ""
+    # ReadWriteMany claim holding the artifact directory, mounted at the same path in the service and the
+    # workers (spec.json names paths absolutely); the mount path defaults to the artifact directory.
+    k8s_artifacts_pvc: str = ""
+    k8s_artifacts_mount_path: Path | None = None
+    # nvidia.com/gpu per worker; 0 runs on CPU.
+    k8s_gpus: int = Field(default=0, ge=0)
+    # JSON in the environment, e.g. '{"cloud.google.com/gke-accelerator": "nvidia-l4"}' and
+    # '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]' (the default with GPUs).
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict)
+    k8s_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # Quantities; an empty one is left unset (no CPU limit by default: throttling slows training for nothing).
+    k8s_cpu_request: str = "1"
+    k8s_memory_request: str = "2Gi"
+    k8s_cpu_limit: str = ""
+    k8s_memory_limit: str = "8Gi"
+    # Finished Jobs (and their pods' logs) are kept this long.
+    k8s_ttl_seconds: int = Field(default=24 * 3600, ge=0)
+    # Non-root uid/gid the worker runs as (and owns files on the shared volume with).
+    k8s_run_as_user: int = Field(default=10001, ge=1)
+
+    @model_validator(mode="after")
+    def _check_kubernetes(self) -> Settings:
+        if self.training_launcher != "kubernetes":
+            return self
+        if not self.k8s_image or not self.k8s_artifacts_pvc:
+            raise ValueError("the kubernetes training launcher needs k8s_image and k8s_artifacts_pvc")
+        artifacts = self.artifact_dir or self.data_dir / "artifacts"
+        mount = self.k8s_artifacts_mount_path or artifacts
+        if not artifacts.is_absolute() or not artifacts.is_relative_to(mount):
+            raise ValueError(
+                "the kubernetes training launcher needs an absolute artifact_dir under k8s_artifacts_mount_path"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

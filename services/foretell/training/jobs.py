@@ -148,7 +148,7 @@ class TrainingJobs:
                 self._ops.report_progress(job.name, min(share, 99.9), message, counters)
             status = self._launcher.status(job.handle, job_dir)
             if not status.running:
-                return _result(job_dir, status.exit_code)
+                return _result(job_dir, status.exit_code, status.reason)
             if self._closing.is_set():
                 self._launcher.stop(job.handle)
                 return _stopped()
@@ -192,12 +192,14 @@ def _stopped() -> _Outcome:
     )
 
 
-def _result(job_dir: Path, exit_code: int | None) -> _Outcome:
+def _result(job_dir: Path, exit_code: int | None, reason: str | None = None) -> _Outcome:
     """The worker's verdict from result.json, or a FAILED that says how the worker died."""
     try:
         result = json.loads((job_dir / "result.json").read_text())
     except (OSError, ValueError):
-        how = f"exited with code {exit_code}" if exit_code is not None else "is gone (it died or was killed)"
+        how = reason or (
+            f"exited with code {exit_code}" if exit_code is not None else "is gone (it died or was killed)"
+        )
         return _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"the training worker {how}{_log_tail(job_dir)}"))
     if result.get("ok"):
         return _Outcome("SUCCEEDED", result=result)

@@ -2,7 +2,7 @@
 
 A worker is `python -m foretell.training.worker JOB_DIR`: it reads JOB_DIR/spec.json, appends
 progress to JOB_DIR/progress.jsonl and writes JOB_DIR/result.json last. The same command runs
-inside a Kubernetes Job in production (a launcher for that arrives with the k8s work).
+inside a Kubernetes Job in production (`foretell.training.k8s_launcher.KubernetesLauncher`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ class WorkerStatus:
     running: bool
     # Exit code once finished; None when the worker vanished without one we could read.
     exit_code: int | None = None
+    # How the worker ended, when the launcher knows more than an exit code (evicted, Job deleted): the
+    # jobs layer reports it when there is no result.json.
+    reason: str | None = None
 
 
 class Launcher(Protocol):

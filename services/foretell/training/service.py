@@ -12,7 +12,7 @@ from foretell.core.operations import OperationStore
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.training.jobs import JobKind, TrainingJobs
-from foretell.training.launcher import LocalLauncher
+from foretell.training.launcher import Launcher, LocalLauncher
 from foretell.training.predictor_jobs import ForecastExportJobs, ForecastJobs, PredictorJobs
 from foretell.training.servicer import TrainingServicer
 from foretell.training.solution_jobs import SolutionVersionJobs
@@ -38,7 +38,7 @@ def add_training_service(
     jobs = TrainingJobs(
         store,
         operations,
-        LocalLauncher(),
+        _launcher(settings),
         kinds,
         settings.artifacts / "jobs",
         settings.training_workers,
@@ -48,3 +48,12 @@ def add_training_service(
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
     return jobs.close
+
+
+def _launcher(settings: Settings) -> Launcher:
+    if settings.training_launcher == "kubernetes":
+        # Imported only here: the kubernetes client is a production dependency the local path never loads.
+        from foretell.training.k8s_launcher import KubernetesLauncher
+
+        return KubernetesLauncher(settings)
+    return LocalLauncher()

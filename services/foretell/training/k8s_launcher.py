@@ -1,0 +1,307 @@
+"""Training workers as Kubernetes Jobs: `FORETELL_TRAINING_LAUNCHER=kubernetes`.
+
+Each job becomes one batch/v1 Job in the service's namespace. Its single pod runs the service's
+own image with the same worker command as `LocalLauncher`: `python -m foretell.training.worker JOB_DIR`.
+
+The worker and the training service talk only through files in JOB_DIR (spec.json in,
+progress.jsonl and result.json out), and spec.json names the snapshot and artifact directories by
+absolute path. So the artifact directory lives on a ReadWriteMany PersistentVolumeClaim
+(`FORETELL_K8S_ARTIFACTS_PVC`) mounted at the same path (`FORETELL_K8S_ARTIFACTS_MOUNT_PATH`, by
+default the artifact directory itself) in the training service's pod and in every worker pod.
+
+Failure handling, decided here:
+- `backoffLimit: 0`: re-running a failed job is the user's (or the training service's) decision.
+- `podFailurePolicy`: exit code 1 (the worker wrote result.json with its error) or 2 (usage) ends the
+  Job at once (FailJob); a pod with the `DisruptionTarget` condition (drained node, preemption,
+  API eviction, node-pressure eviction) is Ignored, i.e. not counted against backoffLimit, so the
+  Job controller starts a fresh pod that trains again from spec.json (the worker's outputs are
+  written last, by rename, so a killed attempt leaves nothing that looks finished).
+  `podReplacementPolicy: Failed` keeps two pods from ever working on the same JOB_DIR at once.
+  `activeDeadlineSeconds` (the training timeout) bounds the retries.
+- A Job deleted behind our back, a pod evicted without a retry, or a pod that vanished is reported
+  as not running with a `reason`, which the jobs layer turns into FAILED with that message.
+
+The pod keeps its log in the cluster (`kubectl logs job/NAME`); `FallbackToLogsOnError` puts its
+tail in the container's termination message, which the failure reason quotes.
+
+Handle: `k8s:{namespace}/{job-name}`; after a restart, `recover()` re-attaches by reading that Job.
+RBAC the service account of the training service needs in its namespace: jobs (create, get,
+delete, deletecollection) and pods (list).
+
+Of the issue's launcher requirements ("Production path", part 3) this meets: one Job per training
+job on the same image and command, shared RWX volume, backoff/deadline/TTL/pod failure policy,
+labels, resources, GPU limit with node selector and tolerations, non-root security context,
+service account, minimal env, status from the Job and its pod (exit code, eviction, deletion),
+stop by background deletion, re-attach after restart. Not met: Indexed Jobs that split large
+forecasting runs across pods, and multi-GPU training with torchrun (one pod, one process per job).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from foretell.core.settings import Settings
+from foretell.training.launcher import WorkerStatus
+
+log = logging.getLogger("foretell.training.k8s")
+
+HANDLE_PREFIX = "k8s:"
+CONTAINER = "worker"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# The toleration GPU node pools commonly carry (GKE, the NVIDIA GPU operator); added when none are set.
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# Worker exit codes that are the job's own verdict, never worth another pod: see worker.py.
+FINAL_EXIT_CODES = [1, 2]
+# The API server's answers that say "try again later": status() keeps the job running through them.
+_TRANSIENT = {429, 500, 502, 503, 504}
+_TERMINATION_MESSAGE_CHARS = 1500
+
+
+def default_namespace() -> str:
+    """The pod's own namespace when running in a cluster, else "default"."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def job_name(job_dir: Path) -> str:
+    """A DNS-1123 name ≤ 63 characters (the job-name pod label's limit); the suffix keeps a
+    restarted job's new Job from colliding with the old one while that one is being deleted."""
+    stem = "".join(c if c.isalnum() else "-" for c in job_dir.name.lower()).strip("-")[:40]
+    return f"foretell-{stem}-{uuid.uuid4().hex[:6]}"
+
+
+def job_manifest(settings: Settings, namespace: str, name: str, job_dir: Path, kind: str) -> dict[str, Any]:
+    """The batch/v1 Job that runs the worker for `job_dir`, as the API server takes it."""
+    labels = {
+        "app.kubernetes.io/name": "foretell",
+        "app.kubernetes.io/component": "training-worker",
+        "app.kubernetes.io/managed-by": "foretell-training",
+        "foretell.dev/operation": job_dir.name,
+        "foretell.dev/kind": kind,
+    }
+    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    for bucket, key, value in (
+        ("requests", "cpu", settings.k8s_cpu_request),
+        ("requests", "memory", settings.k8s_memory_request),
+        ("limits", "cpu", settings.k8s_cpu_limit),
+        ("limits", "memory", settings.k8s_memory_limit),
+    ):
+        if value:
+            resources[bucket][key] = value
+    node_selector = dict(settings.k8s_node_selector)
+    tolerations = [dict(t) for t in settings.k8s_tolerations]
+    if settings.k8s_gpus > 0:
+        resources["limits"]["nvidia.com/gpu"] = str(settings.k8s_gpus)
+        if not tolerations:
+            tolerations = [dict(GPU_TOLERATION)]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # podFailurePolicy requires it; retries are Job-level
+        "serviceAccountName": settings.k8s_service_account or "default",
+        # The worker reads files only; it never calls the API server.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.k8s_run_as_user,
+            "runAsGroup": settings.k8s_run_as_user,
+            "fsGroup": settings.k8s_run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.k8s_image,
+                "imagePullPolicy": settings.k8s_image_pull_policy,
+                "command": ["python", "-m", "foretell.training.worker", str(job_dir)],
+                # Only what the worker reads: it takes everything else from spec.json. HOME because
+                # an arbitrary uid has none, and numba/torch write caches there.
+                "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
+                "resources": {k: v for k, v in resources.items() if v},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "artifacts", "mountPath": str(mount_path(settings))}],
+            }
+        ],
+        "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.k8s_artifacts_pvc}}],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, int(settings.training_timeout_seconds)),
+            "ttlSecondsAfterFinished": settings.k8s_ttl_seconds,
+            "podReplacementPolicy": "Failed",
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FINAL_EXIT_CODES},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def mount_path(settings: Settings) -> Path:
+    return settings.k8s_artifacts_mount_path or settings.artifacts
+
+
+class KubernetesLauncher:
+    """A `Launcher` whose workers are batch/v1 Jobs (see the module docstring)."""
+
+    def __init__(self, settings: Settings, api_client: k8s.ApiClient | None = None, namespace: str = "") -> None:
+        self._settings = settings
+        self._namespace = namespace or settings.k8s_namespace or default_namespace()
+        api = api_client or _api_client()
+        self._batch = k8s.BatchV1Api(api)
+        self._core = k8s.CoreV1Api(api)
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    def start(self, job_dir: Path) -> str:
+        job_dir = job_dir.absolute()
+        if not job_dir.is_relative_to(mount_path(self._settings)):
+            raise ValueError(f"{job_dir} is not on the shared volume mounted at {mount_path(self._settings)}")
+        kind = _spec_kind(job_dir)
+        # A Job left by a start whose handle was never recorded (the service died in between) would
+        # write into this JOB_DIR too: remove it first.
+        self._batch.delete_collection_namespaced_job(
+            self._namespace,
+            label_selector=f"foretell.dev/operation={job_dir.name}",
+            propagation_policy="Background",
+        )
+        name = job_name(job_dir)
+        manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind)
+        self._batch.create_namespaced_job(self._namespace, k8s.V1Job.from_dict(manifest))  # type: ignore[arg-type]
+        log.info("started training worker job", extra={"job": f"{self._namespace}/{name}", "job_dir": str(job_dir)})
+        return f"{HANDLE_PREFIX}{self._namespace}/{name}"
+
+    def status(self, handle: str, job_dir: Path) -> WorkerStatus:
+        if not handle.startswith(HANDLE_PREFIX):
+            return WorkerStatus(running=False, reason=f"was started by another launcher ({handle}) and is not followed")
+        namespace, name = _parse(handle)
+        try:
+            job = self._batch.read_namespaced_job(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return WorkerStatus(
+                    running=False, reason=f"was lost: its Kubernetes Job {namespace}/{name} was deleted"
+                )
+            return _unreadable(handle, exc)
+        except urllib3.exceptions.HTTPError as exc:
+            return _unreadable(handle, exc)
+        present = (job.status.conditions if job.status else None) or []
+        conditions = {c.type: c for c in present if c.status == "True"}
+        if "Complete" in conditions:
+            return WorkerStatus(running=False, exit_code=0)
+        # FailureTarget comes first, while the pod is still terminating; Failed once it is gone.
+        failed = conditions.get("Failed") or conditions.get("FailureTarget")
+        if failed is None:
+            return WorkerStatus(running=True)
+        if failed.reason == "DeadlineExceeded":
+            deadline = job.spec.active_deadline_seconds if job.spec else None
+            return WorkerStatus(
+                running=False, reason=f"ran past the Job's activeDeadlineSeconds ({deadline} s) and was stopped"
+            )
+        try:
+            pods = self._core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            return _unreadable(handle, exc)
+        return _pod_outcome(pods, f"{namespace}/{name}", f"{failed.reason}: {failed.message}")
+
+    def stop(self, handle: str) -> None:
+        if not handle.startswith(HANDLE_PREFIX):
+            return
+        namespace, name = _parse(handle)
+        try:
+            # Background: return at once; the garbage collector stops the pod (SIGTERM, then its grace period).
+            self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _api_client() -> k8s.ApiClient:
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()  # a developer's kubeconfig, outside a cluster
+    return k8s.ApiClient()
+
+
+def _parse(handle: str) -> tuple[str, str]:
+    namespace, _, name = handle.removeprefix(HANDLE_PREFIX).partition("/")
+    return namespace, name
+
+
+def _spec_kind(job_dir: Path) -> str:
+    try:
+        return str(json.loads((job_dir / "spec.json").read_text()).get("kind", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _unreadable(handle: str, exc: Exception) -> WorkerStatus:
+    """A transient API error must not fail a job that may have hours left: report it running (the
+    jobs layer's own timeout still bounds it). Anything else (RBAC, a bad request) is a bug to surface."""
+    if isinstance(exc, ApiException) and exc.status not in _TRANSIENT:
+        raise exc
+    log.warning("cannot read training worker job; retrying", extra={"handle": handle, "error": str(exc)[:200]})
+    return WorkerStatus(running=True)
+
+
+def _pod_outcome(pods: list[k8s.V1Pod], job: str, why: str) -> WorkerStatus:
+    """Exit code and reason of a failed Job, from its newest pod."""
+    if not pods:
+        return WorkerStatus(
+            running=False, reason=f"is gone: Kubernetes Job {job} failed ({why}) and its pod was deleted"
+        )
+    pod = max(pods, key=lambda p: str(p.metadata.creation_timestamp) if p.metadata else "")
+    status = pod.status or k8s.V1PodStatus()
+    where = f"pod {pod.metadata.name if pod.metadata else '?'}" + (
+        f" on node {pod.spec.node_name}" if pod.spec and pod.spec.node_name else ""
+    )
+    if status.reason == "Evicted":
+        return WorkerStatus(running=False, reason=f"was evicted ({where}): {status.message or 'no message'}")
+    for condition in status.conditions or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return WorkerStatus(
+                running=False, reason=f"was disrupted ({where}): {condition.reason}: {condition.message}"
+            )
+    for container in status.container_statuses or []:
+        terminated = container.state.terminated if container.name == CONTAINER and container.state else None
+        if terminated is None:
+            continue
+        code = terminated.exit_code
+        how = f"exited with code {code}"
+        if terminated.reason and terminated.reason not in ("Error", "Completed"):
+            how += f" ({terminated.reason})"
+        if terminated.message:
+            how += ": " + " | ".join(terminated.message.strip().splitlines())[-_TERMINATION_MESSAGE_CHARS:]
+        return WorkerStatus(running=False, exit_code=code, reason=how)
+    return WorkerStatus(running=False, reason=f"ended without an exit code ({where}; Job {job} failed: {why})")
