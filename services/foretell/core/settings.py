@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     # Non-root uid/gid the worker runs as (and owns files on the shared volume with).
     k8s_run_as_user: int = Field(default=10001, ge=1)
 
+    # ---- Where artifacts live (foretell.core.artifact_store) ----
+    # S3-compatible store for s3:// artifact URIs (MinIO, Ceph, AWS). Empty: boto3's defaults
+    # (AWS_ENDPOINT_URL, AWS_REGION). Credentials only through boto3's chain (AWS_* env, web identity).
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+
     @model_validator(mode="after")
     def _check_kubernetes(self) -> Settings:
         if self.training_launcher != "kubernetes":

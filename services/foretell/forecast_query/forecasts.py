@@ -11,6 +11,7 @@ needs training to answer. At most CAPACITY tables are held; the least recently u
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 import grpc
 
 from foretell.core import names
-from foretell.core.artifacts import path_of
+from foretell.core.artifact_store import ArtifactNotFound, fetch_dir
+from foretell.core.artifacts import is_s3, path_of
 from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, NotFound, Unavailable, invalid
+from foretell.core.settings import Settings
 from foretell.forecast_query.query import ServedForecast
 from foretell.forecasting.table import ForecastTable
 from foretell.v1 import training_pb2, training_service_pb2, training_service_pb2_grpc
@@ -41,15 +44,25 @@ class _Entry:
     checked: float  # monotonic time of the last GetForecast that confirmed it
 
 
-def load_table(name: str, artifact_uri: str) -> ServedForecast:
+def load_table(name: str, artifact_uri: str, settings: Settings | None = None) -> ServedForecast:
+    """The table at a local path, or (with settings) an s3:// one fetched into the local artifact cache."""
     try:
-        table = ForecastTable.load(path_of(artifact_uri))
-    except (FileNotFoundError, InvalidArgument, ValueError) as exc:
+        if is_s3(artifact_uri) and settings is not None:
+            directory = fetch_dir(artifact_uri, settings, "artifact_uri")
+        else:
+            directory = path_of(artifact_uri, "artifact_uri")
+        table = ForecastTable.load(directory)
+    except (FileNotFoundError, ArtifactNotFound, InvalidArgument, ValueError) as exc:
         log.warning("cannot load forecast table", extra={"forecast": name, "uri": artifact_uri, "error": str(exc)})
         raise FailedPrecondition(
             f"forecast {name!r} has no readable table at {artifact_uri!r}", metadata={"resource": name}
         ) from None
     return ServedForecast(name, table)
+
+
+def table_loader(settings: Settings) -> Callable[[str, str], ServedForecast]:
+    """`load_table` with the settings that reach the S3 artifact store."""
+    return functools.partial(load_table, settings=settings)
 
 
 class Forecasts:

@@ -13,7 +13,7 @@ import grpc
 
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
-from foretell.forecast_query.forecasts import Forecasts
+from foretell.forecast_query.forecasts import Forecasts, table_loader
 from foretell.forecast_query.query import parse_request
 from foretell.v1 import forecast_query_service_pb2 as api
 
@@ -40,7 +40,7 @@ def add_forecast_query_service(server: grpc.Server, settings: Settings, peers: P
     def training() -> grpc.Channel:
         return peers.channel("training")
 
-    servicer = ForecastQueryServicer(Forecasts(training))
+    servicer = ForecastQueryServicer(Forecasts(training, table_loader(settings)))
     handlers = {
         "QueryForecast": grpc.unary_unary_rpc_method_handler(
             servicer.QueryForecast,
