@@ -422,3 +422,35 @@ def test_campaign_helpers_send_only_what_is_given(personalize_server) -> None:
     assert recommend.include_interacted and list(recommend.metadata_columns) == ["TITLE"]
     assert dict(recommend.filter_values) == {"G": '"rock"'}
     assert (similar.item_id, similar.num_results) == ("i1", 3)
+
+
+def test_calls_spread_round_robin_over_every_resolved_address() -> None:
+    """Behind a headless Service a name resolves to every pod; the client must use them all."""
+    from concurrent import futures
+
+    from foretell.client import Client
+
+    hits = [0, 0]
+    servers, ports = [], []
+    for i in range(2):
+
+        def answer(request: bytes, context: grpc.ServicerContext, i: int = i) -> bytes:
+            hits[i] += 1
+            return b""
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.unary_unary_rpc_method_handler(answer)  # raw bytes in and out
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("foretell.v1.ForecastQueryService", {"QueryForecast": handler}),)
+        )
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servers.append(server)
+    try:
+        with Client(f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", timeout=5) as client:
+            for _ in range(10):
+                client.query_forecast("forecasts/f", "item")
+        assert hits[0] >= 3 and hits[1] >= 3, hits
+    finally:
+        for server in servers:
+            server.stop(None)

@@ -27,6 +27,8 @@ class Peers:
                 self._channels[service] = grpc.insecure_channel(
                     self._targets[service],
                     options=[
+                        # Every replica of a peer behind a headless Service, not just the first address.
+                        ("grpc.lb_policy_name", "round_robin"),
                         ("grpc.max_receive_message_length", self._max_message),
                         ("grpc.max_send_message_length", self._max_message),
                     ],

@@ -81,12 +81,15 @@ def _duration(seconds: float) -> str:
 
 
 def service_config(timeout: float, upload_timeout: float) -> dict[str, Any]:
-    """The service config: a per-service deadline, plus a retry policy for reads only.
+    """The service config: round-robin over every address the name resolves to (a headless Kubernetes
+    Service lists each pod, so calls spread over the replicas), a per-service deadline, and a retry
+    policy for reads only.
 
     gRPC picks the most specific ``name`` entry, so the read entry repeats the timeout.
     """
     services = [*_services(), _OPERATIONS]
     return {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {"name": [{"service": s} for s in services], "timeout": _duration(timeout)},
             {
