@@ -647,7 +647,7 @@ def test_renderer_refuses_what_it_cannot_render(tmp_path: Path) -> None:
 
 
 def test_dockerfile_builds_a_small_non_root_image() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
     final = dockerfile.rsplit("\nFROM ", 1)[1]
     assert final.startswith("${PYTHON_IMAGE} AS runtime") and "slim" in dockerfile
     user = re.search(r"^USER (\d+)", final, re.MULTILINE)
@@ -655,7 +655,7 @@ def test_dockerfile_builds_a_small_non_root_image() -> None:
     assert "COPY --from=build /opt/foretell /opt/foretell" in final
     assert not re.search(r"apt-get|build-essential|gcc", final)
     assert "ARG TORCH_INDEX" in dockerfile
-    ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    ignored = [line for line in (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert ignored[0] == "*" and not any(
         line.startswith("!") and ("tests" in line or "bench" in line) for line in ignored
     )
