@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import kubernetes_validate
 import pytest
@@ -168,6 +168,9 @@ class FakeResponse:
     def getheader(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
 
+    def getheaders(self) -> dict[str, str]:  # what kubernetes < 37 reads
+        return self.headers
+
 
 class FakeApiServer:
     """Stands in for urllib3's pool manager: checks each request the client builds against the script."""
@@ -176,9 +179,13 @@ class FakeApiServer:
         self.script = list(script)
         self.sent: list[Sent] = []
 
-    def request(self, method: str, url: str, body: str | None = None, **_: Any) -> FakeResponse:
+    def request(
+        self, method: str, url: str, body: str | None = None, fields: Any = None, **_: Any
+    ) -> FakeResponse:
         parts = urlsplit(url)
-        sent = Sent(method, parts.path, parse_qs(parts.query), json.loads(body) if body else None)
+        # kubernetes < 37 passes a GET's query as urllib3 `fields`, later versions put it in the URL.
+        query = parse_qs(parts.query + ("&" + urlencode(fields) if fields else ""))
+        sent = Sent(method, parts.path, query, json.loads(body) if body else None)
         self.sent.append(sent)
         assert self.script, f"unexpected request {method} {url}"
         expected = self.script.pop(0)

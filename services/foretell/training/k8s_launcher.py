@@ -195,7 +195,8 @@ class KubernetesLauncher:
         )
         name = job_name(job_dir)
         manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind)
-        self._batch.create_namespaced_job(self._namespace, k8s.V1Job.from_dict(manifest))  # type: ignore[arg-type]
+        # The manifest goes as a plain dict: the client serializes it as is (V1Job.from_dict is kubernetes>=37 only).
+        self._batch.create_namespaced_job(self._namespace, manifest)
         log.info("started training worker job", extra={"job": f"{self._namespace}/{name}", "job_dir": str(job_dir)})
         return f"{HANDLE_PREFIX}{self._namespace}/{name}"
 
