@@ -179,9 +179,7 @@ class FakeApiServer:
         self.script = list(script)
         self.sent: list[Sent] = []
 
-    def request(
-        self, method: str, url: str, body: str | None = None, fields: Any = None, **_: Any
-    ) -> FakeResponse:
+    def request(self, method: str, url: str, body: str | None = None, fields: Any = None, **_: Any) -> FakeResponse:
         parts = urlsplit(url)
         # kubernetes < 37 passes a GET's query as urllib3 `fields`, later versions put it in the URL.
         query = parse_qs(parts.query + ("&" + urlencode(fields) if fields else ""))
