@@ -445,6 +445,17 @@ def test_workloads_are_locked_down_and_probed(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_schema_is_migrated_before_the_dataset_service_starts(overlay: str) -> None:
+    (dataset,) = [d for d in of_kind(RENDERED[overlay], "Deployment") if d["metadata"]["name"] == "dataset"]
+    spec = pod_spec(dataset)
+    assert spec is not None
+    (migrate,) = spec["initContainers"]
+    assert migrate["command"] == ["foretell", "db", "upgrade"]
+    assert migrate["image"] == spec["containers"][0]["image"] and migrate["envFrom"] == spec["containers"][0]["envFrom"]
+    assert migrate["securityContext"]["readOnlyRootFilesystem"] and migrate["resources"]["limits"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_deployment_has_service_pdb_and_account(overlay: str) -> None:
     assert companion_problems(RENDERED[overlay]) == []
 
@@ -655,7 +666,9 @@ def test_dockerfile_builds_a_small_non_root_image() -> None:
     assert "COPY --from=build /opt/foretell /opt/foretell" in final
     assert not re.search(r"apt-get|build-essential|gcc", final)
     assert "ARG TORCH_INDEX" in dockerfile
-    ignored = [line for line in (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    ignored = [
+        line for line in (ROOT / "k8s" / "Dockerfile.dockerignore").read_text().splitlines() if line and line[0] != "#"
+    ]
     assert ignored[0] == "*" and not any(
         line.startswith("!") and ("tests" in line or "bench" in line) for line in ignored
     )
