@@ -171,9 +171,6 @@ class PredictorResult:
     item_metrics: list[ErrorMetrics | None]  # per series, the served choice over every window
     deepar: DeepAr | None  # trained on all the data when any series uses it
 
-    def overall(self, per_window: Sequence[ErrorMetrics | None]) -> ErrorMetrics | None:
-        return average_windows(per_window)
-
 
 def metric_value(m: ErrorMetrics, metric: str) -> float:
     value = {
@@ -319,27 +316,23 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
             forecasts[w][i, DEEP] = forecast
         done += 1
 
-    # Per series and candidate: metrics on every window it took part in.
-    per_item: list[dict[str, list[ErrorMetrics]]] = []
-    for i, target in enumerate(series.targets):
-        scored: dict[str, list[ErrorMetrics]] = {}
-        for w in range(n_windows):
-            cut = cuts[w][i]
-            if cut < MIN_TRAIN:
-                continue
-            actual = target[cut : cut + h]
-            for algorithm in config.candidates:
-                f = forecasts[w].get((i, algorithm))
-                if f is not None:
-                    scored.setdefault(algorithm, []).append(_score(actual, f, target[:cut], season))
-        per_item.append(scored)
+    # Every backtest forecast scored once: scored[w][i, algorithm].
+    scored = [
+        {key: _window_score(series.targets[key[0]], cuts[w][key[0]], h, f, season) for key, f in got.items()}
+        for w, got in enumerate(forecasts)
+    ]
 
     chosen: list[list[str]] = []
-    for scored in per_item:
-        if not config.automl or not scored:
+    for i in range(len(lengths)):
+        per_algorithm: dict[str, list[ErrorMetrics]] = {}
+        for w in range(n_windows):
+            for algorithm in config.candidates:
+                if (i, algorithm) in scored[w]:
+                    per_algorithm.setdefault(algorithm, []).append(scored[w][i, algorithm])
+        if not config.automl or not per_algorithm:
             chosen.append(list(config.candidates[:1]) if not config.automl else _fallback(config))
             continue
-        scores = {a: float(np.mean([metric_value(m, config.metric) for m in ms])) for a, ms in scored.items()}
+        scores = {a: float(np.mean([metric_value(m, config.metric) for m in ms])) for a, ms in per_algorithm.items()}
         chosen.append(automl.select_candidates(scores, "ensemble" if config.ensemble else "select"))
 
     by_algorithm: dict[str, list[ErrorMetrics | None]] = {a: [] for a in config.candidates}
@@ -347,19 +340,14 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
     item_windows: list[list[ErrorMetrics]] = [[] for _ in lengths]
     for w in range(n_windows):
         for algorithm in config.candidates:
-            ms = [
-                _score(series.targets[i][cuts[w][i] : cuts[w][i] + h], f, series.targets[i][: cuts[w][i]], season)
-                for (i, a), f in sorted(forecasts[w].items())
-                if a == algorithm
-            ]
+            ms = [m for (i, a), m in sorted(scored[w].items()) if a == algorithm]
             by_algorithm[algorithm].insert(0, aggregate(ms) if ms else None)
         served = []
         for i, names in enumerate(chosen):
             parts = [forecasts[w][i, a] for a in names if (i, a) in forecasts[w]]
             if not parts:
                 continue
-            cut = cuts[w][i]
-            m = _score(series.targets[i][cut : cut + h], automl.combine(parts), series.targets[i][:cut], season)
+            m = _window_score(series.targets[i], cuts[w][i], h, automl.combine(parts), season)
             served.append(m)
             item_windows[i].append(m)
         chosen_windows.insert(0, aggregate(served) if served else None)
@@ -392,9 +380,11 @@ def _fallback(config: PredictorConfig) -> list[str]:
     return list(config.candidates[:1])
 
 
-def _score(actual: np.ndarray, f: Forecast, insample: np.ndarray, season: int) -> ErrorMetrics:
+def _window_score(target: np.ndarray, cut: int, horizon: int, f: Forecast, season: int) -> ErrorMetrics:
+    """Metrics of a forecast made from target[:cut] against the `horizon` values that follow."""
+    insample = target[:cut]
     m = season if len(insample) > season else 1
-    return evaluate_forecast(actual, f.mean, f.levels, f.quantiles, insample, m)
+    return evaluate_forecast(target[cut : cut + horizon], f.mean, f.levels, f.quantiles, insample, m)
 
 
 def _sub(progress: Progress, done: int, steps: int) -> Progress:
