@@ -158,6 +158,17 @@ class _WithFallback(_Fitted):
         self.fallback_ = model
         self.fitted_ = model.fitted_
 
+    def _start(self, y: np.ndarray, season_length: int, min_length: int) -> tuple[np.ndarray, int] | None:
+        """Checks the input and resets the state; None when the series went to the naive fallback
+        (shorter than `min_length`, or constant)."""
+        y = _check_series(y)
+        m = _check_season(season_length)
+        self.y_, self.fallback_ = y, None
+        if len(y) < min_length or _is_constant(y):
+            self._use_fallback(Naive(), y, m)
+            return None
+        return y, m
+
 
 # ---------------------------------------------------------------- ETS
 
@@ -210,12 +221,11 @@ class Ets(_WithFallback, Forecaster):
     def fit(self, y: np.ndarray, season_length: int = 1) -> Ets:
         from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-        y = _check_series(y)
-        m = _check_season(season_length)
-        self.y_, self.fallback_, self.result_, self.spec_ = y, None, None, {}
-        if len(y) < 4 or _is_constant(y):
-            self._use_fallback(Naive(), y, m)
+        self.result_, self.spec_ = None, {}
+        started = self._start(y, season_length, 4)
+        if started is None:
             return self
+        y, m = started
         # The heuristic initial states (a regression on the first seasons) make each fit ~20x faster
         # than estimating them; every candidate uses the same method so their AICc stay comparable.
         init = "heuristic" if len(y) >= 10 else "estimated"
@@ -353,13 +363,11 @@ class Arima(_WithFallback, Forecaster):
         self.resid_: np.ndarray = np.empty(0)  # one-step residuals of the last len(resid_) values of y
 
     def fit(self, y: np.ndarray, season_length: int = 1) -> Arima:
-        y = _check_series(y)
-        m = _check_season(season_length)
-        self.y_, self.fallback_ = y, None
-        n = len(y)
-        if n < 4 or _is_constant(y):
-            self._use_fallback(Naive(), y, m)
+        started = self._start(y, season_length, 4)
+        if started is None:
             return self
+        y, m = started
+        n = len(y)
         if m > 1 and n < 2 * m:
             m = 1  # too short to estimate any seasonal structure
         big_d = int(m > 1 and n >= 3 * m and _seasonal_strength(y, m) > 0.64)
@@ -601,13 +609,11 @@ class Theta(_WithFallback, Forecaster):
         self.sigma_: float = 0.0
 
     def fit(self, y: np.ndarray, season_length: int = 1) -> Theta:
-        y = _check_series(y)
-        m = _check_season(season_length)
-        self.y_, self.fallback_ = y, None
-        n = len(y)
-        if n < 3 or _is_constant(y):
-            self._use_fallback(Naive(), y, m)
+        started = self._start(y, season_length, 3)
+        if started is None:
             return self
+        y, m = started
+        n = len(y)
         self.multiplicative_ = bool(np.all(y > 0))
         if seasonality_test(y, m):
             self.season_ = _seasonal_indices(y, m, self.multiplicative_)
