@@ -25,7 +25,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -277,17 +277,89 @@ def _fit_deepar(inputs: list[GlobalSeries], series: SeriesSet, config: Predictor
 # ---- training ------------------------------------------------------------------------
 
 
-def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progress = _no_progress) -> PredictorResult:
-    """Backtests every candidate, chooses per series, and trains the final deep model if one is used."""
+@dataclass(frozen=True)
+class Pooled:
+    """Per-series metrics of a group of series in a form where groups (shards) add up to what `aggregate`
+    gives over all of them: WAPE, RMSE, MAPE and wQL are ratios of sums, which `aggregate` pools, but sMAPE
+    and MASE are plain means over the series where they are finite, so they are kept as a sum and a count
+    (a mean of the groups' means would weigh a small group like a large one)."""
+
+    sums: ErrorMetrics  # aggregate() over the group
+    smape_sum: float
+    smape_n: int
+    mase_sum: float
+    mase_n: int
+
+    @classmethod
+    def of(cls, per_series: Sequence[ErrorMetrics]) -> Pooled:
+        smape = [m.smape for m in per_series if np.isfinite(m.smape)]
+        mase = [m.mase for m in per_series if np.isfinite(m.mase)]
+        return cls(aggregate(per_series), float(sum(smape)), len(smape), float(sum(mase)), len(mase))
+
+    def __add__(self, other: Pooled) -> Pooled:
+        return Pooled(
+            aggregate([self.sums, other.sums]),
+            self.smape_sum + other.smape_sum,
+            self.smape_n + other.smape_n,
+            self.mase_sum + other.mase_sum,
+            self.mase_n + other.mase_n,
+        )
+
+    def metrics(self) -> ErrorMetrics:
+        nan = float("nan")
+        return replace(
+            self.sums,
+            smape=self.smape_sum / self.smape_n if self.smape_n else nan,
+            mase=self.mase_sum / self.mase_n if self.mase_n else nan,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Pooled:
+        tuples = {k: tuple(raw["sums"][k]) for k in ("levels", "wql", "sum_pinball")}
+        return cls(**{**raw, "sums": ErrorMetrics(**{**raw["sums"], **tuples})})
+
+
+@dataclass
+class PredictorPart:
+    """The backtest of some of the series (a shard's, or all of them): per-series results for those series
+    and the per-window scores as `Pooled` sums, so that parts over disjoint series merge (`merge_parts`)
+    into the result of one backtest over all of them."""
+
+    indices: list[int]  # positions of the covered series in the whole SeriesSet, ascending
+    windows: list[tuple[int, int]]  # (first, last) forecast timestamp of each window, oldest first
+    by_algorithm: dict[str, list[Pooled | None]]  # per window, oldest first
+    chosen_windows: list[Pooled | None]
+    chosen: list[list[str]]  # per covered series
+    item_metrics: list[ErrorMetrics | None]  # per covered series
+
+
+def backtest_part(
+    series: SeriesSet,
+    config: PredictorConfig,
+    indices: Sequence[int] | None = None,
+    progress: Progress = _no_progress,
+) -> PredictorPart:
+    """Backtests every candidate on the series at `indices` (default all) and chooses per series.
+
+    The history check is made on the whole set, so every shard of a predictor accepts or refuses it
+    alike. The deep model is global (one model over every series), so it is backtested only when
+    `indices` covers every series.
+    """
     h, season = config.horizon, series.frequency.season_length
     lengths = [len(t) for t in series.targets]
     check_history(lengths, config)
+    covered = list(range(len(lengths))) if indices is None else sorted(indices)
     n_windows = config.backtest_windows
-    # cuts[w][i]: training points of series i in window w (0 = latest).
-    cuts = [[length - config.offset - w * h for length in lengths] for w in range(n_windows)]
     statistical = [c for c in config.candidates if c != DEEP]
     has_deep = DEEP in config.candidates
-    steps = n_windows * (len(statistical) * len(lengths) + (1 if has_deep else 0)) + (1 if has_deep else 0)
+    if has_deep and len(covered) != len(lengths):
+        raise ValueError("the deep model is global: a predictor using it cannot be trained on part of the series")
+    # cuts[w][i]: training points of series i in window w (0 = latest).
+    cuts = [[length - config.offset - w * h for length in lengths] for w in range(n_windows)]
+    steps = n_windows * (len(statistical) * len(covered) + (1 if has_deep else 0)) + (1 if has_deep else 0)
     done = 0
 
     def advance(count: int, message: str) -> None:
@@ -297,7 +369,7 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
     for w in range(n_windows):
         tasks: list[_Task] = [
             (i, algorithm, series.targets[i][: cuts[w][i]], season, h, config.quantiles, config.params[algorithm])
-            for i in range(len(lengths))
+            for i in covered
             if cuts[w][i] >= MIN_TRAIN
             for algorithm in statistical
         ]
@@ -305,11 +377,11 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
         forecasts.append(
             _run_tasks(tasks, config.workers, lambda k, label=window_label: advance(k, label))  # type: ignore[misc]
         )
-        done += len(statistical) * len(lengths)
+        done += len(statistical) * len(covered)
     # The deep model after every statistical fit: the fit pool forks, and a fork after torch's threads
     # have started is not safe.
     for w in range(n_windows if has_deep else 0):
-        eligible = [i for i in range(len(lengths)) if cuts[w][i] >= MIN_TRAIN]
+        eligible = [i for i in covered if cuts[w][i] >= MIN_TRAIN]
         inputs = _global(series, cuts[w], h)
         model = _fit_deepar([inputs[i] for i in eligible], series, config, _sub(progress, done, steps))
         for i, forecast in zip(eligible, model.predict([inputs[i] for i in eligible], config.quantiles), strict=True):
@@ -323,7 +395,7 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
     ]
 
     chosen: list[list[str]] = []
-    for i in range(len(lengths)):
+    for i in covered:
         per_algorithm: dict[str, list[ErrorMetrics]] = {}
         for w in range(n_windows):
             for algorithm in config.candidates:
@@ -335,41 +407,77 @@ def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progre
         scores = {a: float(np.mean([metric_value(m, config.metric) for m in ms])) for a, ms in per_algorithm.items()}
         chosen.append(automl.select_candidates(scores, "ensemble" if config.ensemble else "select"))
 
-    by_algorithm: dict[str, list[ErrorMetrics | None]] = {a: [] for a in config.candidates}
-    chosen_windows: list[ErrorMetrics | None] = []
-    item_windows: list[list[ErrorMetrics]] = [[] for _ in lengths]
+    by_algorithm: dict[str, list[Pooled | None]] = {a: [] for a in config.candidates}
+    chosen_windows: list[Pooled | None] = []
+    item_windows: list[list[ErrorMetrics]] = [[] for _ in covered]
     for w in range(n_windows):
         for algorithm in config.candidates:
             ms = [m for (i, a), m in sorted(scored[w].items()) if a == algorithm]
-            by_algorithm[algorithm].insert(0, aggregate(ms) if ms else None)
+            by_algorithm[algorithm].insert(0, Pooled.of(ms) if ms else None)
         served = []
-        for i, names in enumerate(chosen):
+        for k, (i, names) in enumerate(zip(covered, chosen, strict=True)):
             parts = [forecasts[w][i, a] for a in names if (i, a) in forecasts[w]]
             if not parts:
                 continue
             m = _window_score(series.targets[i], cuts[w][i], h, automl.combine(parts), season)
             served.append(m)
-            item_windows[i].append(m)
-        chosen_windows.insert(0, aggregate(served) if served else None)
+            item_windows[k].append(m)
+        chosen_windows.insert(0, Pooled.of(served) if served else None)
 
-    final = None
-    if has_deep and (any(DEEP in names for names in chosen) or series.cold_items):
-        progress(done / max(steps, 1), "training the deep model on all the data")
-        final = _fit_deepar(_global(series, None, h), series, config, _sub(progress, done, steps))
     windows = []
     for w in reversed(range(n_windows)):
         last_step = -config.offset - w * h  # relative to the dataset end + 1 step
         first = series.frequency.add(series.end, last_step + 1)
         last = series.frequency.add(series.end, last_step + h)
         windows.append((int(np.asarray(first).item()), int(np.asarray(last).item())))
-    return PredictorResult(
+    return PredictorPart(
+        indices=covered,
         windows=windows,
         by_algorithm=by_algorithm,
         chosen_windows=chosen_windows,
         chosen=chosen,
         item_metrics=[aggregate(ms) if ms else None for ms in item_windows],
-        deepar=final,
     )
+
+
+def merge_parts(parts: Sequence[PredictorPart]) -> PredictorResult:
+    """One result from parts over disjoint series (shards), as if one backtest had covered them all; the
+    per-series lists follow the series' positions. No deep model: that is trained only unsplit."""
+    order = sorted((i, p, k) for p, part in enumerate(parts) for k, i in enumerate(part.indices))
+    first = parts[0]
+
+    def pooled(per_part: Sequence[Pooled | None]) -> ErrorMetrics | None:
+        present = [p for p in per_part if p is not None]
+        if not present:
+            return None
+        total = present[0]
+        for p in present[1:]:
+            total = total + p
+        return total.metrics()
+
+    return PredictorResult(
+        windows=first.windows,
+        by_algorithm={
+            a: [pooled([part.by_algorithm[a][w] for part in parts]) for w in range(len(first.windows))]
+            for a in first.by_algorithm
+        },
+        chosen_windows=[pooled([part.chosen_windows[w] for part in parts]) for w in range(len(first.windows))],
+        chosen=[parts[p].chosen[k] for _, p, k in order],
+        item_metrics=[parts[p].item_metrics[k] for _, p, k in order],
+        deepar=None,
+    )
+
+
+def train_predictor(series: SeriesSet, config: PredictorConfig, progress: Progress = _no_progress) -> PredictorResult:
+    """Backtests every candidate, chooses per series, and trains the final deep model if one is used."""
+    result = merge_parts([backtest_part(series, config, None, progress)])
+    if DEEP in config.candidates and (any(DEEP in names for names in result.chosen) or series.cold_items):
+        steps = config.backtest_windows * (len(config.candidates) - 1) * len(series.targets)
+        steps += config.backtest_windows + 1
+        done = steps - 1
+        progress(done / max(steps, 1), "training the deep model on all the data")
+        result.deepar = _fit_deepar(_global(series, None, config.horizon), series, config, _sub(progress, done, steps))
+    return result
 
 
 def _fallback(config: PredictorConfig) -> list[str]:

@@ -7,29 +7,49 @@ used, `deepar/`. A forecast's artifact directory is a `ForecastTable`.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import json
 import math
+import os
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from foretell.forecasting.frequency import Frequency
 from foretell.forecasting.metrics import ErrorMetrics
 from foretell.forecasting.predictor import (
     DEEP,
+    Pooled,
     PredictorConfig,
+    PredictorPart,
+    PredictorResult,
     Progress,
     average_windows,
+    backtest_part,
     generate_forecast,
+    merge_parts,
     parse_hyper_parameters,
     series_key,
     train_predictor,
 )
 from foretell.forecasting.series import FillPolicy, SeriesError, SeriesSet, load_snapshot
 from foretell.forecasting.table import ForecastTable
+from foretell.training import shards
 from foretell.training.worker import WorkerError
+
+if TYPE_CHECKING:
+    from foretell.forecasting.deepar import DeepAr
 
 PREDICTOR_FILE = "predictor.json"
 ITEM_ACCURACY_FILE = "item_accuracy.jsonl"
+SHARD_OUTPUT = "output"
+SHARD_SERIES = "series.jsonl"
+SHARD_PART = "part.json"
+# spec.json keys that say how the job ran, not what the predictor is: kept out of predictor.json, so a
+# sharded predictor's artifact is the unsharded one's.
+RUN_KEYS = ("shards", "output_dir")
 
 
 def config_of(spec: dict[str, Any]) -> PredictorConfig:
@@ -43,7 +63,7 @@ def config_of(spec: dict[str, Any]) -> PredictorConfig:
         metric=spec["metric"],
         ensemble=bool(spec["ensemble"]),
         params=parse_hyper_parameters(candidates, spec.get("hyper_parameters") or {}),
-        workers=int(spec.get("workers") or 0),
+        workers=int(spec.get("workers") or os.environ.get(shards.PROCESSES_ENV) or 0),
     )
 
 
@@ -79,31 +99,37 @@ def metrics_json(m: ErrorMetrics | None) -> dict[str, Any] | None:
     }
 
 
-def train_predictor_job(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    series = _series(spec, spec["snapshot_dir"])
-    config = config_of(spec)
-    try:
-        result = train_predictor(series, config, progress)
-    except ValueError as exc:
-        raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
+def _item_line(series: SeriesSet, i: int, names: list[str], metrics: ErrorMetrics | None) -> dict[str, Any]:
+    return {
+        "item_id": series.item_ids[i],
+        "dimensions": series.dimensions[i],
+        "algorithm": names[0] if len(names) == 1 else "ensemble",
+        "algorithms": names,
+        "metrics": metrics_json(metrics),
+    }
+
+
+def _write_predictor(
+    spec: dict[str, Any], entries: Iterable[tuple[list[Any], dict[str, Any]]], deepar: DeepAr | None
+) -> None:
+    """The artifact from (chosen entry [item, dimensions key, names], item accuracy line) per series in series
+    order; predictor.json last, by rename, so a reader never takes a half-written predictor for one."""
     artifact = Path(spec["artifact_dir"])
     artifact.mkdir(parents=True, exist_ok=True)
-    if result.deepar is not None:
-        result.deepar.save(artifact / DEEP)
+    if deepar is not None:
+        deepar.save(artifact / DEEP)
+    chosen = []
     with (artifact / ITEM_ACCURACY_FILE).open("w", encoding="utf-8") as out:
-        for i, metrics in enumerate(result.item_metrics):
-            names = result.chosen[i]
-            line = {
-                "item_id": series.item_ids[i],
-                "dimensions": series.dimensions[i],
-                "algorithm": names[0] if len(names) == 1 else "ensemble",
-                "algorithms": names,
-                "metrics": metrics_json(metrics),
-            }
+        for entry, line in entries:
             out.write(json.dumps(line) + "\n")
-    chosen = [[*series_key(series, i), names] for i, names in enumerate(result.chosen)]
-    (artifact / PREDICTOR_FILE).write_text(json.dumps({"spec": spec, "chosen": chosen}))
+            chosen.append(entry)
+    saved = {k: v for k, v in spec.items() if k not in RUN_KEYS}
+    partial = artifact / (PREDICTOR_FILE + ".partial")
+    partial.write_text(json.dumps({"spec": saved, "chosen": chosen}))
+    os.replace(partial, artifact / PREDICTOR_FILE)
 
+
+def _summary(config: PredictorConfig, result: PredictorResult, series_count: int) -> dict[str, Any]:
     def accuracy(name: str, per_window: list[ErrorMetrics | None]) -> dict[str, Any]:
         return {
             "algorithm": name,
@@ -120,8 +146,117 @@ def train_predictor_job(spec: dict[str, Any], progress: Progress) -> dict[str, A
             "algorithms": [accuracy(a, ms) for a, ms in result.by_algorithm.items()],
             "chosen": accuracy(served, result.chosen_windows),
         },
-        "series_count": len(series.targets),
+        "series_count": series_count,
     }
+
+
+def train_predictor_job(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    series = _series(spec, spec["snapshot_dir"])
+    config = config_of(spec)
+    if shards.count(spec) > 1:
+        return _train_shard(spec, series, config, progress)
+    try:
+        result = train_predictor(series, config, progress)
+    except ValueError as exc:
+        raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
+    entries = (
+        ([*series_key(series, i), names], _item_line(series, i, names, metrics))
+        for i, (names, metrics) in enumerate(zip(result.chosen, result.item_metrics, strict=True))
+    )
+    _write_predictor(spec, entries, result.deepar)
+    return _summary(config, result, len(series.targets))
+
+
+# ---- sharded predictors -------------------------------------------------------------------
+# Shard i writes JOB_DIR/shards/i/output/: series.jsonl (per series of its partition, ascending position in
+# the whole set: {"index", "chosen", "item"}) and part.json (its per-window scores as pooled sums). Every
+# shard loads the whole snapshot, so the series, their order and the partition are the same in all of them.
+
+
+def _train_shard(
+    spec: dict[str, Any], series: SeriesSet, config: PredictorConfig, progress: Progress
+) -> dict[str, Any]:
+    n, index = shards.count(spec), shards.index_of(spec)
+    mine = shards.partition([series_key(series, i) for i in range(len(series.targets))], n, index)
+    try:
+        part = backtest_part(series, config, mine, progress)
+    except ValueError as exc:
+        raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
+    output = Path(spec["output_dir"]) / SHARD_OUTPUT
+    staging = output.with_name(SHARD_OUTPUT + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with (staging / SHARD_SERIES).open("w", encoding="utf-8") as out:
+        for i, names, metrics in zip(part.indices, part.chosen, part.item_metrics, strict=True):
+            entry = {
+                "index": i,
+                "chosen": [*series_key(series, i), names],
+                "item": _item_line(series, i, names, metrics),
+            }
+            out.write(json.dumps(entry) + "\n")
+
+    def pooled(values: list[Pooled | None]) -> list[dict[str, Any] | None]:
+        return [None if v is None else v.to_json() for v in values]
+
+    scores = {
+        "series_count": len(series.targets),
+        "windows": part.windows,
+        "by_algorithm": {a: pooled(v) for a, v in part.by_algorithm.items()},
+        "chosen_windows": pooled(part.chosen_windows),
+    }
+    (staging / SHARD_PART).write_text(json.dumps(scores))
+    # A retried shard (a pod evicted and replaced) replaces what an earlier attempt left.
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(staging, output)
+    return {"series": len(mine)}
+
+
+def merge_predictor_shards(spec: dict[str, Any], shard_dirs: list[Path]) -> dict[str, Any]:
+    """The predictor artifact and result of a sharded job from its shards' outputs: the same files and
+    figures as one unsharded run (the per-window scores add up as pooled sums, see `Pooled`)."""
+    config = config_of(spec)
+    outputs = [d / SHARD_OUTPUT for d in shard_dirs]
+    saved = [json.loads((o / SHARD_PART).read_text()) for o in outputs]
+    series_count = int(saved[0]["series_count"])
+    if any(int(s["series_count"]) != series_count for s in saved):
+        raise WorkerError("INTERNAL", "the shards of this predictor read different numbers of series")
+
+    def pooled(values: list[dict[str, Any] | None]) -> list[Pooled | None]:
+        return [None if v is None else Pooled.from_json(v) for v in values]
+
+    parts = [
+        PredictorPart(
+            indices=[],  # the per-series results stream from series.jsonl below instead of memory
+            windows=[(int(a), int(b)) for a, b in s["windows"]],
+            by_algorithm={a: pooled(v) for a, v in s["by_algorithm"].items()},
+            chosen_windows=pooled(s["chosen_windows"]),
+            chosen=[],
+            item_metrics=[],
+        )
+        for s in saved
+    ]
+    result = merge_parts(parts)
+    with contextlib.ExitStack() as files:
+        streams = [_series_entries(files.enter_context((o / SHARD_SERIES).open(encoding="utf-8"))) for o in outputs]
+
+        def entries() -> Iterator[tuple[list[Any], dict[str, Any]]]:
+            expected = 0
+            for entry in heapq.merge(*streams, key=lambda e: int(e["index"])):
+                if int(entry["index"]) != expected:
+                    break
+                expected += 1
+                yield entry["chosen"], entry["item"]
+            # Checked before predictor.json is written: a predictor missing series is never made.
+            if expected != series_count:
+                raise WorkerError("INTERNAL", f"the shards of this predictor do not cover its {series_count} series")
+
+        _write_predictor(spec, entries(), None)
+    return _summary(config, result, series_count)
+
+
+def _series_entries(lines: IO[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        yield json.loads(line)
 
 
 def generate_forecast_job(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from foretell.core.logs import configure_logging
+from foretell.training import shards
 
 log = logging.getLogger("foretell.worker")
 
@@ -77,19 +78,21 @@ def _job(kind: str) -> Callable[[dict[str, Any], ProgressFile], dict[str, Any]]:
 
 def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "spec.json").read_text())
-    progress = ProgressFile(job_dir / "progress.jsonl")
+    # A shard of a sharded job (foretell.training.shards) reports in its own directory.
+    out = shards.output_dir(job_dir, spec)
+    progress = ProgressFile(out / "progress.jsonl")
     try:
-        output = _job(spec["kind"])(spec, progress)
+        output = _job(spec["kind"])({**spec, "output_dir": str(out)}, progress)
     except WorkerError as exc:
         log.warning("training failed", extra={"code": exc.code, "error": str(exc)})
-        _write_result(job_dir, {"ok": False, "error": {"code": exc.code, "message": str(exc)}})
+        _write_result(out, {"ok": False, "error": {"code": exc.code, "message": str(exc)}})
         return 1
     except Exception as exc:
         log.exception("training crashed")
-        _write_result(job_dir, {"ok": False, "error": {"code": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}})
+        _write_result(out, {"ok": False, "error": {"code": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}})
         return 1
     progress(1.0, "done")
-    _write_result(job_dir, {"ok": True, **output})
+    _write_result(out, {"ok": True, **output})
     return 0
 
 

@@ -1,0 +1,98 @@
+"""Sharded training jobs: one job whose series are split across N worker processes (or N pods).
+
+A job is sharded when its spec.json says `"shards": N` with N > 1 (today only large predictors whose
+algorithms all fit series independently; see `plan`). Shard i is the same worker command with the
+environment variable JOB_COMPLETION_INDEX=i, the variable Kubernetes sets in an Indexed Job and
+`LocalLauncher` sets for its processes. Shard i writes only under JOB_DIR/shards/i/: its progress
+file, its result.json (last, by rename) and its output; the training service merges the outputs
+once every shard has succeeded (`merge`, called by `foretell.training.jobs`).
+
+This module is imported by the training service and by the worker, so it loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+INDEX_ENV = "JOB_COMPLETION_INDEX"
+# Processes a worker may use for its per-series fits; a launcher running several shards on one machine
+# sets it so that they share the CPUs instead of each forking a pool as large as the machine.
+PROCESSES_ENV = "FORETELL_WORKER_PROCESSES"
+SHARDS_DIR = "shards"
+# Algorithms whose fits are independent per series, so a predictor made of them splits by series.
+# DeepAR is absent on purpose: it is one global model trained on every series (and the only model for
+# cold-start items), so splitting its series would train N different, weaker models.
+PER_SERIES = frozenset({"naive", "seasonal-naive", "ets", "arima", "theta", "npts"})
+
+
+def plan(candidates: Sequence[str], n_series: int, series_per_shard: int, max_shards: int) -> int:
+    """How many shards a predictor over `n_series` series runs as: 1 (not split) unless every candidate is
+    per-series and there are more than `series_per_shard` (0: never split) series."""
+    if series_per_shard <= 0 or n_series <= series_per_shard or not set(candidates) <= PER_SERIES:
+        return 1
+    return max(1, min(max_shards, math.ceil(n_series / series_per_shard)))
+
+
+def count(spec: dict[str, Any]) -> int:
+    return max(1, int(spec.get("shards") or 1))
+
+
+def count_of(job_dir: Path) -> int:
+    """The job's shard count from its spec.json (1 when unreadable: the launcher then fails plainly)."""
+    try:
+        return count(json.loads((job_dir / "spec.json").read_text()))
+    except (OSError, ValueError):
+        return 1
+
+
+def shard_dir(job_dir: Path, index: int) -> Path:
+    return job_dir / SHARDS_DIR / str(index)
+
+
+def output_dir(job_dir: Path, spec: dict[str, Any]) -> Path:
+    """Where this worker process writes progress.jsonl and result.json: the job dir, or its shard's dir."""
+    n = count(spec)
+    if n == 1:
+        return job_dir
+    raw = os.environ.get(INDEX_ENV, "")
+    if not raw.isdigit() or int(raw) >= n:
+        raise SystemExit(f"a job of {n} shards needs {INDEX_ENV} in 0..{n - 1}, got {raw!r}")
+    out = shard_dir(job_dir, int(raw))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def index_of(spec: dict[str, Any]) -> int:
+    return int(os.environ[INDEX_ENV]) if count(spec) > 1 else 0
+
+
+def partition(keys: Sequence[Any], n: int, index: int) -> list[int]:
+    """The series (positions in `keys`) of shard `index` of `n`: contiguous, near-equal runs of the keys in
+    sorted order, so the split depends on the set of series alone and every shard computes the same one."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    return sorted(order[index * len(order) // n : (index + 1) * len(order) // n])
+
+
+def read_result(job_dir: Path, index: int) -> dict[str, Any] | None:
+    try:
+        result = json.loads((shard_dir(job_dir, index) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def merge(job_dir: Path) -> dict[str, Any]:
+    """Combines the outputs of a sharded job whose shards all succeeded into the job's artifact; returns what
+    the unsharded worker would have put in result.json (besides "ok")."""
+    spec = json.loads((job_dir / "spec.json").read_text())
+    dirs = [shard_dir(job_dir, i) for i in range(count(spec))]
+    if spec["kind"] == "predictor":
+        from foretell.training.predictor_worker import merge_predictor_shards
+
+        return merge_predictor_shards(spec, dirs)
+    raise ValueError(f"jobs of kind {spec['kind']!r} are never sharded")
