@@ -14,6 +14,11 @@ takes the median scale of the training series sharing its first category code, e
 them, so that training teaches the network exactly the cold-start situation that serving meets.
 Windows that reach back before a series' start are left-padded with zero inputs and zero
 observed-masks; padding is never scored.
+
+Under torchrun (several processes, `training.distributed`) the model trains with DistributedDataParallel:
+`batch_size` stays the GLOBAL number of windows per optimizer step; every rank draws the same random
+windows (same seeded RNG) and builds and trains on its slice of each batch (about batch_size / WORLD_SIZE
+windows per rank), so the windows, the steps per epoch and the gradient equal those of one process.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foretell.forecasting.base import DEFAULT_QUANTILES, Forecast
+from foretell.training import distributed
 
 LIKELIHOODS: tuple[str, ...] = ("student-t", "gaussian", "negative-binomial")
 _FORMAT = 1
@@ -301,7 +307,7 @@ class DeepAr:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
         self.likelihood = likelihood
         self.seed = _check_int("seed", seed, 0)
-        self.device = _resolve_device(device)
+        self.device = distributed.device(_resolve_device(device))
         self.lags: tuple[int, ...] = (1,) if self.season_length == 1 else (1, self.season_length)
         # Fitted state (set by fit or load).
         self.net_: _Net | None = None
@@ -467,22 +473,39 @@ class DeepAr:
         rng = np.random.default_rng(self.seed)
         weights = lengths / lengths.sum()  # long series get proportionally more windows
         steps = max(1, math.ceil(lengths.sum() / self.horizon / self.batch_size))
+        distributed.check_same("the number of training steps per epoch", steps)
+        distributed.seed_local_randomness(self.seed)
+        spread = distributed.current().active
+        model = distributed.wrap(net, self.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
+        length = self.context_length + self.horizon
         start = time.monotonic()
         net.train()
         for epoch in range(1, self.epochs + 1):
             total = 0.0
             for _ in range(steps):
+                # The global batch, drawn alike on every rank; each rank builds and trains on its part.
                 picks = rng.choice(len(series), size=self.batch_size, p=weights)
                 ends = rng.integers(1, lengths[picks] + 1)  # a window ends after 1..T observed steps
-                real, phase, static, target, mask, scale = self._batch(series, picks, ends)
-                raw, _ = net(real, phase, static)
-                loss = (_nll(raw, target, scale, self.likelihood) * mask).sum() / mask.sum()
+                rows, weight = distributed.shard(np.arange(self.batch_size))
+                real, phase, static, target, mask, scale = self._batch(series, picks[rows], ends[rows])
+                raw, _ = model(real, phase, static)
+                summed = (_nll(raw, target, scale, self.likelihood) * mask).sum()
+                if spread:
+                    # Scored steps of the whole batch: a window ending at `end` has min(end, length) of them.
+                    scored = float(np.minimum(ends, length).sum())
+                    loss = summed * weight / distributed.loss_divisor(scored)
+                else:
+                    loss = summed / mask.sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), _CLIP_GRAD)
                 optimizer.step()
                 total += float(loss.detach())
+            if spread:
+                # Each rank's loss is its share of the batch mean times WORLD_SIZE: the sum over ranks / WORLD_SIZE
+                # is the batch mean that one process reports.
+                total = distributed.all_sum([total])[0] / distributed.current().world_size
             mean = total / steps
             report(
                 epoch / self.epochs,

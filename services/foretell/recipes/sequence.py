@@ -9,6 +9,11 @@ only, so an event that arrives through PutEvents changes the very next answer wi
 Tokens: item index i is token i + 1; 0 pads. Windows are left-padded so the latest item always sits
 at the last position, and positions are counted from the right (the last item has position
 max_len - 1), which lets a batch be trimmed to its longest history.
+
+Under torchrun (several processes, `training.distributed`) the model trains with DistributedDataParallel:
+`batch_size` stays the GLOBAL batch of one optimizer step; every rank draws the same batches and
+trains on its slice of each (about batch_size / WORLD_SIZE windows per rank), so epochs, steps, the
+learning-rate schedule and the gradient equal those of one process.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import nn
 
 from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress
 from foretell.recipes.registry import ParamError
+from foretell.training import distributed
 
 # Beyond this many items one row of full-softmax logits per position gets too large: sample.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
@@ -228,7 +234,7 @@ class Sequence(Recommender):
         p = {name: params.get(name, spec.default) for name, spec in PARAMS.items()}
         if p["architecture"] == "sasrec" and p["dim"] % p["heads"]:
             raise ParamError("heads", f"must divide dim ({p['dim']})")
-        device = _device(p["device"])
+        device = distributed.device(_device(p["device"]))
         n_items = data.n_items
         counts = np.bincount(data.items, minlength=n_items).astype(np.float64)
         prior = np.log((counts + 1.0) / (counts.sum() + n_items))
@@ -247,6 +253,8 @@ class Sequence(Recommender):
                 init(net)
             net.to(device)
             inputs, targets = _windows(_user_sequences(data), p["max_len"], p["horizon"])
+            distributed.check_same("the number of training windows", len(inputs))
+            distributed.seed_local_randomness(p["seed"])
             if len(inputs) == 0:
                 progress(1.0, "no user has two interactions: nothing to train", epoch=0, loss=0.0)
             else:
@@ -324,6 +332,42 @@ def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray
         yield perm[lo : lo + size]
 
 
+class _Objective(nn.Module):
+    """The training loss as a module, so that DDP (which hooks `forward`) can wrap all of it."""
+
+    def __init__(self, net: _Net, sampled: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.sampled = sampled
+
+    def forward(
+        self, tokens: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) tokens, (B, L, horizon) targets -> (summed negative log-likelihood, (N, horizon) valid mask)."""
+        net = self.net
+        states = net.encode(tokens)
+        keep = target[:, :, 0] >= 0
+        states, target = states[keep], target[keep]  # (N, dim), (N, horizon)
+        valid = target >= 0
+        safe = target.clamp(min=0)
+        if negatives is not None:
+            emb = net.items.weight[1:]
+            positive = torch.einsum("nd,nhd->nh", states, emb[safe]) + net.bias[safe]
+            negative = (states @ emb[negatives].T + net.bias[negatives]).float()
+            # A negative that is the target itself is no negative.
+            hit = negatives[None, None, :] == safe[:, :, None]
+            others = negative[:, None, :].masked_fill(hit, float("-inf"))
+            log_p = positive.float() - torch.logsumexp(torch.cat([positive.float()[..., None], others], -1), -1)
+        else:
+            log_p = torch.log_softmax(net.logits(states).float(), dim=-1).gather(1, safe)
+        return -(log_p * valid).sum(), valid
+
+
+def _count_targets(y: np.ndarray) -> int:
+    """Scored (position, step) pairs of windows' targets: what `_Objective` counts as valid."""
+    return int(((y[:, :, :1] >= 0) & (y >= 0)).sum())
+
+
 def _optimize(
     net: _Net,
     inputs: np.ndarray,
@@ -337,6 +381,7 @@ def _optimize(
     rng = np.random.default_rng(p["seed"])
     generator = torch.Generator(device=device).manual_seed(p["seed"])
     optimizer = torch.optim.AdamW(net.parameters(), lr=p["learning_rate"], weight_decay=p["weight_decay"])
+    # Steps of the global batch: the same count on every rank, and the same as in one process.
     steps = epochs * math.ceil(len(inputs) / p["batch_size"])
     # Cosine decay to 10%: late epochs refine instead of bouncing around at the full rate.
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -344,40 +389,43 @@ def _optimize(
     )
     autocast = device.type == "cuda" and p["mixed_precision"]
     n_items = net.bias.shape[0]
+    spread = distributed.current().active
+    objective = distributed.wrap(_Objective(net, sampled), device)
     start = time.monotonic()
     net.train()
     for epoch in range(1, epochs + 1):
         total, positions = 0.0, 0
-        for idx in _batches(len(inputs), p["batch_size"], rng):
+        # `batch` is the global batch (batch_size windows, identical on every rank); `idx` this rank's part.
+        for batch in _batches(len(inputs), p["batch_size"], rng):
+            idx, weight = distributed.shard(batch)
             x, y = inputs[idx], targets[idx]
             first = int((x != 0).any(axis=0).argmax())  # trim columns that are padding in every window
             tokens = torch.from_numpy(x[:, first:]).to(device)
             target = torch.from_numpy(y[:, first:]).to(device)
+            # Drawn on every rank from the same generator: all ranks share the negatives, as one batch would.
+            negatives = (
+                torch.randint(n_items, (p["num_negatives"],), device=device, generator=generator) if sampled else None
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                states = net.encode(tokens)
-                keep = target[:, :, 0] >= 0
-                states, target = states[keep], target[keep]  # (N, dim), (N, horizon)
-                valid = target >= 0
-                safe = target.clamp(min=0)
-                if sampled:
-                    negatives = torch.randint(n_items, (p["num_negatives"],), device=device, generator=generator)
-                    emb = net.items.weight[1:]
-                    positive = torch.einsum("nd,nhd->nh", states, emb[safe]) + net.bias[safe]
-                    negative = (states @ emb[negatives].T + net.bias[negatives]).float()
-                    # A negative that is the target itself is no negative.
-                    hit = negatives[None, None, :] == safe[:, :, None]
-                    others = negative[:, None, :].masked_fill(hit, float("-inf"))
-                    log_p = positive.float() - torch.logsumexp(torch.cat([positive.float()[..., None], others], -1), -1)
+                summed, valid = objective(tokens, target, negatives)
+                if spread:
+                    loss = summed * weight / distributed.loss_divisor(_count_targets(targets[batch]))
                 else:
-                    log_p = torch.log_softmax(net.logits(states).float(), dim=-1).gather(1, safe)
-                loss = -(log_p * valid).sum() / valid.sum()
+                    loss = summed / valid.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             count = int(valid.sum())
-            total += float(loss.detach()) * count
-            positions += count
+            if spread:
+                total += float(summed.detach()) * weight
+                positions += int(count * weight)
+            else:
+                total += float(loss.detach()) * count
+                positions += count
+        if spread:
+            total, summed_positions = distributed.all_sum([total, float(positions)])
+            positions = int(summed_positions)
         mean = total / max(positions, 1)
         progress(epoch / epochs, f"epoch {epoch}/{epochs}", epoch=epoch, loss=mean, seconds=time.monotonic() - start)
     net.eval()
