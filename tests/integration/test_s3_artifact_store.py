@@ -5,56 +5,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from foretell.core.artifact_store import MARKER, ArtifactNotFound, S3Store, cache_dir_for, fetch_dir, store_for
 from foretell.core.errors import FailedPrecondition, InvalidArgument
 from foretell.core.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as env:
-        # Dummy credentials for boto3's chain; nothing leaves this machine.
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            env.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            env.delenv(name, raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-
-
 @pytest.fixture
 def settings(tmp_path: Path, endpoint: str) -> Settings:
     return Settings(data_dir=tmp_path / "data", s3_endpoint_url=endpoint, s3_region="us-east-1")
-
-
-@pytest.fixture
-def raw(endpoint: str) -> Any:
-    """A plain boto3 client on the same server, to look behind the store's back."""
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-@pytest.fixture
-def bucket(raw: Any) -> str:
-    name = f"art-{uuid.uuid4().hex[:12]}"
-    raw.create_bucket(Bucket=name)
-    return name
 
 
 class Recording:

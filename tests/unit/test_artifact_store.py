@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 
 from foretell.core.artifact_store import (
     ArtifactNotFound,
+    Artifacts,
     LocalStore,
     S3Store,
     _s3_client,
     cache_dir_for,
+    evict_cache,
     fetch_dir,
     store_for,
 )
@@ -172,3 +175,48 @@ def test_s3_endpoint_down_is_unavailable(tmp_path: Path, fresh_clients: None, mo
     settings = Settings(data_dir=tmp_path, s3_endpoint_url="http://127.0.0.1:1", s3_region="us-east-1")
     with pytest.raises(Unavailable, match="did not answer for 's3://bucket-1/x'"):
         fetch_dir("s3://bucket-1/x", settings)
+
+
+def test_artifacts_publish_in_place_when_local(tmp_path: Path) -> None:
+    artifacts = Artifacts(Settings(data_dir=tmp_path))
+    work = make_tree(artifacts.local_dir("models", "v1"))
+    uri = artifacts.uri("models", "v1")
+    assert uri == uri_of(work)
+    artifacts.publish(work, uri)
+    assert tree_of(artifacts.fetch(uri)) == tree_of(work)  # still there: nothing moved
+    artifacts.delete(uri)
+    assert not work.exists()
+
+
+def test_artifacts_under_an_s3_root_name_s3_uris(tmp_path: Path) -> None:
+    artifacts = Artifacts(Settings(data_dir=tmp_path, artifact_uri="s3://bucket-1/foretell/"))
+    assert artifacts.uri("predictors", "p1") == "s3://bucket-1/foretell/predictors/p1"
+    assert artifacts.local_dir("predictors", "p1") == tmp_path / "artifacts" / "predictors" / "p1"
+    with pytest.raises(ValueError, match="artifact_uri must be an s3://"):
+        Settings(data_dir=tmp_path, artifact_uri="gs://bucket/x")
+
+
+def test_upload_file_replaces_a_local_destination_whole(tmp_path: Path) -> None:
+    artifacts = Artifacts(Settings(data_dir=tmp_path))
+    source = tmp_path / "out.csv"
+    source.write_text("a,b\n1,2\n")
+    target = tmp_path / "exports" / "x.csv"
+    artifacts.upload_file(source, uri_of(target))
+    assert target.read_text() == "a,b\n1,2\n" and [p.name for p in target.parent.iterdir()] == ["x.csv"]
+    assert artifacts.download_file(uri_of(target), tmp_path / "unused") == target
+
+
+def test_cache_eviction_drops_the_least_recently_fetched_first(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    entries = []
+    for i in range(4):
+        entry = root / f"e{i}"
+        entry.mkdir(parents=True)
+        (entry / "blob").write_bytes(b"x" * 1000)
+        os.utime(entry, (1000 + i, 1000 + i))
+        entries.append(entry)
+    (root / ".e9.partial").mkdir()  # a download in progress is never touched
+    evict_cache(root, max_bytes=2500, keep=entries[0])  # e0 was just fetched: the newest now
+    assert sorted(p.name for p in root.iterdir()) == [".e9.partial", "e0", "e3"]
+    evict_cache(root, max_bytes=0, keep=entries[0])
+    assert sorted(p.name for p in root.iterdir()) == [".e9.partial", "e0"]

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from foretell.core.artifacts import is_s3, parse_s3, path_of
+from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import FailedPrecondition, NotFound, Unavailable
 from foretell.core.settings import Settings
 
@@ -77,7 +77,99 @@ def cache_dir_for(uri: str, cache_root: Path) -> Path:
 
 def fetch_dir(uri: str, settings: Settings, field: str = "uri") -> Path:
     """A local directory holding the artifact at `uri`; S3 artifacts are cached under artifacts/cache."""
-    return store_for(uri, settings, field).get_dir(uri, cache_dir_for(uri, settings.artifacts / "cache"))
+    cache_root = settings.artifacts / "cache"
+    found = store_for(uri, settings, field).get_dir(uri, cache_dir_for(uri, cache_root))
+    if found.parent == cache_root:
+        evict_cache(cache_root, settings.artifact_cache_bytes, keep=found)
+    return found
+
+
+class Artifacts:
+    """A service's view of the artifact store, from the settings.
+
+    Jobs write each artifact into a local directory under `artifact_dir` (`local_dir`); when it is
+    finished, `publish` puts it at its URI (`uri`), under `artifact_uri` when that is set. Locally the
+    two are the same directory and publishing costs nothing; with S3 the local copy goes once the
+    upload is complete. Readers take any URI (`fetch`, `read_bytes`), so artifacts recorded before
+    `artifact_uri` changed are still found.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.local_root = settings.artifacts
+        self.root_uri = settings.artifact_uri.rstrip("/") or uri_of(settings.artifacts)
+
+    def local_dir(self, *parts: str) -> Path:
+        return self.local_root.joinpath(*parts)
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.root_uri, *parts])
+
+    def publish(self, local_dir: Path, uri: str) -> None:
+        store_for(uri, self.settings).put_dir(local_dir, uri)
+        if is_s3(uri):
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def fetch(self, uri: str, field: str = "artifact_uri") -> Path:
+        return fetch_dir(uri, self.settings, field)
+
+    def read_bytes(self, uri: str, name: str) -> bytes:
+        return store_for(uri, self.settings).read_bytes(uri, name)
+
+    def delete(self, uri: str) -> None:
+        if uri:
+            store_for(uri, self.settings).delete(uri)
+
+    def upload_file(self, local_file: Path, uri: str, field: str = "uri") -> None:
+        """One finished file (an export, a batch output) to `uri`: a path, file:// or s3://bucket/key."""
+        if is_s3(uri):
+            bucket, key = parse_s3(uri, field)
+            with _reachable(uri):
+                self._client().upload_file(str(local_file), bucket, key)
+            return
+        target = path_of(uri, field)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.resolve() != local_file.resolve():
+            partial = _sibling(target, "partial")
+            shutil.copyfile(local_file, partial)
+            os.replace(partial, target)
+
+    def download_file(self, uri: str, local_file: Path, field: str = "uri") -> Path:
+        """A local copy of the file at `uri` (the file itself when `uri` is local)."""
+        if not is_s3(uri):
+            return path_of(uri, field)
+        bucket, key = parse_s3(uri, field)
+        local_file.parent.mkdir(parents=True, exist_ok=True)
+        with _reachable(uri):
+            try:
+                self._client().download_file(bucket, key, str(local_file))
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise NotFound(uri, "object") from None
+                raise
+        return local_file
+
+    def _client(self) -> Any:
+        return _s3_client(self.settings.s3_endpoint_url, self.settings.s3_region)
+
+
+def evict_cache(cache_root: Path, max_bytes: int, keep: Path) -> None:
+    """Removes cached artifacts, least recently fetched first, until the cache is under `max_bytes`.
+    Loaded models and tables live in memory, so removing a directory a reader loaded from is safe."""
+    os.utime(keep)  # fetched now: the most recently used
+    entries = []
+    for entry in cache_root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue  # a download or swap in progress
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        entries.append((entry.stat().st_mtime, size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= max_bytes:
+            break
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
 
 
 # ---- local ---------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     training_workers: int = Field(default=2, ge=1)
     # Seconds a training job may run before it is stopped and marked FAILED.
     training_timeout_seconds: float = Field(default=6 * 3600, gt=0)
+    # A predictor over more series than this, with per-series algorithms only (no DeepAR), is trained as
+    # ceil(series / this) shards (at most forecast_max_shards) that run in parallel: local processes, or the
+    # pods of one Indexed Job. 0 never splits.
+    forecast_shard_series: int = Field(default=0, ge=0)
+    forecast_max_shards: int = Field(default=16, ge=1)
 
     # ---- Where training workers run (foretell.training.k8s_launcher) ----
     # "local": processes on this machine; "kubernetes": one batch/v1 Job per training job.
@@ -78,12 +83,20 @@ class Settings(BaseSettings):
     k8s_ttl_seconds: int = Field(default=24 * 3600, ge=0)
     # Non-root uid/gid the worker runs as (and owns files on the shared volume with).
     k8s_run_as_user: int = Field(default=10001, ge=1)
+    # Pods of one sharded (Indexed) Job that run at once.
+    k8s_max_parallel_shards: int = Field(default=8, ge=1)
 
     # ---- Where artifacts live (foretell.core.artifact_store) ----
     # S3-compatible store for s3:// artifact URIs (MinIO, Ceph, AWS). Empty: boto3's defaults
     # (AWS_ENDPOINT_URL, AWS_REGION). Credentials only through boto3's chain (AWS_* env, web identity).
     s3_endpoint_url: str = ""
     s3_region: str = ""
+    # Where finished artifacts (models, predictors, forecasts, exports) are published and read:
+    # s3://bucket/prefix, or empty for artifact_dir. Training jobs still work in artifact_dir (their
+    # snapshots, job files and unfinished outputs); serving pods then need no shared volume.
+    artifact_uri: str = ""
+    # Local copies of s3:// artifacts (artifact_dir/cache) are evicted, least recently used first, above this.
+    artifact_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
 
     @model_validator(mode="after")
     def _check_kubernetes(self) -> Settings:
@@ -97,6 +110,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "the kubernetes training launcher needs an absolute artifact_dir under k8s_artifacts_mount_path"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_artifact_uri(self) -> Settings:
+        if self.artifact_uri and not self.artifact_uri.startswith("s3://"):
+            raise ValueError("artifact_uri must be an s3://bucket/prefix URI (leave it empty for artifact_dir)")
         return self
 
     @model_validator(mode="after")

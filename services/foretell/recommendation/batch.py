@@ -24,7 +24,8 @@ from typing import Any
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
-from foretell.core.artifacts import uri_of
+from foretell.core.artifact_store import Artifacts
+from foretell.core.artifacts import is_s3, path_of
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.operations import OperationStore, error_status
 from foretell.recommendation.campaigns import Campaigns, Resolved
@@ -41,8 +42,9 @@ MAX_LINE_ITEMS = 500
 class BatchSpec:
     job_id: str
     version: Resolved
-    input_path: Path
-    output_path: Path
+    # s3://bucket/key or file:///path
+    input_uri: str
+    output_uri: str
     num_results: int
     filter_name: str
     filter_values: dict[str, str]
@@ -50,8 +52,13 @@ class BatchSpec:
 
 
 class BatchJobs:
-    def __init__(self, store: RecommendationStore, operations: OperationStore, campaigns: Campaigns) -> None:
+    def __init__(
+        self, store: RecommendationStore, operations: OperationStore, campaigns: Campaigns, artifacts: Artifacts
+    ) -> None:
         self._store = store
+        self._artifacts = artifacts
+        # Local copies of an s3:// input or output while a job runs.
+        self._work = artifacts.local_dir("batch-inference", ".work")
         self._ops = operations
         self._campaigns = campaigns
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-inference")
@@ -62,8 +69,8 @@ class BatchJobs:
             {
                 "name": name,
                 "solution_version": spec.version.solution_version,
-                "input_uri": uri_of(spec.input_path),
-                "output_uri": uri_of(spec.output_path),
+                "input_uri": spec.input_uri,
+                "output_uri": spec.output_uri,
                 "num_results": spec.num_results,
                 "filter": spec.filter_name,
                 "filter_values": spec.filter_values or None,
@@ -96,13 +103,26 @@ class BatchJobs:
         engine = self._campaigns.engine_for(spec.version.artifact_uri)
         if spec.item_filter is not None:
             spec.item_filter.check_fields(engine.catalog, "batch_inference_job.filter")
-        total = max(1, spec.input_path.stat().st_size)
-        spec.output_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = spec.output_path.with_name(spec.output_path.name + ".partial")
+        copies = [self._work / f"{spec.job_id}.input.jsonl", self._work / f"{spec.job_id}.output.jsonl"]
+        try:
+            input_path = self._artifacts.download_file(spec.input_uri, copies[0], "batch_inference_job.input_uri")
+            output_path = copies[1] if is_s3(spec.output_uri) else path_of(spec.output_uri)
+            lines = self._answer(operation, spec, engine, input_path, output_path)
+            if is_s3(spec.output_uri):
+                self._artifacts.upload_file(output_path, spec.output_uri, "batch_inference_job.output_uri")
+        finally:
+            for copy in copies:
+                copy.unlink(missing_ok=True)
+        return lines
+
+    def _answer(self, operation: str, spec: BatchSpec, engine: Engine, input_path: Path, output_path: Path) -> int:
+        total = max(1, input_path.stat().st_size)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = output_path.with_name(output_path.name + ".partial")
         lines = 0
         last_report = time.monotonic()
         try:
-            with spec.input_path.open("rb") as source, partial.open("w", encoding="utf-8") as out:
+            with input_path.open("rb") as source, partial.open("w", encoding="utf-8") as out:
                 for raw in source:
                     text = raw.decode("utf-8", errors="replace").strip()
                     if not text:
@@ -115,7 +135,7 @@ class BatchJobs:
                             raise Cancelled("the batch inference job was cancelled")
                         percent = 5 + 90 * source.tell() / total
                         self._ops.report_progress(operation, percent, f"{lines} lines", {"lines": float(lines)})
-            os.replace(partial, spec.output_path)
+            os.replace(partial, output_path)
         finally:
             partial.unlink(missing_ok=True)
         return lines

@@ -28,7 +28,7 @@ from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
 from foretell.core import names
-from foretell.core.artifacts import path_of
+from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, invalid
 from foretell.core.operations import OperationStore, error_status
 from foretell.recipes.artifact import load_artifact
@@ -138,10 +138,10 @@ class Deployments:
         return None
 
 
-def load_engine(artifact_uri: str) -> Engine:
+def load_engine(artifact_uri: str, artifacts: Artifacts) -> Engine:
     try:
-        artifact = load_artifact(path_of(artifact_uri))
-    except FileNotFoundError:
+        artifact = load_artifact(artifacts.fetch(artifact_uri))
+    except (FileNotFoundError, ArtifactNotFound):
         raise FailedPrecondition(
             f"no complete artifact at {artifact_uri!r}", metadata={"resource": artifact_uri}
         ) from None
@@ -224,9 +224,11 @@ class Campaigns:
         operations: OperationStore,
         versions: SolutionVersions,
         feeds: EventFeeds,
+        artifacts: Artifacts,
         warm_users: int | None = None,
     ) -> None:
         self.deployments = Deployments()
+        self._artifacts = artifacts
         self._store = store
         self._ops = operations
         self._versions = versions
@@ -261,7 +263,7 @@ class Campaigns:
 
     def engine_for(self, artifact_uri: str) -> Engine:
         """A live engine serving `artifact_uri`, or a freshly loaded one (not warmed)."""
-        return self.deployments.engine_for(artifact_uri) or load_engine(artifact_uri)
+        return self.deployments.engine_for(artifact_uri) or load_engine(artifact_uri, self._artifacts)
 
     # ---- create / update / delete ----------------------------------------------------------
 
@@ -330,7 +332,7 @@ class Campaigns:
         events: RecentEventStore | None = None
         try:
             self._ops.report_progress(operation, 5, f"loading {resolved.solution_version}")
-            engine = load_engine(resolved.artifact_uri)
+            engine = load_engine(resolved.artifact_uri, self._artifacts)
             self._check_cancel(operation)
             warm = _Throttled(self._ops, operation, 30, 95, "caching top candidates per user")
             self._ops.report_progress(operation, 30, "caching top candidates per user")
@@ -395,7 +397,7 @@ class Campaigns:
         )
 
     def _activate(self, row: Any) -> Deployment:
-        engine = self.deployments.engine_for(row.artifact_uri) or load_engine(row.artifact_uri)
+        engine = self.deployments.engine_for(row.artifact_uri) or load_engine(row.artifact_uri, self._artifacts)
         events = self._feeds.acquire(row.dataset_group, engine.artifact.snapshot_time)
         deployment = Deployment(row.name, self._spec(row), row.artifact_uri, row.dataset_group, engine, events)
         deployment.prepare()

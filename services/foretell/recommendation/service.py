@@ -9,6 +9,7 @@ import grpc
 from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
 
+from foretell.core.artifact_store import Artifacts
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.peers import Peers
@@ -51,9 +52,10 @@ def add_recommendation_service(
     def dataset() -> grpc.Channel:
         return peers.channel("dataset")
 
-    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset))
+    artifacts = Artifacts(settings)
+    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset), artifacts)
     campaigns.recover()
-    batch = BatchJobs(store, operations, campaigns)
+    batch = BatchJobs(store, operations, campaigns, artifacts)
     batch.recover()
     servicer = RecommendationServicer(
         store,
@@ -61,7 +63,7 @@ def add_recommendation_service(
         batch,
         IdempotencyStore(engine),
         lambda name, field_name: check_dataset_group(dataset, name, field_name),
-        settings.artifacts / "batch-inference",
+        lambda job_id: artifacts.uri("batch-inference", f"{job_id}.jsonl"),
     )
     recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(servicer, server)
 

@@ -18,7 +18,6 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +25,7 @@ from google.longrunning import operations_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from foretell.core import names, pagination
-from foretell.core.artifacts import path_of
+from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.recommendation.batch import BatchJobs, BatchSpec
@@ -105,14 +104,14 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         batch: BatchJobs,
         idempotency: IdempotencyStore,
         dataset_groups: Callable[[str, str], None],
-        batch_output_dir: Path,
+        batch_output: Callable[[str], str],
     ) -> None:
         self._store = store
         self._campaigns = campaigns
         self._batch = batch
         self._idem = idempotency
         self._check_group = dataset_groups
-        self._batch_dir = batch_output_dir
+        self._batch_output = batch_output  # job id -> where its output goes by default
 
     # ---- campaigns ---------------------------------------------------------------------------
 
@@ -414,21 +413,24 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         n = _num_results(job.num_results, f"{prefix}.num_results", problems)
         problems.raise_if_any()
         names.check_name(job.solution_version, f"{prefix}.solution_version", "solutions", "versions")
-        input_path = path_of(job.input_uri, f"{prefix}.input_uri")
-        if not input_path.is_file() or not os.access(input_path, os.R_OK):
-            raise invalid(f"{prefix}.input_uri", f"{job.input_uri!r} is not a readable file on the server")
+        input_uri = _file_uri(job.input_uri, f"{prefix}.input_uri")
+        if not is_s3(input_uri):
+            input_path = path_of(input_uri)
+            if not input_path.is_file() or not os.access(input_path, os.R_OK):
+                raise invalid(f"{prefix}.input_uri", f"{job.input_uri!r} is not a readable file on the server")
         if job.output_uri:
-            output_path = path_of(job.output_uri, f"{prefix}.output_uri")
-            if output_path.is_dir() or not output_path.parent.is_dir():
+            output_uri = _file_uri(job.output_uri, f"{prefix}.output_uri")
+            output_path = None if is_s3(output_uri) else path_of(output_uri)
+            if output_path is not None and (output_path.is_dir() or not output_path.parent.is_dir()):
                 raise invalid(f"{prefix}.output_uri", "must name a file in an existing directory")
         else:
-            output_path = self._batch_dir / f"{job_id}.jsonl"
+            output_uri = self._batch_output(job_id)
         names.check_request_id(request.request_id)
         resolved = self._campaigns.resolve(job.solution_version, f"{prefix}.solution_version")
         item_filter = self._filter(
             job.filter, job.filter_values, resolved.dataset_group, f"{prefix}.filter", f"{prefix}.filter_values"
         )
-        spec = BatchSpec(job_id, resolved, input_path, output_path, n, job.filter, dict(job.filter_values), item_filter)
+        spec = BatchSpec(job_id, resolved, input_uri, output_uri, n, job.filter, dict(job.filter_values), item_filter)
         return self._idem.run(
             "CreateBatchInferenceJob", request.request_id, operations_pb2.Operation, lambda: self._batch.start(spec)
         )
@@ -450,3 +452,11 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         return api.ListBatchInferenceJobsResponse(
             batch_inference_jobs=[to_batch_job(r) for r in rows], next_page_token=token
         )
+
+
+def _file_uri(uri: str, field: str) -> str:
+    """`uri` as s3://bucket/key or file:///absolute/path; anything else is INVALID_ARGUMENT naming `field`."""
+    if is_s3(uri):
+        parse_s3(uri, field)
+        return uri
+    return uri_of(path_of(uri, field))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
 
 from foretell.core import names, pagination
-from foretell.core.artifacts import path_of, uri_of
+from foretell.core.artifact_store import Artifacts
+from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import FailedPrecondition, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
@@ -114,7 +113,7 @@ class ForecastingRpcs:
     _ops: OperationStore
     _idem: IdempotencyStore
     _datasets: dataset_service_pb2_grpc.DatasetServiceStub
-    _artifacts: Path
+    _artifacts: Artifacts
 
     def _check_group(
         self, group: str, field_name: str, domain: dataset_pb2.Domain.ValueType = dataset_pb2.DOMAIN_RECOMMENDATION
@@ -181,7 +180,7 @@ class ForecastingRpcs:
         name = names.check_name(request.name, "name", *PREDICTOR)
 
         def delete() -> api.DeletePredictorResponse:
-            _remove(self._store.delete_predictor(name).artifact_uri)
+            self._artifacts.delete(self._store.delete_predictor(name).artifact_uri)
             return api.DeletePredictorResponse()
 
         return self._idem.run("DeletePredictor", request.request_id, api.DeletePredictorResponse, delete)
@@ -209,17 +208,10 @@ class ForecastingRpcs:
         row = self._succeeded_predictor(parent)
         size = pagination.page_size(request.page_size)
         start = int(pagination.decode_token(request.page_token, parent) or 0)
-        items: list[pb.ItemAccuracy] = []
-        more = False
-        with (path_of(row.artifact_uri) / ITEM_ACCURACY_FILE).open(encoding="utf-8") as lines:
-            for i, line in enumerate(lines):
-                if i < start:
-                    continue
-                if len(items) == size:
-                    more = True
-                    break
-                items.append(convert.item_accuracy(json.loads(line)))
-        token = pagination.encode_token(str(start + size), parent) if more else ""
+        # One object, read whole: the item accuracies are one short line per series.
+        lines = self._artifacts.read_bytes(row.artifact_uri, ITEM_ACCURACY_FILE).decode("utf-8").splitlines()
+        items = [convert.item_accuracy(json.loads(line)) for line in lines[start : start + size]]
+        token = pagination.encode_token(str(start + size), parent) if len(lines) > start + size else ""
         return api.ListItemAccuraciesResponse(item_accuracies=items, next_page_token=token)
 
     # ---- forecasts ---------------------------------------------------------------------
@@ -274,7 +266,7 @@ class ForecastingRpcs:
         name = names.check_name(request.name, "name", *FORECAST)
 
         def delete() -> api.DeleteForecastResponse:
-            _remove(self._store.delete_forecast(name).artifact_uri)
+            self._artifacts.delete(self._store.delete_forecast(name).artifact_uri)
             return api.DeleteForecastResponse()
 
         return self._idem.run("DeleteForecast", request.request_id, api.DeleteForecastResponse, delete)
@@ -285,23 +277,22 @@ class ForecastingRpcs:
         name = names.check_name(request.name, "name", *FORECAST)
         names.check_request_id(request.request_id)
         if request.destination_uri:
-            destination = path_of(request.destination_uri, "destination_uri")
-            if not destination.name.endswith(".csv"):
+            destination = request.destination_uri
+            if is_s3(destination):
+                parse_s3(destination, "destination_uri")
+            else:
+                destination = uri_of(path_of(destination, "destination_uri"))
+            if not destination.endswith(".csv"):
                 raise invalid("destination_uri", "must name a .csv file")
         else:
-            destination = self._artifacts / "exports" / name.rsplit("/", 1)[-1] / f"{uuid.uuid4().hex[:12]}.csv"
+            destination = self._artifacts.uri("exports", name.rsplit("/", 1)[-1], f"{uuid.uuid4().hex[:12]}.csv")
         row = self._store.get_forecast(name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"forecast {name!r} is {row.state}; export needs it SUCCEEDED")
 
         def start() -> operations_pb2.Operation:
             operation = self._ops.create(name, "export")
-            self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": uri_of(destination)})
+            self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": destination})
             return operation
 
         return self._idem.run("ExportForecast", request.request_id, operations_pb2.Operation, start)
-
-
-def _remove(uri: str) -> None:
-    if uri:
-        shutil.rmtree(path_of(uri), ignore_errors=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,11 +12,12 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
-from foretell.core.artifacts import path_of, uri_of
+from foretell.core.artifact_store import Artifacts
+from foretell.core.artifacts import is_s3, path_of, uri_of
 from foretell.core.resources import now
 from foretell.forecasting.automl import DEFAULT_CANDIDATES, DEFAULT_WINDOWS
 from foretell.training import convert
-from foretell.training.snapshot import take_snapshot
+from foretell.training.snapshot import new_snapshot_dir, take_snapshot
 from foretell.training.store import TrainingStore
 from foretell.v1 import training_pb2 as pb
 from foretell.v1 import training_service_pb2 as api
@@ -42,6 +41,7 @@ METRIC_OF = {
     pb.ACCURACY_METRIC_SMAPE: "smape",
 }
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+EXPORT_FILE = "export.csv"  # an s3:// export's local copy, in the job directory
 
 
 def predictor_spec(p: pb.Predictor) -> dict[str, Any]:
@@ -67,11 +67,6 @@ def predictor_spec(p: pb.Predictor) -> dict[str, Any]:
     }
 
 
-def _snapshot_dir(artifacts: Path, dataset_group: str) -> Path:
-    group_id = dataset_group.rsplit("/", 1)[-1]
-    return artifacts / "snapshots" / group_id / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-
 def _aware(moment: Any) -> Any:
     return moment if moment.tzinfo else moment.replace(tzinfo=now().tzinfo)
 
@@ -81,18 +76,32 @@ def _write_spec(job_dir: Path, spec: dict[str, Any]) -> None:
 
 
 class _ModelJobs:
-    """What predictor and forecast jobs share: a snapshot to take and an artifact directory per resource."""
+    """What predictor and forecast jobs share: a snapshot to take and an artifact per resource, written by the
+    worker into `artifact_dir` and published at `artifact_uri` once the job succeeded."""
 
     collection: ClassVar[str]
 
-    def __init__(self, store: TrainingStore, dataset_channel: grpc.Channel, artifacts: Path, workers: int) -> None:
+    def __init__(self, store: TrainingStore, dataset_channel: grpc.Channel, artifacts: Artifacts, workers: int) -> None:
         self._store = store
         self._channel = dataset_channel
         self._artifacts = artifacts
         self._workers = workers  # processes per job for per-series fits; 0: every CPU
 
     def artifact_dir(self, name: str) -> Path:
-        return self._artifacts / self.collection / name.rsplit("/", 1)[-1]
+        return self._artifacts.local_dir(self.collection, name.rsplit("/", 1)[-1])
+
+    def artifact_uri(self, name: str) -> str:
+        return self._artifacts.uri(self.collection, name.rsplit("/", 1)[-1])
+
+    def publish(self, name: str) -> str:
+        uri = self.artifact_uri(name)
+        self._artifacts.publish(self.artifact_dir(name), uri)
+        return uri
+
+    def discard(self, name: str) -> None:
+        """No partial artifact may ever be served: whatever the worker (or a cut-short publish) wrote goes."""
+        shutil.rmtree(self.artifact_dir(name), ignore_errors=True)
+        self._artifacts.delete(self.artifact_uri(name))
 
 
 class PredictorJobs(_ModelJobs):
@@ -102,7 +111,7 @@ class PredictorJobs(_ModelJobs):
 
     def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
         row = self._store.get_predictor(job.target)
-        snapshot = _snapshot_dir(self._artifacts, row.dataset_group)
+        snapshot = new_snapshot_dir(self._artifacts, row.dataset_group)
         take_snapshot(self._channel, row.dataset_group, snapshot, cancelled, required="target_time_series.csv")
         self._store.update_predictor(row.name, state="RUNNING", snapshot_uri=uri_of(snapshot))
         spec = predictor_spec(pb.Predictor.FromString(row.spec))
@@ -119,7 +128,7 @@ class PredictorJobs(_ModelJobs):
         row = self._store.update_predictor(
             row.name,
             state="SUCCEEDED",
-            artifact_uri=uri_of(self.artifact_dir(row.name)),
+            artifact_uri=self.publish(row.name),
             accuracy=result.get("accuracy"),
             training_seconds=(now() - _aware(row.create_time)).total_seconds(),
         )
@@ -127,7 +136,7 @@ class PredictorJobs(_ModelJobs):
 
     def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
         row = self._store.get_predictor(job.target)
-        shutil.rmtree(self.artifact_dir(row.name), ignore_errors=True)
+        self.discard(row.name)
         self._store.update_predictor(
             row.name,
             state=state,
@@ -145,13 +154,13 @@ class ForecastJobs(_ModelJobs):
         row = self._store.get_forecast(job.target)
         predictor = self._store.get_predictor(row.predictor)
         # The latest data: new imports since training are forecast from without retraining.
-        snapshot = _snapshot_dir(self._artifacts, predictor.dataset_group)
+        snapshot = new_snapshot_dir(self._artifacts, predictor.dataset_group)
         take_snapshot(self._channel, predictor.dataset_group, snapshot, cancelled, required="target_time_series.csv")
         self._store.update_forecast(row.name, state="RUNNING")
         spec = {
             "kind": "forecast",
             "snapshot_dir": str(snapshot),
-            "predictor_dir": str(path_of(predictor.artifact_uri)),
+            "predictor_dir": str(self._artifacts.fetch(predictor.artifact_uri)),
             "quantiles": list(row.quantiles),
             "artifact_dir": str(self.artifact_dir(row.name)),
             "workers": self._workers,
@@ -162,39 +171,43 @@ class ForecastJobs(_ModelJobs):
         row = self._store.update_forecast(
             job.target,
             state="SUCCEEDED",
-            artifact_uri=uri_of(self.artifact_dir(job.target)),
+            artifact_uri=self.publish(job.target),
             series_count=int(result.get("series_count", 0)),
         )
         return convert.forecast(row)
 
     def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
-        shutil.rmtree(self.artifact_dir(job.target), ignore_errors=True)
+        self.discard(job.target)
         self._store.update_forecast(
             job.target, state=state, error=error.SerializeToString() if error is not None else None
         )
 
 
 class ForecastExportJobs:
-    """The JobKind "forecast-export": a forecast's table written as CSV (see ForecastTable.to_csv)."""
+    """The JobKind "forecast-export": a forecast's table written as CSV (see ForecastTable.to_csv). The worker
+    writes a local destination in place; an s3:// one is written into the job directory and uploaded after."""
 
-    def __init__(self, store: TrainingStore, artifacts: Path) -> None:
+    def __init__(self, store: TrainingStore, artifacts: Artifacts) -> None:
         self._store = store
         self._artifacts = artifacts
 
     def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
         request = json.loads((job_dir / "request.json").read_text())
         row = self._store.get_forecast(job.target)
+        destination = request["destination_uri"]
         _write_spec(
             job_dir,
             {
                 "kind": "forecast-export",
-                "forecast_dir": str(path_of(row.artifact_uri)),
-                "destination": str(path_of(request["destination_uri"])),
-                "destination_uri": request["destination_uri"],
+                "forecast_dir": str(self._artifacts.fetch(row.artifact_uri)),
+                "destination": str(job_dir / EXPORT_FILE if is_s3(destination) else path_of(destination)),
+                "destination_uri": destination,
             },
         )
 
     def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
+        if is_s3(result["destination_uri"]):
+            self._artifacts.upload_file(job_dir / EXPORT_FILE, result["destination_uri"], "destination_uri")
         return api.ExportForecastResponse(
             destination_uri=result["destination_uri"], rows_exported=int(result["rows_exported"])
         )

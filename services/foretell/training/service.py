@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy import Engine
 
+from foretell.core.artifact_store import Artifacts
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.peers import Peers
@@ -28,7 +29,7 @@ def add_training_service(
     """Registers TrainingService; returns the function that stops its jobs."""
     store = TrainingStore(engine)
     dataset_channel = peers.channel("dataset")
-    artifacts = settings.artifacts
+    artifacts = Artifacts(settings)
     kinds: dict[str, JobKind] = {
         "solution-version": SolutionVersionJobs(store, dataset_channel, artifacts),
         "predictor": PredictorJobs(store, dataset_channel, artifacts, workers=0),

@@ -5,15 +5,13 @@ Solutions live here; predictors and forecasts in `forecasting_servicer.Forecasti
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
 
 from foretell.core import names, pagination
-from foretell.core.artifacts import path_of
+from foretell.core.artifact_store import Artifacts
 from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
@@ -79,7 +77,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         operations: OperationStore,
         idempotency: IdempotencyStore,
         dataset_channel: grpc.Channel,
-        artifacts: Path,
+        artifacts: Artifacts,
     ) -> None:
         self._artifacts = artifacts
         self._store = store
@@ -154,7 +152,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
 
         def delete() -> api.DeleteSolutionResponse:
             for version in self._store.delete_solution(name):
-                _remove_artifact(version.artifact_uri)
+                self._artifacts.delete(version.artifact_uri)
             return api.DeleteSolutionResponse()
 
         return self._idem.run("DeleteSolution", request.request_id, api.DeleteSolutionResponse, delete)
@@ -227,7 +225,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         name = names.check_name(request.name, "name", *VERSION)
 
         def delete() -> api.DeleteSolutionVersionResponse:
-            _remove_artifact(self._store.delete_version(name).artifact_uri)
+            self._artifacts.delete(self._store.delete_version(name).artifact_uri)
             return api.DeleteSolutionVersionResponse()
 
         return self._idem.run("DeleteSolutionVersion", request.request_id, api.DeleteSolutionVersionResponse, delete)
@@ -239,8 +237,3 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"solution version {row.name!r} is {row.state}; metrics exist once it SUCCEEDED")
         return api.GetSolutionMetricsResponse(metrics=convert.solution_metrics(row))
-
-
-def _remove_artifact(uri: str) -> None:
-    if uri:
-        shutil.rmtree(path_of(uri), ignore_errors=True)

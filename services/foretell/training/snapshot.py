@@ -8,6 +8,7 @@ run halfway (the DESIGN's "snapshot URI").
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.rpc import status_pb2
 
+from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import uri_of
 from foretell.core.errors import Cancelled, FailedPrecondition
 from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
@@ -27,6 +29,12 @@ FILE_OF = {
     dataset_pb2.DATASET_TYPE_RELATED_TIME_SERIES: "related_time_series.csv",
     dataset_pb2.DATASET_TYPE_ITEM_METADATA: "item_metadata.csv",
 }
+
+
+def new_snapshot_dir(artifacts: Artifacts, dataset_group: str) -> Path:
+    """A fresh local directory for one snapshot of the group: snapshots are job inputs, kept with the jobs."""
+    group_id = dataset_group.rsplit("/", 1)[-1]
+    return artifacts.local_dir("snapshots", group_id, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
 
 
 def take_snapshot(

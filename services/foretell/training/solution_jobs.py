@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
-from foretell.core.artifacts import path_of, uri_of
+from foretell.core.artifact_store import Artifacts
+from foretell.core.artifacts import uri_of
 from foretell.core.resources import now
 from foretell.training import convert
-from foretell.training.snapshot import take_snapshot
+from foretell.training.snapshot import new_snapshot_dir, take_snapshot
 from foretell.training.store import TrainingStore
 from foretell.v1 import training_pb2 as pb
 
@@ -26,28 +26,29 @@ from foretell.v1 import training_pb2 as pb
 class SolutionVersionJobs:
     """The JobKind "solution-version"."""
 
-    def __init__(self, store: TrainingStore, dataset_channel: grpc.Channel, artifacts: Path) -> None:
+    def __init__(self, store: TrainingStore, dataset_channel: grpc.Channel, artifacts: Artifacts) -> None:
         self._store = store
         self._channel = dataset_channel
         self._artifacts = artifacts
 
     def artifact_dir(self, version_name: str) -> Path:
-        return self._artifacts / "models" / version_name
+        """Where the worker writes the model; it is published at `artifact_uri` once the job succeeded."""
+        return self._artifacts.local_dir("models", version_name)
+
+    def artifact_uri(self, version_name: str) -> str:
+        return self._artifacts.uri("models", version_name)
 
     def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
         version = self._store.get_version(job.target)
         solution = self._store.get_solution(version.solution)
-        group_id = solution.dataset_group.rsplit("/", 1)[-1]
-        snapshot_dir = (
-            self._artifacts / "snapshots" / group_id / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        )
+        snapshot_dir = new_snapshot_dir(self._artifacts, solution.dataset_group)
         snapshot_time = int(time.time())
         take_snapshot(self._channel, solution.dataset_group, snapshot_dir, cancelled)
         self._store.update_version(version.name, state="RUNNING", snapshot_uri=uri_of(snapshot_dir))
         previous = ""
         if version.training_mode == "UPDATE":
             latest = self._store.latest_succeeded_version(solution.name)
-            previous = str(path_of(latest.artifact_uri)) if latest is not None else ""
+            previous = str(self._artifacts.fetch(latest.artifact_uri)) if latest is not None else ""
         hpo = pb.HpoConfig.FromString(solution.hpo_config) if solution.hpo_config else pb.HpoConfig()
         spec = {
             "kind": "solution-version",
@@ -66,10 +67,12 @@ class SolutionVersionJobs:
 
     def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
         version = self._store.get_version(job.target)
+        uri = self.artifact_uri(version.name)
+        self._artifacts.publish(self.artifact_dir(version.name), uri)
         row = self._store.update_version(
             version.name,
             state="SUCCEEDED",
-            artifact_uri=uri_of(self.artifact_dir(version.name)),
+            artifact_uri=uri,
             tuned_hyper_parameters=result.get("tuned_hyper_parameters") or {},
             metrics=result.get("metrics") or {},
             training_seconds=(now() - _aware(version.create_time)).total_seconds(),
@@ -80,6 +83,7 @@ class SolutionVersionJobs:
         version = self._store.get_version(job.target)
         # No partial model may ever be served: whatever the worker wrote goes.
         shutil.rmtree(self.artifact_dir(version.name), ignore_errors=True)
+        self._artifacts.delete(self.artifact_uri(version.name))  # a publish cut short
         self._store.update_version(
             version.name,
             state=state,
