@@ -117,7 +117,7 @@ def test_three_shards_give_the_unsharded_predictor(tmp_path: Path, monkeypatch: 
 
     # The same accuracy figures (pooled sums in another order: float tolerance).
     assert merged["series_count"] == whole["series_count"]
-    assert _numbers(merged["accuracy"]) == pytest.approx(_numbers(whole["accuracy"]), rel=1e-12, abs=1e-12)
+    assert numbers_of(merged["accuracy"]) == pytest.approx(numbers_of(whole["accuracy"]), rel=1e-12, abs=1e-12)
 
     # And the same forecasts from either predictor.
     tables = []
@@ -144,7 +144,7 @@ def test_merge_through_the_job_dir_and_a_shard_with_no_series(tmp_path: Path, mo
     (job_dir / "spec.json").write_text(json.dumps(spec))
     assert sorted(o["series"] for o in train_sharded(spec, job_dir, monkeypatch)) == [0, 1, 1, 1, 1]
     merged = shards.merge(job_dir)
-    assert _numbers(merged["accuracy"]) == pytest.approx(_numbers(whole["accuracy"]), rel=1e-12, abs=1e-12)
+    assert numbers_of(merged["accuracy"]) == pytest.approx(numbers_of(whole["accuracy"]), rel=1e-12, abs=1e-12)
     assert (tmp_path / "sharded" / "item_accuracy.jsonl").read_bytes() == (
         tmp_path / "whole" / "item_accuracy.jsonl"
     ).read_bytes()
@@ -159,7 +159,7 @@ def test_a_missing_shard_output_fails_the_merge_and_bad_indexes_are_refused(
     train_sharded(spec, job_dir, monkeypatch)
     dirs = [shards.shard_dir(job_dir, i) for i in range(3)]
     # Shard 1's series lost: the merge refuses rather than write a predictor without them.
-    (dirs[1] / predictor_worker.SHARD_OUTPUT / predictor_worker.SHARD_SERIES).write_text("")
+    (dirs[1] / shards.OUTPUT / predictor_worker.SHARD_SERIES).write_text("")
     with pytest.raises(WorkerError, match="do not cover its 6 series"):
         predictor_worker.merge_predictor_shards(spec, dirs)
     assert not (tmp_path / "sharded" / "predictor.json").exists()
@@ -180,12 +180,12 @@ def test_deepar_is_never_trained_on_part_of_the_series(tmp_path: Path, monkeypat
         predictor_worker.train_predictor_job({**spec, "output_dir": str(tmp_path)}, _progress)
 
 
-def _numbers(tree: Any) -> list[float]:
+def numbers_of(tree: Any) -> list[float]:
     """Every number of a JSON tree in order (None as NaN), for approximate comparison."""
     if isinstance(tree, dict):
-        return [x for key in sorted(tree) for x in _numbers(tree[key])]
+        return [x for key in sorted(tree) for x in numbers_of(tree[key])]
     if isinstance(tree, list):
-        return [x for item in tree for x in _numbers(item)]
+        return [x for item in tree for x in numbers_of(item)]
     if tree is None:
         return [math.nan]
     if isinstance(tree, int | float) and not isinstance(tree, bool):

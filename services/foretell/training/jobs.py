@@ -3,6 +3,11 @@
 Concurrency is bounded by a thread pool: each job holds one slot from prepare to result, so at
 most `workers` workers run at once and the rest wait QUEUED. Job rows are durable, so after a
 restart `recover()` re-attaches to workers still running and reports the ones that died.
+
+A sharded job (spec.json "shards": N, see `foretell.training.shards`) is one launcher handle for N
+worker processes or pods: its progress is the mean over the shards' progress files, cancel and the
+timeout stop every shard, the first failed shard's error fails the job, and once all have succeeded
+the service merges their outputs into the artifact (see `_sharded_result` for why here).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from sqlalchemy.engine import Row
 
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.operations import OperationStore, error_status
-from foretell.training.launcher import Launcher
+from foretell.training import shards
+from foretell.training.launcher import Launcher, WorkerStatus
 from foretell.training.store import TrainingStore
+from foretell.training.worker import WorkerError
 
 log = logging.getLogger("foretell.training")
 
@@ -140,15 +147,18 @@ class TrainingJobs:
         return self._monitor(job, job_dir)
 
     def _monitor(self, job: Row[Any], job_dir: Path) -> _Outcome:
-        reader = _ProgressReader(job_dir / "progress.jsonl")
+        n = shards.count_of(job_dir)
+        progress = _Progress(job_dir, n)
         started = job.update_time.timestamp() if job.update_time else time.time()
         while True:
-            for percent, message, counters in reader.new_lines():
+            for percent, message, counters in progress.new_lines():
                 share = PREPARE_SHARE + (100.0 - PREPARE_SHARE) * percent / 100.0
                 self._ops.report_progress(job.name, min(share, 99.9), message, counters)
             status = self._launcher.status(job.handle, job_dir)
             if not status.running:
-                return _result(job_dir, status.exit_code, status.reason)
+                if n == 1:
+                    return _result(job_dir, status.exit_code, status.reason)
+                return self._sharded_result(job, job_dir, n, status)
             if self._closing.is_set():
                 self._launcher.stop(job.handle)
                 return _stopped()
@@ -162,6 +172,42 @@ class TrainingJobs:
                     error_status(code_pb2.DEADLINE_EXCEEDED, f"training ran longer than {self._timeout:.0f} s"),
                 )
             time.sleep(POLL_SECONDS)
+
+    def _sharded_result(self, job: Row[Any], job_dir: Path, n: int, status: WorkerStatus) -> _Outcome:
+        """The verdict of a sharded job: the first failed shard's error; else, once every shard succeeded,
+        their merge.
+
+        The merge runs here, in the training service, once the launcher says every shard has ended: it
+        only concatenates per-series lines and adds up per-window sums (no fitting), so it is cheap; it
+        runs exactly once, after all shards and only then (a pod cannot tell that it is the last one
+        without trusting the shared volume to show other pods' files at once, which NFS does not
+        promise); and a failed or cancelled shard never starts it. It is idempotent, so after a restart
+        `recover()` simply merges again."""
+        results = [shards.read_result(job_dir, i) for i in range(n)]
+        for i, result in enumerate(results):
+            if result is not None and not result.get("ok"):
+                outcome = _verdict(result)
+                assert outcome.error is not None
+                outcome.error.message = f"shard {i} of {n}: {outcome.error.message}"
+                return outcome
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            # The launcher's reason names the shard that failed ("of shard 2 of 4 exited with code 137").
+            failed = status.shard if status.shard is not None else missing[0]
+            shard = shards.shard_dir(job_dir, failed)
+            how = status.reason or f"of shard {failed} of {n} " + (
+                f"exited with code {status.exit_code}" if status.exit_code is not None else "is gone"
+            )
+            tail = _log_tail(shard) or _log_tail(job_dir)
+            return _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"the training worker {how}{tail}"))
+        self._ops.report_progress(job.name, 99.9, f"merging {n} shards")
+        try:
+            output = shards.merge(job_dir)
+        except WorkerError as exc:
+            return _Outcome("FAILED", error_status(_CODES.get(exc.code, code_pb2.INTERNAL), str(exc)))
+        result = {"ok": True, **output}
+        shards.write_json(job_dir / "result.json", result)  # what recover() or a reader of the job dir expects
+        return _Outcome("SUCCEEDED", result=result)
 
     def _finish(self, job: Row[Any], outcome: _Outcome) -> None:
         kind = self._kinds[job.kind]
@@ -184,6 +230,7 @@ class TrainingJobs:
         )
         if outcome.state == "SUCCEEDED":
             shutil.rmtree(Path(job.job_dir) / "scratch", ignore_errors=True)
+            shards.remove_outputs(Path(job.job_dir))
 
 
 def _stopped() -> _Outcome:
@@ -201,6 +248,10 @@ def _result(job_dir: Path, exit_code: int | None, reason: str | None = None) -> 
             f"exited with code {exit_code}" if exit_code is not None else "is gone (it died or was killed)"
         )
         return _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"the training worker {how}{_log_tail(job_dir)}"))
+    return _verdict(result)
+
+
+def _verdict(result: dict[str, Any]) -> _Outcome:
     if result.get("ok"):
         return _Outcome("SUCCEEDED", result=result)
     error = result.get("error") or {}
@@ -240,4 +291,34 @@ class _ProgressReader:
                 out.append((float(entry["percent"]), str(entry.get("message", "")), counters))
             except (ValueError, KeyError, TypeError):
                 continue
+        return out
+
+
+class _Progress:
+    """The worker's progress lines; for a sharded job, the shards' lines as one progress: the mean of their
+    percentages (the shards hold equal shares of the series), naming the shard that spoke."""
+
+    def __init__(self, job_dir: Path, n: int) -> None:
+        self._n = n
+        if n == 1:
+            self._readers = [_ProgressReader(job_dir / "progress.jsonl")]
+        else:
+            self._readers = [_ProgressReader(shards.shard_dir(job_dir, i) / "progress.jsonl") for i in range(n)]
+        self._percents = [0.0] * n
+
+    def new_lines(self) -> list[tuple[float, str, dict[str, float]]]:
+        if self._n == 1:
+            return self._readers[0].new_lines()
+        out = []
+        for i, reader in enumerate(self._readers):
+            for percent, message, counters in reader.new_lines():
+                self._percents[i] = percent
+                done = sum(p >= 100.0 for p in self._percents)
+                out.append(
+                    (
+                        sum(self._percents) / self._n,
+                        f"shard {i} of {self._n}: {message}",
+                        {**counters, "shards": float(self._n), "shards_done": float(done)},
+                    )
+                )
         return out

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 PREDICTOR_FILE = "predictor.json"
 ITEM_ACCURACY_FILE = "item_accuracy.jsonl"
-SHARD_OUTPUT = "output"
 SHARD_SERIES = "series.jsonl"
 SHARD_PART = "part.json"
 # spec.json keys that say how the job ran, not what the predictor is: kept out of predictor.json, so a
@@ -182,8 +181,8 @@ def _train_shard(
         part = backtest_part(series, config, mine, progress)
     except ValueError as exc:
         raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
-    output = Path(spec["output_dir"]) / SHARD_OUTPUT
-    staging = output.with_name(SHARD_OUTPUT + ".partial")
+    output = Path(spec["output_dir"]) / shards.OUTPUT
+    staging = output.with_name(shards.OUTPUT + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     with (staging / SHARD_SERIES).open("w", encoding="utf-8") as out:
@@ -215,7 +214,7 @@ def merge_predictor_shards(spec: dict[str, Any], shard_dirs: list[Path]) -> dict
     """The predictor artifact and result of a sharded job from its shards' outputs: the same files and
     figures as one unsharded run (the per-window scores add up as pooled sums, see `Pooled`)."""
     config = config_of(spec)
-    outputs = [d / SHARD_OUTPUT for d in shard_dirs]
+    outputs = [d / shards.OUTPUT for d in shard_dirs]
     saved = [json.loads((o / SHARD_PART).read_text()) for o in outputs]
     series_count = int(saved[0]["series_count"])
     if any(int(s["series_count"]) != series_count for s in saved):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ INDEX_ENV = "JOB_COMPLETION_INDEX"
 # sets it so that they share the CPUs instead of each forking a pool as large as the machine.
 PROCESSES_ENV = "FORETELL_WORKER_PROCESSES"
 SHARDS_DIR = "shards"
+OUTPUT = "output"  # JOB_DIR/shards/i/output/: what shard i hands to the merge
 # Algorithms whose fits are independent per series, so a predictor made of them splits by series.
 # DeepAR is absent on purpose: it is one global model trained on every series (and the only model for
 # cold-start items), so splitting its series would train N different, weaker models.
@@ -84,6 +86,19 @@ def read_result(job_dir: Path, index: int) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) else None
+
+
+def remove_outputs(job_dir: Path) -> None:
+    """Drops the shards' outputs once the job's result is recorded (their logs and results stay)."""
+    for output in (job_dir / SHARDS_DIR).glob(f"*/{OUTPUT}"):
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written whole or not at all (by rename)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)
 
 
 def merge(job_dir: Path) -> dict[str, Any]:
