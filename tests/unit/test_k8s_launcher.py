@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from test_sharded_jobs import ShardedPredictorKind
 
 from foretell.core.db import make_engine
 from foretell.core.operations import OperationStore
@@ -103,6 +104,19 @@ def test_the_strict_schema_check_does_catch_a_wrong_field() -> None:
     manifest["spec"]["backofLimit"] = 0
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_a_sharded_job_is_an_indexed_job_that_validates_strictly() -> None:
+    settings = k8s_settings(k8s_max_parallel_shards=3)
+    manifest = job_manifest(settings, NS, NAME, JOB_DIR, "predictor", shard_count=5)
+    assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 5, 3)
+    # The same pod, failure policy and limits as an unsharded Job: only the Job's completions differ.
+    plain = job_manifest(settings, NS, NAME, JOB_DIR, "predictor")
+    assert {k: v for k, v in spec.items() if k not in ("completionMode", "completions", "parallelism")} == plain["spec"]
+    assert not {"completionMode", "completions", "parallelism"} & set(plain["spec"])
+    assert job_manifest(settings, NS, NAME, JOB_DIR, "predictor", shard_count=2)["spec"]["parallelism"] == 2
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -238,6 +252,23 @@ def test_start_removes_a_stale_job_of_the_operation_and_creates_the_job(
     assert kubernetes_validate.validate(created, K8S_VERSION, strict=True)
 
 
+def test_start_creates_an_indexed_job_for_a_sharded_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(k8s_launcher, "job_name", lambda job_dir: NAME)
+    job_dir = tmp_path / "artifacts" / "jobs" / OP
+    job_dir.mkdir(parents=True)
+    (job_dir / "spec.json").write_text(json.dumps({"kind": "predictor", "shards": 4}))
+    settings = k8s_settings(artifact_dir=tmp_path / "artifacts")
+    delete = {"labelSelector": [f"foretell.dev/operation={OP}"], "propagationPolicy": ["Background"]}
+    server = FakeApiServer(
+        [Exchange("DELETE", JOBS, "delete_collection_jobs", delete), Exchange("POST", JOBS, "create_job")]
+    )
+    assert KubernetesLauncher(settings, _client(server)).start(job_dir) == HANDLE
+    created = server.sent[1].body
+    assert created == job_manifest(settings, NS, NAME, job_dir, "predictor", shard_count=4)
+    assert created["spec"]["completionMode"] == "Indexed" and created["spec"]["completions"] == 4
+    assert kubernetes_validate.validate(created, K8S_VERSION, strict=True)
+
+
 def test_start_refuses_a_job_dir_off_the_shared_volume(tmp_path: Path) -> None:
     launcher, _ = _launcher([])
     with pytest.raises(ValueError, match="shared volume"):
@@ -286,6 +317,44 @@ def test_a_deleted_pod_is_reported_as_gone() -> None:
         running=False,
         reason=f"is gone: Kubernetes Job {NS}/{NAME} failed (BackoffLimitExceeded: Job has reached the specified "
         "backoff limit) and its pod was deleted",
+    )
+
+
+def test_an_indexed_job_runs_until_every_shard_succeeded() -> None:
+    launcher, server = _launcher([read("read_indexed_job_running"), read("read_indexed_job_succeeded")])
+    assert launcher.status(HANDLE, JOB_DIR) == WorkerStatus(running=True)  # indexes 0 and 2 done, 1 and 3 active
+    assert launcher.status(HANDLE, JOB_DIR) == WorkerStatus(running=False, exit_code=0)
+    assert not server.script
+
+
+def test_an_indexed_job_failed_by_one_shard_names_that_shard_from_the_failjob_condition() -> None:
+    launcher, server = _launcher([read("read_indexed_job_failed"), pods("list_indexed_pods_failjob")])
+    status = launcher.status(HANDLE, JOB_DIR)
+    assert not status.running and status.exit_code == 1 and status.shard == 1
+    assert status.reason is not None
+    assert status.reason.startswith("of shard 1 of 4 (2 of 4 shards had succeeded) exited with code 1: ")
+    assert "shard 1: out of disk" in status.reason
+    assert not server.script
+
+
+def test_an_indexed_job_over_its_backoff_limit_names_the_shard_that_failed_first() -> None:
+    # Shard 1 was OOM-killed (137, which no FailJob rule matches); the controller then stopped shard 3 (143).
+    launcher, _ = _launcher([read("read_indexed_job_backoff"), pods("list_indexed_pods_oomkilled")])
+    status = launcher.status(HANDLE, JOB_DIR)
+    assert (status.running, status.exit_code, status.shard) == (False, 137, 1)
+    assert (
+        status.reason is not None
+        and "of shard 1 of 4 (2 of 4 shards had succeeded) exited with code 137 (OOMKilled)" in status.reason
+    )
+
+
+def test_an_indexed_job_whose_pods_are_gone_says_so() -> None:
+    launcher, _ = _launcher([read("read_indexed_job_backoff"), pods("list_pods_none")])
+    status = launcher.status(HANDLE, JOB_DIR)
+    assert not status.running and status.shard is None
+    assert status.reason == (
+        f"is gone: Kubernetes Job {NS}/{NAME} failed (BackoffLimitExceeded: Job has reached the specified backoff "
+        "limit; 2 of 4 shards had succeeded) and no failed pod is left"
     )
 
 
@@ -364,12 +433,13 @@ class TinySolutionKind:
 
 class SimulatedCluster:
     """An API server with one node: a created Job's pod is the real worker command run here, on the same job
-    dir; answers are the recorded ones with this Job's name and state put in."""
+    dir (an Indexed Job's pods all at once, each with its JOB_COMPLETION_INDEX); answers are the recorded ones
+    with this Job's name and state put in."""
 
     def __init__(self, lose_jobs: bool = False) -> None:
         self.lose_jobs = lose_jobs
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.pods: dict[str, subprocess.Popen[bytes]] = {}
+        self.pods: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.calls: list[tuple[str, str]] = []
 
     def request(self, method: str, url: str, body: str | None = None, **_: Any) -> FakeResponse:
@@ -385,20 +455,26 @@ class SimulatedCluster:
             if not self.lose_jobs:
                 command = manifest["spec"]["template"]["spec"]["containers"][0]["command"]
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-                self.pods[name] = subprocess.Popen([sys.executable, *command[1:]], env=env)
+                indexed = manifest["spec"].get("completionMode") == "Indexed"
+                self.pods[name] = [
+                    subprocess.Popen(
+                        [sys.executable, *command[1:]], env={**env, "JOB_COMPLETION_INDEX": str(i)} if indexed else env
+                    )
+                    for i in range(manifest["spec"]["completions"] if indexed else 1)
+                ]
             return self._answer("create_job", name)
         if method == "GET" and path.startswith(JOBS + "/"):
-            pod = self.pods.get(name)
-            if pod is None:
+            pods = self.pods.get(name)
+            if pods is None:
                 return self._answer("read_job_not_found", name)
-            code = pod.poll()
-            state = "read_job_running" if code is None else "read_job_succeeded" if code == 0 else "read_job_failed"
+            codes = [pod.poll() for pod in pods]
+            failed = any(code not in (None, 0) for code in codes)
+            state = "read_job_failed" if failed else "read_job_running" if None in codes else "read_job_succeeded"
             return self._answer(state, name)
         if method == "GET" and path.endswith("/pods"):
             return self._answer("list_pods_oomkilled")  # not reached by a succeeding worker
         if method == "DELETE":
-            pod = self.pods.pop(name, None)
-            if pod is not None:
+            for pod in self.pods.pop(name, []):
                 pod.terminate()
                 pod.wait()
             return self._answer("delete_job", name)
@@ -414,16 +490,16 @@ class SimulatedCluster:
 def run_jobs(tmp_path: Path) -> Iterator[Any]:
     created: list[TrainingJobs] = []
 
-    def run(cluster: SimulatedCluster) -> tuple[Any, TinySolutionKind]:
+    def run(cluster: SimulatedCluster, kind: Any = None, kind_name: str = "solution-version") -> tuple[Any, Any]:
         settings = k8s_settings(artifact_dir=tmp_path / "artifacts", data_dir=tmp_path)
         engine = make_engine(settings.database_url)
         store, ops = TrainingStore(engine), OperationStore(engine)
-        kind = TinySolutionKind(settings.artifacts)
+        kind = kind or TinySolutionKind(settings.artifacts)
         launcher = KubernetesLauncher(settings, _client(cluster))
-        jobs = TrainingJobs(store, ops, launcher, {"solution-version": kind}, settings.artifacts / "jobs", 1, 120)
+        jobs = TrainingJobs(store, ops, launcher, {kind_name: kind}, settings.artifacts / "jobs", 1, 120)
         created.append(jobs)
         op = ops.create("solutions/s/versions/v", "train")
-        jobs.submit(op.name, "solution-version", "solutions/s/versions/v")
+        jobs.submit(op.name, kind_name, "solutions/s/versions/v")
         deadline = time.monotonic() + 120
         while not (done := ops.get(op.name)).done:
             assert time.monotonic() < deadline, "the job never ended"
@@ -484,3 +560,14 @@ def test_after_a_restart_recover_follows_the_running_job_by_its_handle(tmp_path:
     assert not done.HasField("error"), done.error
     name = handle.rsplit("/", 1)[-1]
     assert ("GET", f"{JOBS}/{name}") in cluster.calls and len(cluster.pods) == 1  # re-attached, not re-created
+
+
+def test_a_sharded_predictor_runs_as_an_indexed_job_end_to_end_and_is_merged(run_jobs: Any, tmp_path: Path) -> None:
+    cluster = SimulatedCluster()
+    done, kind = run_jobs(cluster, ShardedPredictorKind(tmp_path, shards=3), "predictor")
+    assert not done.HasField("error"), done.error
+    ((name, manifest),) = cluster.jobs.items()
+    assert (manifest["spec"]["completionMode"], manifest["spec"]["completions"]) == ("Indexed", 3)
+    assert len(cluster.pods[name]) == 3
+    assert kind.result is not None and kind.result["series_count"] == 23
+    assert (kind.artifact / "predictor.json").exists() and (kind.artifact / "item_accuracy.jsonl").exists()

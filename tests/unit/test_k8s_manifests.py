@@ -604,6 +604,24 @@ def test_gpu_overlay_runs_valid_gpu_worker_jobs_on_the_shared_volume(
     assert pod["securityContext"]["runAsUser"] == training["spec"]["securityContext"]["runAsUser"]
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sharded_forecasting_runs_as_a_valid_indexed_job(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = service_settings(RENDERED["overlays/gpu"], monkeypatch)
+    job_dir = settings.artifacts / "jobs" / "operations-x"
+    job = job_manifest(settings, settings.k8s_namespace, "foretell-predictor-x", job_dir, "predictor", shard_count=12)
+    kubernetes_validate.validate(job, version, strict=True)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"]) == ("Indexed", 12)
+    assert spec["parallelism"] == min(12, settings.k8s_max_parallel_shards)
+    # What an Indexed Job's podFailurePolicy allows without backoffLimitPerIndex (FailIndex needs it), and the
+    # restartPolicy any podFailurePolicy needs.
+    assert {rule["action"] for rule in spec["podFailurePolicy"]["rules"]} <= {"FailJob", "Ignore", "Count"}
+    assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    # Every pod runs the same worker command: its shard is the JOB_COMPLETION_INDEX Kubernetes gives it.
+    assert spec["template"]["spec"]["containers"] == worker_job(settings)["spec"]["template"]["spec"]["containers"]
+
+
 # ---- the checks can fail ------------------------------------------------------------------------------
 
 

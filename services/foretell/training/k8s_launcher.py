@@ -28,18 +28,29 @@ Handle: `k8s:{namespace}/{job-name}`; after a restart, `recover()` re-attaches b
 RBAC the service account of the training service needs in its namespace: jobs (create, get,
 delete, deletecollection) and pods (list).
 
+Sharded jobs (`foretell.training.shards`: a large predictor of per-series algorithms split by
+series) become one Indexed Job: `completions` = shards, `parallelism` = at most
+`FORETELL_K8S_MAX_PARALLEL_SHARDS`, and pod i runs the same command with the JOB_COMPLETION_INDEX=i
+that Kubernetes sets. The failure policy above applies to the Job as a whole, on purpose: a
+predictor is not made without every shard, so one failed shard (exit 1, or any pod failure once
+backoffLimit 0 is spent) fails the Job and its other pods are stopped; no backoffLimitPerIndex or
+maxFailedIndexes. Disrupted pods are still Ignored and their index runs again. `status` names the
+shard that failed (from the FailJob condition's pod, else the first index whose pod failed) and
+how many had succeeded; the training service merges the shards once the Job is Complete.
+
 Of the issue's launcher requirements ("Production path", part 3) this meets: one Job per training
 job on the same image and command, shared RWX volume, backoff/deadline/TTL/pod failure policy,
 labels, resources, GPU limit with node selector and tolerations, non-root security context,
 service account, minimal env, status from the Job and its pod (exit code, eviction, deletion),
-stop by background deletion, re-attach after restart. Not met: Indexed Jobs that split large
-forecasting runs across pods, and multi-GPU training with torchrun (one pod, one process per job).
+stop by background deletion, re-attach after restart, and Indexed Jobs that split large
+forecasting runs across pods. Not met: multi-GPU training with torchrun (one pod, one process per job).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,6 +60,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from foretell.core.settings import Settings
+from foretell.training import shards
 from foretell.training.launcher import WorkerStatus
 
 log = logging.getLogger("foretell.training.k8s")
@@ -63,6 +75,8 @@ FINAL_EXIT_CODES = [1, 2]
 # The API server's answers that say "try again later": status() keeps the job running through them.
 _TRANSIENT = {429, 500, 502, 503, 504}
 _TERMINATION_MESSAGE_CHARS = 1500
+# The annotation (and, from 1.28, label) with which the Job controller gives each pod of an Indexed Job its index.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def default_namespace() -> str:
@@ -80,8 +94,11 @@ def job_name(job_dir: Path) -> str:
     return f"foretell-{stem}-{uuid.uuid4().hex[:6]}"
 
 
-def job_manifest(settings: Settings, namespace: str, name: str, job_dir: Path, kind: str) -> dict[str, Any]:
-    """The batch/v1 Job that runs the worker for `job_dir`, as the API server takes it."""
+def job_manifest(
+    settings: Settings, namespace: str, name: str, job_dir: Path, kind: str, shard_count: int = 1
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs the worker for `job_dir`, as the API server takes it; with `shard_count` > 1
+    an Indexed Job of that many completions (pod i runs shard i: Kubernetes sets JOB_COMPLETION_INDEX)."""
     labels = {
         "app.kubernetes.io/name": "foretell",
         "app.kubernetes.io/component": "training-worker",
@@ -140,11 +157,21 @@ def job_manifest(settings: Settings, namespace: str, name: str, job_dir: Path, k
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    spec: dict[str, Any] = {}
+    if shard_count > 1:
+        # One failed shard fails the Job (backoffLimit 0 and FailJob count for the Job as a whole, not per
+        # index): the predictor cannot be made without it, so its other pods are stopped at once.
+        spec = {
+            "completionMode": "Indexed",
+            "completions": shard_count,
+            "parallelism": min(shard_count, settings.k8s_max_parallel_shards),
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
+            **spec,
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(settings.training_timeout_seconds)),
             "ttlSecondsAfterFinished": settings.k8s_ttl_seconds,
@@ -186,6 +213,7 @@ class KubernetesLauncher:
         if not job_dir.is_relative_to(mount_path(self._settings)):
             raise ValueError(f"{job_dir} is not on the shared volume mounted at {mount_path(self._settings)}")
         kind = _spec_kind(job_dir)
+        n = shards.count_of(job_dir)
         # A Job left by a start whose handle was never recorded (the service died in between) would
         # write into this JOB_DIR too: remove it first.
         self._batch.delete_collection_namespaced_job(
@@ -194,7 +222,7 @@ class KubernetesLauncher:
             propagation_policy="Background",
         )
         name = job_name(job_dir)
-        manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind)
+        manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind, n)
         # The manifest goes as a plain dict: the client serializes it as is (V1Job.from_dict is kubernetes>=37 only).
         self._batch.create_namespaced_job(self._namespace, manifest)
         log.info("started training worker job", extra={"job": f"{self._namespace}/{name}", "job_dir": str(job_dir)})
@@ -216,7 +244,8 @@ class KubernetesLauncher:
             return _unreadable(handle, exc)
         present = (job.status.conditions if job.status else None) or []
         conditions = {c.type: c for c in present if c.status == "True"}
-        if "Complete" in conditions:
+        # SuccessCriteriaMet (1.31+) comes first, while the last pods still terminate; Complete once they are gone.
+        if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
             return WorkerStatus(running=False, exit_code=0)
         # FailureTarget comes first, while the pod is still terminating; Failed once it is gone.
         failed = conditions.get("Failed") or conditions.get("FailureTarget")
@@ -231,7 +260,11 @@ class KubernetesLauncher:
             pods = self._core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
         except (ApiException, urllib3.exceptions.HTTPError) as exc:
             return _unreadable(handle, exc)
-        return _pod_outcome(pods, f"{namespace}/{name}", f"{failed.reason}: {failed.message}")
+        why = f"{failed.reason}: {failed.message}"
+        completions = (job.spec.completions if job.spec else None) or 1
+        if job.spec is None or job.spec.completion_mode != "Indexed" or completions <= 1:
+            return _pod_outcome(pods, f"{namespace}/{name}", why)
+        return _shard_outcome(job, pods, f"{namespace}/{name}", why, failed.message or "", completions)
 
     def stop(self, handle: str) -> None:
         if not handle.startswith(HANDLE_PREFIX):
@@ -276,13 +309,67 @@ def _unreadable(handle: str, exc: Exception) -> WorkerStatus:
     return WorkerStatus(running=True)
 
 
+def _shard_outcome(
+    job: k8s.V1Job, pods: list[k8s.V1Pod], where: str, why: str, message: str, completions: int
+) -> WorkerStatus:
+    """Exit code and reason of a failed Indexed Job, from the pod of the shard that failed it: the pod a
+    FailJob rule names in the Job's condition, else, of the newest attempt of each index, the one that
+    failed first (the Job controller stops the other pods after it, and they fail later)."""
+    status = job.status or k8s.V1JobStatus()
+    done = f"{status.succeeded or 0} of {completions} shards had succeeded"
+    newest: dict[int, k8s.V1Pod] = {}
+    for pod in sorted(pods, key=_created):
+        index = _completion_index(pod)
+        if index is not None:
+            newest[index] = pod
+    named = _FAILJOB_POD.search(message)
+    chosen = [p for p in pods if named and p.metadata and p.metadata.name == named.group(1)]
+    if not chosen:
+        chosen = sorted((p for p in newest.values() if _failed_at(p)), key=_failed_at)[:1]
+    if not chosen:
+        return WorkerStatus(
+            running=False, reason=f"is gone: Kubernetes Job {where} failed ({why}; {done}) and no failed pod is left"
+        )
+    index = _completion_index(chosen[0])
+    outcome = _pod_outcome(chosen, where, why)
+    return WorkerStatus(
+        running=False,
+        exit_code=outcome.exit_code,
+        reason=f"of shard {index} of {completions} ({done}) {outcome.reason}",
+        shard=index,
+    )
+
+
+# "Container worker for pod ns/name failed with exit code 1 matching FailJob rule at index 0"
+_FAILJOB_POD = re.compile(r"for pod [^/\s]+/(\S+) failed")
+
+
+def _created(pod: k8s.V1Pod) -> str:
+    return str(pod.metadata.creation_timestamp) if pod.metadata else ""
+
+
+def _completion_index(pod: k8s.V1Pod) -> int | None:
+    annotations = (pod.metadata.annotations if pod.metadata else None) or {}
+    value = annotations.get(COMPLETION_INDEX, "")
+    return int(value) if value.isdigit() else None
+
+
+def _failed_at(pod: k8s.V1Pod) -> str:
+    """When the pod's worker ended with a nonzero exit code, or "" (it did not)."""
+    for container in (pod.status.container_statuses if pod.status else None) or []:
+        terminated = container.state.terminated if container.name == CONTAINER and container.state else None
+        if terminated is not None and terminated.exit_code != 0:
+            return str(terminated.finished_at)
+    return ""
+
+
 def _pod_outcome(pods: list[k8s.V1Pod], job: str, why: str) -> WorkerStatus:
     """Exit code and reason of a failed Job, from its newest pod."""
     if not pods:
         return WorkerStatus(
             running=False, reason=f"is gone: Kubernetes Job {job} failed ({why}) and its pod was deleted"
         )
-    pod = max(pods, key=lambda p: str(p.metadata.creation_timestamp) if p.metadata else "")
+    pod = max(pods, key=_created)
     status = pod.status or k8s.V1PodStatus()
     where = f"pod {pod.metadata.name if pod.metadata else '?'}" + (
         f" on node {pod.spec.node_name}" if pod.spec and pod.spec.node_name else ""
