@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from foretell.core.settings import Settings
 from foretell.forecasting.table import ForecastTable
 from foretell.training import predictor_worker, shards
 from foretell.training.worker import WorkerError
@@ -79,6 +80,18 @@ def test_plan_splits_only_large_per_series_predictors() -> None:
     assert shards.plan(CANDIDATES, 10**6, 1000, 16) == 16
     assert shards.plan([*CANDIDATES, "deepar"], 10**6, 1000, 16) == 1  # DeepAR is one global model
     assert shards.plan(["npts", "arima"], 10, 3, 16) == 4
+
+
+def test_the_plan_for_a_snapshot_counts_its_series_only_when_it_could_split(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", items=23)
+    spec = predictor_spec(snapshot, tmp_path / "a")
+    assert shards.count_series(snapshot, ["STORE"]) == shards.count_series(snapshot, []) == 23
+    assert shards.count_series(snapshot, ["NO_SUCH_FIELD"]) == 0
+    assert shards.plan_snapshot(spec, snapshot, Settings(forecast_shard_series=10)) == 3
+    assert shards.plan_snapshot(spec, snapshot, Settings(forecast_shard_series=10, forecast_max_shards=2)) == 2
+    assert shards.plan_snapshot(spec, snapshot, Settings(forecast_shard_series=0)) == 1
+    deep = {**spec, "candidates": ["ets", "deepar"]}
+    assert shards.plan_snapshot(deep, tmp_path / "not-read", Settings(forecast_shard_series=10)) == 1
 
 
 def test_partition_is_a_balanced_disjoint_cover_in_key_order() -> None:

@@ -18,7 +18,10 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from foretell.core.settings import Settings
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 # Processes a worker may use for its per-series fits; a launcher running several shards on one machine
@@ -38,6 +41,36 @@ def plan(candidates: Sequence[str], n_series: int, series_per_shard: int, max_sh
     if series_per_shard <= 0 or n_series <= series_per_shard or not set(candidates) <= PER_SERIES:
         return 1
     return max(1, min(max_shards, math.ceil(n_series / series_per_shard)))
+
+
+def plan_snapshot(spec: dict[str, Any], snapshot_dir: Path, settings: Settings) -> int:
+    """`plan` for a predictor spec on a snapshot, counting its series only when it could be split."""
+    if settings.forecast_shard_series <= 0 or not set(spec["candidates"]) <= PER_SERIES:
+        return 1
+    n_series = count_series(snapshot_dir, spec.get("dimensions") or ())
+    return plan(spec["candidates"], n_series, settings.forecast_shard_series, settings.forecast_max_shards)
+
+
+def count_series(snapshot_dir: Path, dimensions: Sequence[str]) -> int:
+    """Distinct (item, forecast dimensions) keys of the snapshot's target time series, read in chunks; 0 when
+    the file does not read (the worker then reports what is wrong with it)."""
+    import pandas as pd
+
+    from foretell.forecasting.series import TARGET_FILE
+
+    seen: set[tuple[str, ...]] = set()
+    try:
+        for chunk in pd.read_csv(
+            snapshot_dir / TARGET_FILE,
+            usecols=["ITEM_ID", *dimensions],
+            dtype=str,
+            keep_default_na=False,
+            chunksize=1_000_000,
+        ):
+            seen.update(chunk[["ITEM_ID", *dimensions]].itertuples(index=False, name=None))
+    except (OSError, ValueError):
+        return 0
+    return len(seen)
 
 
 def count(spec: dict[str, Any]) -> int:
