@@ -76,6 +76,11 @@ def test_dataset_group_bad_input(stubs: Stubs) -> None:
         "dataset_group_id",
     )
     expect_error(
+        lambda: d.CreateDatasetGroup(api.CreateDatasetGroupRequest(dataset_group_id="shop\n", dataset_group=ok)),
+        INVALID,
+        "dataset_group_id",
+    )
+    expect_error(
         lambda: d.CreateDatasetGroup(api.CreateDatasetGroupRequest(dataset_group_id="g")),
         INVALID,
         "dataset_group.domain",

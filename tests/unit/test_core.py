@@ -35,6 +35,17 @@ def test_names() -> None:
         names.check_request_id("has space")
 
 
+def test_a_trailing_newline_is_not_part_of_an_id() -> None:
+    # Regression: the patterns ended in "$", which also matches before a final "\n".
+    for call in (
+        lambda: names.check_id("shop\n", "dataset_group_id"),
+        lambda: names.check_name("datasetGroups/shop\n", "name", "datasetGroups"),
+        lambda: names.check_request_id("r-1\n"),
+    ):
+        with pytest.raises(InvalidArgument):
+            call()
+
+
 def test_rich_status_has_error_info_and_bad_request() -> None:
     status = invalid("dataset_group_id", "is required").to_status()
     assert status.code == code_pb2.INVALID_ARGUMENT and "dataset_group_id" in status.message

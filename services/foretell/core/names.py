@@ -7,8 +7,8 @@ import uuid
 
 from foretell.core.errors import invalid
 
-_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: "$" would accept a trailing newline
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 def check_id(value: str, field_name: str) -> str:
