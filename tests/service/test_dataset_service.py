@@ -141,6 +141,9 @@ def test_schema_validation_names_fields(stubs: Stubs) -> None:
         lambda: create([pb.SchemaField(name="1bad", type=pb.FIELD_TYPE_STRING)]), INVALID, "schema.fields[0].name"
     )
     expect_error(
+        lambda: create([pb.SchemaField(name="GENRES\n", type=pb.FIELD_TYPE_STRING)]), INVALID, "schema.fields[0].name"
+    )
+    expect_error(
         lambda: create(
             [pb.SchemaField(name="A", type=pb.FIELD_TYPE_STRING), pb.SchemaField(name="a", type=pb.FIELD_TYPE_STRING)]
         ),

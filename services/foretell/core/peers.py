@@ -6,6 +6,7 @@ import threading
 
 import grpc
 
+from foretell.core.deadlines import PeerInterceptor
 from foretell.core.settings import Settings
 
 
@@ -24,7 +25,7 @@ class Peers:
     def channel(self, service: str) -> grpc.Channel:
         with self._lock:
             if service not in self._channels:
-                self._channels[service] = grpc.insecure_channel(
+                channel = grpc.insecure_channel(
                     self._targets[service],
                     options=[
                         # Every replica of a peer behind a headless Service, not just the first address.
@@ -33,6 +34,8 @@ class Peers:
                         ("grpc.max_send_message_length", self._max_message),
                     ],
                 )
+                # The caller's deadline caps each peer call; the trace context goes along (core/deadlines.py).
+                self._channels[service] = grpc.intercept_channel(channel, PeerInterceptor())
             return self._channels[service]
 
     def close(self) -> None:

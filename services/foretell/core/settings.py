@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_seconds: float = Field(default=10.0, ge=0)
+    # Prometheus /metrics over HTTP on this port (same host); unset: off, 0: a free port (docs/observability.md).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Import jobs run in this many background threads.
     import_workers: int = Field(default=2, ge=1)
     import_batch_rows: int = Field(default=5000, ge=1)

@@ -12,6 +12,7 @@ from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 from sqlalchemy.engine import Row
 
+from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
@@ -72,6 +73,7 @@ class DatasetJobs:
                     cancelled=lambda: self._ops.cancel_requested(operation.name),
                 )
                 log.info("import done", extra={"job": job, "rows": outcome.rows})
+                metrics.rows_imported(mapper.table, outcome.rows)
                 self._ops.finish(operation.name, convert.import_job(self._store.get_import_job(job)))
             finally:
                 if remove_file:

@@ -47,7 +47,7 @@ _RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "ITEM_METADATA": (("ITEM_ID",), (), True),
 }
 
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # not "$": it matches before a final "\n"
 MAX_FIELDS = 200
 
 

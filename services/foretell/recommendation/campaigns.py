@@ -27,7 +27,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
-from foretell.core import names
+from foretell.core import metrics, names
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, invalid
 from foretell.core.operations import OperationStore, error_status
@@ -126,9 +126,11 @@ class Deployments:
     def put(self, deployment: Deployment) -> Deployment | None:
         old = self._live.get(deployment.name)
         self._live[deployment.name] = deployment
+        metrics.campaign_serving(deployment.name, deployment.spec.solution_version)
         return old
 
     def remove(self, name: str) -> Deployment | None:
+        metrics.campaign_serving(name, None)
         return self._live.pop(name, None)
 
     def engine_for(self, artifact_uri: str) -> Engine | None:

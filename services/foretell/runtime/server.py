@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
+from foretell.core.metrics import MetricsServer, TelemetryInterceptor
 from foretell.core.migrations import SchemaNotCurrent, ensure_schema
 from foretell.core.operations import OperationsServicer, OperationStore
 from foretell.core.peers import Peers
@@ -38,12 +39,18 @@ class App:
     services: list[str]
     _closers: list[Callable[[bool], None]] = field(default_factory=list)
     _before_stop: list[Callable[[], None]] = field(default_factory=list)
+    # (host, port) of the /metrics endpoint, None when off; `metrics` is it once started.
+    metrics_at: tuple[str, int] | None = None
+    metrics: MetricsServer | None = None
 
     def start(self) -> None:
         self.server.start()
+        if self.metrics_at is not None:
+            self.metrics = MetricsServer(*self.metrics_at)
         for name in ["", *self.services]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"port": self.port, "services": self.services})
+        metrics = {"metrics_port": self.metrics.port} if self.metrics else {}
+        log.info("serving", extra={"port": self.port, "services": self.services, **metrics})
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then stops jobs."""
@@ -53,6 +60,9 @@ class App:
         self.server.stop(grace).wait()
         for close in self._closers:
             close(grace is not None and grace > 0)
+        if self.metrics is not None:  # last: scrapes still work while the server drains
+            self.metrics.close()
+            self.metrics = None
         self.engine.dispose()
 
 
@@ -67,7 +77,8 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         raise SystemExit(f"cannot start: {error}") from None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[ErrorInterceptor()],
+        # Telemetry outermost: it times and counts every call, those the inner ones refuse included.
+        interceptors=[TelemetryInterceptor(), ErrorInterceptor()],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -109,7 +120,8 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     closers.append(lambda wait: peers.close())
-    return App(server, port, health_servicer, engine, names, closers, before_stop)
+    metrics_at = None if settings.metrics_port is None else (settings.host, settings.metrics_port)
+    return App(server, port, health_servicer, engine, names, closers, before_stop, metrics_at)
 
 
 def _dialable(host: str) -> str:

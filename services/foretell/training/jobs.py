@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from sqlalchemy.engine import Row
 
+from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.operations import OperationStore, error_status
 from foretell.training import shards
@@ -228,6 +229,7 @@ class TrainingJobs:
             "training job ended",
             extra={"operation": job.name, "target": job.target, "state": outcome.state},
         )
+        metrics.training_job_ended(job.kind, outcome.state, job.create_time)
         if outcome.state == "SUCCEEDED":
             shutil.rmtree(Path(job.job_dir) / "scratch", ignore_errors=True)
             shards.remove_outputs(Path(job.job_dir))
