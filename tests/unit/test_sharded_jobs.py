@@ -175,3 +175,27 @@ def test_cancel_stops_every_shard(harness: Any, tmp_path: Path) -> None:
     assert not launcher_module._running_shards(h.job_dir)
     assert not (shards.shard_dir(h.job_dir, 2) / "worker.log").exists(), "the third shard never started"
     assert [state for state, _ in kind.ended_with] == ["CANCELLED"] and not kind.artifact.exists()
+
+
+def test_after_a_restart_the_launcher_adopts_running_shards_and_starts_the_rest(tmp_path: Path) -> None:
+    kind = ShardedPredictorKind(tmp_path, shards=3, items=30, candidates=["naive", "ets"])
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    kind.prepare(None, job_dir, None)
+    before = LocalLauncher(max_parallel_shards=1)
+    handle = before.start(job_dir)
+    deadline = time.monotonic() + 60
+    while 0 not in launcher_module._running_shards(job_dir):
+        assert time.monotonic() < deadline, "shard 0 never started"
+        time.sleep(0.05)
+    # A new server's launcher knows nothing of the handle: it follows shard 0 and runs shards 1 and 2 itself.
+    after = LocalLauncher(max_parallel_shards=1)
+    deadline = time.monotonic() + 240
+    while (status := after.status(handle, job_dir)).running:
+        assert time.monotonic() < deadline, "the adopted job never ended"
+        assert len(launcher_module._running_shards(job_dir)) <= 1, "still one shard at a time"
+        time.sleep(0.05)
+    assert status.exit_code == 0
+    assert all((shards.read_result(job_dir, i) or {}).get("ok") for i in range(3))
+    before.stop(handle)  # reaps the old launcher's ended child (a real restart has no old launcher left)
+    assert shards.merge(job_dir)["series_count"] == 30

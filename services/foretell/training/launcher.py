@@ -220,7 +220,8 @@ class _ShardGroup:
             if i not in self.exit_codes and (code := child.poll()) is not None:
                 self.exit_codes[i] = code
         for i, pid in self.adopted.items():
-            if i not in self.exit_codes and not _alive(pid):
+            # By its command line, not its pid alone: a pid can be reused, and an ended process's is empty.
+            if i not in self.exit_codes and not _runs_job(pid, self.job_dir):
                 result = shards.read_result(self.job_dir, i)
                 self.exit_codes[i] = None if result is None else 0 if result.get("ok") else 1
         failed = sorted(i for i, code in self.exit_codes.items() if code != 0)
