@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from foretell.cli import db, forecast, personalize
 from foretell.cli import output as out
-from foretell.cli.output import CliError, State, json_option, quiet_option, state
+from foretell.cli.output import CliError, Security, State, json_option, quiet_option, state
 from foretell.cli.progress import import_file, wait_with_progress
 from foretell.client import ForetellError, operation_response, raise_for_operation
 from foretell.v1 import common_pb2
@@ -52,11 +52,32 @@ class ForetellGroup(click.Group):
               help="host:port of the Foretell server for client commands [env FORETELL_TARGET].")
 @click.option("--timeout", envvar="FORETELL_TIMEOUT", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Deadline in seconds for each call (uploads get longer).")
+@click.option("--tls", is_flag=True, envvar="FORETELL_TLS",
+              help="Connect over TLS (implied by --ca-file/--cert-file) [env FORETELL_TLS].")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), envvar="FORETELL_CA_FILE",
+              help="PEM CA bundle that signed the server's certificate [env FORETELL_CA_FILE].")
+@click.option("--cert-file", type=click.Path(exists=True, dir_okay=False), envvar="FORETELL_CLIENT_CERT_FILE",
+              help="PEM client certificate for mutual TLS [env FORETELL_CLIENT_CERT_FILE].")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), envvar="FORETELL_CLIENT_KEY_FILE",
+              help="PEM key of the client certificate [env FORETELL_CLIENT_KEY_FILE].")
+@click.option("--api-key", envvar="FORETELL_API_KEY", show_envvar=False,
+              help="API key sent with every call; prefer the env variable [env FORETELL_API_KEY].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (protobuf JSON mapping).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(_version(), prog_name="foretell")
 @click.pass_context
-def cli(ctx: click.Context, target: str, timeout: float, as_json: bool, quiet: bool) -> None:
+def cli(
+    ctx: click.Context,
+    target: str,
+    timeout: float,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    api_key: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Foretell: self-hosted recommendations and forecasting over gRPC.
 
     \b
@@ -67,6 +88,9 @@ def cli(ctx: click.Context, target: str, timeout: float, as_json: bool, quiet: b
     """
     obj = ctx.ensure_object(State)
     obj.target, obj.timeout, obj.json, obj.quiet = target, timeout, as_json, quiet
+    if (cert_file is None) != (key_file is None):
+        raise click.UsageError("--cert-file and --key-file go together")
+    obj.security = Security(tls or bool(ca_file or cert_file), ca_file, cert_file, key_file, api_key or None)
     ctx.call_on_close(obj.close)
 
 

@@ -34,6 +34,17 @@ class CliError(click.ClickException):
         report(self.message, self.violations)
 
 
+@dataclass(frozen=True)
+class Security:
+    """How client commands connect: TLS files and the API key (never printed)."""
+
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+
 @dataclass
 class State:
     """The root context's object: global options, and the client opened on first use."""
@@ -42,12 +53,22 @@ class State:
     timeout: float = 30.0
     json: bool = False
     quiet: bool = False
+    security: Security = field(default_factory=Security, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.target, timeout=self.timeout)
+            s = self.security
+            self._client = Client(
+                self.target,
+                timeout=self.timeout,
+                tls=s.tls,
+                root_certificates=s.ca_file,
+                certificate_chain=s.cert_file,
+                private_key=s.key_file,
+                api_key=s.api_key,
+            )
         return self._client
 
     def close(self) -> None:

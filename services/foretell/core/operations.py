@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
 
-from foretell.core import pagination
+from foretell.core import auth, pagination
 from foretell.core.db import transaction
 from foretell.core.errors import NotFound, invalid
 from foretell.v1 import common_pb2
@@ -207,25 +207,33 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     def __init__(self, store: OperationStore) -> None:
         self._store = store
 
+    def _authorized(self, name: str) -> str:
+        """The checked operation name, once the caller may access the resource it works on."""
+        name = _op_name(name)
+        if auth.restricted():  # one more read, only for callers limited to some dataset groups
+            auth.authorize_resource(self._store.metadata(name).target)
+        return name
+
     def GetOperation(self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext):  # noqa: N802
-        return self._store.get(_op_name(request.name))
+        return self._store.get(self._authorized(request.name))
 
     def ListOperations(self, request: operations_pb2.ListOperationsRequest, context: grpc.ServicerContext):  # noqa: N802
         if request.name not in ("", "operations"):
             raise invalid("name", 'must be "operations" or empty')
         items, token = self._store.list(request.filter, pagination.page_size(request.page_size), request.page_token)
+        items = [op for op in items if auth.visible_resource(_target(op))]
         return operations_pb2.ListOperationsResponse(operations=items, next_page_token=token)
 
     def DeleteOperation(self, request: operations_pb2.DeleteOperationRequest, context: grpc.ServicerContext):  # noqa: N802
-        self._store.delete(_op_name(request.name))
+        self._store.delete(self._authorized(request.name))
         return empty_pb2.Empty()
 
     def CancelOperation(self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext):  # noqa: N802
-        self._store.request_cancel(_op_name(request.name))
+        self._store.request_cancel(self._authorized(request.name))
         return empty_pb2.Empty()
 
     def WaitOperation(self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext):  # noqa: N802
-        name = _op_name(request.name)
+        name = self._authorized(request.name)
         budget = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 60.0
         remaining = context.time_remaining()
         deadline = time.monotonic() + min(budget, remaining - 0.05 if remaining is not None else budget)
@@ -234,6 +242,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             time.sleep(0.05)
             operation = self._store.get(name)
         return operation
+
+
+def _target(operation: operations_pb2.Operation) -> str:
+    meta = common_pb2.OperationMetadata()
+    operation.metadata.Unpack(meta)
+    return meta.target
 
 
 def _op_name(name: str) -> str:

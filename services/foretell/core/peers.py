@@ -1,4 +1,10 @@
-"""Channels to the other Foretell services, which may be this very process (all-in-one)."""
+"""Channels to the other Foretell services, which may be this very process (all-in-one).
+
+With TLS on, peer channels use TLS (and a client certificate under mutual TLS, core/tls.py); with
+authentication on, every peer call carries the internal key (core/auth.py), which is allowed
+everything: services act for the system (jobs snapshot data long after the caller's call ended),
+and each service checks its own caller before it calls a peer.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import threading
 
 import grpc
 
+from foretell.client._auth import MetadataInterceptor, auth_metadata
+from foretell.core import auth, tls
 from foretell.core.deadlines import PeerInterceptor
 from foretell.core.settings import Settings
 
@@ -17,26 +25,38 @@ class Peers:
         self._targets = {
             "dataset": settings.dataset_target or own_target,
             "training": settings.training_target or own_target,
+            # Only resolves campaigns/filters/batch jobs for authorization: served here or not at all.
+            "recommendation": own_target,
         }
         self._max_message = settings.max_message_bytes
+        self._credentials = tls.peer_credentials(settings)
+        internal = settings.internal_api_key.get_secret_value()
+        sends_key = settings.api_keys_file is not None or bool(internal)
+        self._metadata = auth_metadata(bearer_token=auth.internal_key(internal)) if sends_key else []
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
     def channel(self, service: str) -> grpc.Channel:
         with self._lock:
             if service not in self._channels:
-                channel = grpc.insecure_channel(
-                    self._targets[service],
-                    options=[
-                        # Every replica of a peer behind a headless Service, not just the first address.
-                        ("grpc.lb_policy_name", "round_robin"),
-                        ("grpc.max_receive_message_length", self._max_message),
-                        ("grpc.max_send_message_length", self._max_message),
-                    ],
-                )
-                # The caller's deadline caps each peer call; the trace context goes along (core/deadlines.py).
-                self._channels[service] = grpc.intercept_channel(channel, PeerInterceptor())
+                self._channels[service] = self._open(self._targets[service])
             return self._channels[service]
+
+    def _open(self, target: str) -> grpc.Channel:
+        options = [
+            # Every replica of a peer behind a headless Service, not just the first address.
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_receive_message_length", self._max_message),
+            ("grpc.max_send_message_length", self._max_message),
+        ]
+        if self._credentials is None:
+            channel = grpc.insecure_channel(target, options=options)
+        else:
+            channel = grpc.secure_channel(target, self._credentials, options=options)
+        if self._metadata:
+            channel = grpc.intercept_channel(channel, MetadataInterceptor(self._metadata))
+        # The caller's deadline caps each peer call; the trace context goes along (core/deadlines.py).
+        return grpc.intercept_channel(channel, PeerInterceptor())
 
     def close(self) -> None:
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["dataset", "training", "recommendation", "forecast-query"]
@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     # Local copies of s3:// artifacts (artifact_dir/cache) are evicted, least recently used first, above this.
     artifact_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
 
+    # ---- Security (foretell.core.tls, foretell.core.auth; docs/security.md) ----
+    # PEM certificate chain and key: the port serves TLS. With a client CA too, clients must present a
+    # certificate signed by it (mutual TLS). Peer channels then use TLS, trusting tls_ca_file (empty: the
+    # system roots) and, under mutual TLS, presenting tls_cert_file as their client certificate.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # JSON file of API keys / bearer tokens and the dataset groups each may use; unset: no authentication.
+    api_keys_file: Path | None = None
+    # The key services send each other on peer channels (allowed everything). Empty: a random key per
+    # process, which is enough for the all-in-one server; services in separate processes must share one.
+    internal_api_key: SecretStr = SecretStr("")
+
     @model_validator(mode="after")
     def _check_kubernetes(self) -> Settings:
         if self.training_launcher != "kubernetes":
@@ -118,6 +132,14 @@ class Settings(BaseSettings):
     def _check_artifact_uri(self) -> Settings:
         if self.artifact_uri and not self.artifact_uri.startswith("s3://"):
             raise ValueError("artifact_uri must be an s3://bucket/prefix URI (leave it empty for artifact_dir)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file is None and (self.tls_client_ca_file or self.tls_ca_file):
+            raise ValueError("tls_client_ca_file and tls_ca_file need tls_cert_file and tls_key_file")
         return self
 
     @model_validator(mode="after")

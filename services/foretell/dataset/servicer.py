@@ -14,7 +14,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from sqlalchemy.engine import Row
 
-from foretell.core import names, pagination
+from foretell.core import auth, names, pagination
 from foretell.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.dataset import convert
@@ -82,6 +82,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.CreateDatasetGroupRequest, context: grpc.ServicerContext
     ) -> pb.DatasetGroup:  # noqa: N802
         group_id = names.check_id(request.dataset_group_id, "dataset_group_id")
+        auth.authorize(f"datasetGroups/{group_id}")
         domain = _domain(request.dataset_group.domain, "dataset_group.domain")
         labels = dict(request.dataset_group.labels)
         if len(labels) > MAX_LABELS or any(len(k) > 63 or len(v) > 256 for k, v in labels.items()):
@@ -102,20 +103,22 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
 
     def GetDatasetGroup(self, request: api.GetDatasetGroupRequest, context: grpc.ServicerContext) -> pb.DatasetGroup:  # noqa: N802
-        return convert.dataset_group(self._store.get_group(names.check_name(request.name, "name", *GROUP)))
+        return convert.dataset_group(
+            self._store.get_group(auth.allowed(names.check_name(request.name, "name", *GROUP)))
+        )
 
     def ListDatasetGroups(
         self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
     ) -> api.ListDatasetGroupsResponse:  # noqa: N802
         rows, token = pagination.paged(request, "groups", self._store.list_groups)
         return api.ListDatasetGroupsResponse(
-            dataset_groups=[convert.dataset_group(r) for r in rows], next_page_token=token
+            dataset_groups=[convert.dataset_group(r) for r in rows if auth.visible(r.name)], next_page_token=token
         )
 
     def DeleteDatasetGroup(
         self, request: api.DeleteDatasetGroupRequest, context: grpc.ServicerContext
     ) -> api.DeleteDatasetGroupResponse:  # noqa: N802
-        name = names.check_name(request.name, "name", *GROUP)
+        name = auth.allowed(names.check_name(request.name, "name", *GROUP))
         names.check_request_id(request.request_id)
         self._store.delete_group(name, request.force)
         return api.DeleteDatasetGroupResponse()
@@ -143,13 +146,14 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
         names.check_request_id(request.request_id)
+        auth.authorize_all_groups()  # schemas are shared by every tenant
         self._store.delete_schema(names.check_name(request.name, "name", *SCHEMA))
         return api.DeleteSchemaResponse()
 
     # ---- datasets ----------------------------------------------------------------------
 
     def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
-        parent = names.check_name(request.parent, "parent", *GROUP)
+        parent = auth.allowed(names.check_name(request.parent, "parent", *GROUP))
         dataset_id = names.check_id(request.dataset_id, "dataset_id")
         dataset_type = convert.enum_name(pb.DatasetType, request.dataset.dataset_type, "DATASET_TYPE_")
         if not dataset_type:
@@ -180,7 +184,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return RowMapper(dataset.dataset_type, convert.fields_from_row(dataset))
 
     def _dataset(self, name: str, field_name: str) -> tuple[Row[Any], RowMapper]:
-        row = self._store.get_dataset(names.check_name(name, field_name, *DATASET))
+        row = self._store.get_dataset(auth.allowed(names.check_name(name, field_name, *DATASET)))
         return row, self._mapper(row)
 
     def GetDataset(self, request: api.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
@@ -188,7 +192,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return convert.dataset(row, self._store.row_count(row.name, mapper.table))
 
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
-        parent = names.check_name(request.parent, "parent", *GROUP)
+        parent = auth.allowed(names.check_name(request.parent, "parent", *GROUP))
         self._store.get_group(parent)
         rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
         return api.ListDatasetsResponse(
@@ -200,7 +204,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> api.DeleteDatasetResponse:  # noqa: N802
         names.check_request_id(request.request_id)
-        self._store.delete_dataset(names.check_name(request.name, "name", *DATASET))
+        self._store.delete_dataset(auth.allowed(names.check_name(request.name, "name", *DATASET)))
         return api.DeleteDatasetResponse()
 
     # ---- import ------------------------------------------------------------------------
@@ -292,7 +296,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
 
     def GetImportJob(self, request: api.GetImportJobRequest, context: grpc.ServicerContext) -> pb.ImportJob:  # noqa: N802
-        names.check_name(request.name, "name", "datasetGroups", "datasets", "importJobs")
+        auth.authorize_resource(names.check_name(request.name, "name", "datasetGroups", "datasets", "importJobs"))
         return convert.import_job(self._store.get_import_job(request.name))
 
     def ListImportJobs(
@@ -328,7 +332,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
 
     def GetExportJob(self, request: api.GetExportJobRequest, context: grpc.ServicerContext) -> pb.ExportJob:  # noqa: N802
-        names.check_name(request.name, "name", "datasetGroups", "datasets", "exportJobs")
+        auth.authorize_resource(names.check_name(request.name, "name", "datasetGroups", "datasets", "exportJobs"))
         return convert.export_job(self._store.get_export_job(request.name))
 
     def ListExportJobs(
@@ -352,7 +356,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return row, self._mapper(row)
 
     def PutEvents(self, request: api.PutEventsRequest, context: grpc.ServicerContext) -> api.PutEventsResponse:  # noqa: N802
-        group = names.check_name(request.dataset_group, "dataset_group", *GROUP)
+        group = auth.allowed(names.check_name(request.dataset_group, "dataset_group", *GROUP))
         problems = Violations()
         problems.require(request.session_id, "session_id")
         if not 1 <= len(request.events) <= MAX_PUT:
@@ -420,7 +424,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def WatchEvents(  # noqa: N802
         self, request: api.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[api.WatchEventsResponse]:
-        group = names.check_name(request.dataset_group, "dataset_group", *GROUP)
+        group = auth.allowed(names.check_name(request.dataset_group, "dataset_group", *GROUP))
         dataset, _ = self._typed_dataset(group, "INTERACTIONS")
         if request.cursor:
             if not request.cursor.isdigit() or len(request.cursor) > 19:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grpc
 
+from foretell.core import auth
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.forecast_query.forecasts import Forecasts, table_loader
@@ -27,6 +28,7 @@ class ForecastQueryServicer:
     def QueryForecast(self, request: api.QueryForecastRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         """An encoded QueryForecastResponse."""
         filters = parse_request(request)
+        auth.authorize_resource(filters.forecast)
         return self._forecasts.get(filters.forecast).answer(filters)
 
 

@@ -24,9 +24,9 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from foretell.core import names, pagination
+from foretell.core import auth, names, pagination
 from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
-from foretell.core.errors import NotFound, Violations, invalid
+from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.recommendation.batch import BatchJobs, BatchSpec
 from foretell.recommendation.campaigns import Campaigns, CampaignSpec, Deployment
@@ -122,7 +122,9 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         campaign = request.campaign
         if not campaign.solution_version:
             raise invalid("campaign.solution_version", "is required")
-        names.check_name(campaign.solution_version, "campaign.solution_version", "solutions", "versions")
+        auth.authorize_resource(
+            names.check_name(campaign.solution_version, "campaign.solution_version", "solutions", "versions")
+        )
         spec = CampaignSpec(
             campaign.solution_version,
             _exploration(campaign.exploration_config, "campaign.exploration_config"),
@@ -137,18 +139,23 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         )
 
     def GetCampaign(self, request: api.GetCampaignRequest, context: grpc.ServicerContext) -> pb.Campaign:  # noqa: N802
-        return to_campaign(self._store.get_campaign(names.check_name(request.name, "name", *CAMPAIGN)))
+        row = self._store.get_campaign(names.check_name(request.name, "name", *CAMPAIGN))
+        auth.authorize(row.dataset_group)
+        return to_campaign(row)
 
     def ListCampaigns(  # noqa: N802
         self, request: api.ListCampaignsRequest, context: grpc.ServicerContext
     ) -> api.ListCampaignsResponse:
         rows, token = pagination.paged(request, "campaigns", self._store.list_campaigns)
-        return api.ListCampaignsResponse(campaigns=[to_campaign(r) for r in rows], next_page_token=token)
+        return api.ListCampaignsResponse(
+            campaigns=[to_campaign(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        )
 
     def UpdateCampaign(  # noqa: N802
         self, request: api.UpdateCampaignRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
         name = names.check_name(request.campaign.name, "campaign.name", *CAMPAIGN)
+        auth.authorize(self._store.get_campaign(name).dataset_group)
         paths = list(request.update_mask.paths) or [
             "solution_version",
             "exploration_config",
@@ -164,6 +171,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             if not campaign.solution_version:
                 raise invalid("campaign.solution_version", "is required")
             names.check_name(campaign.solution_version, "campaign.solution_version", "solutions", "versions")
+            auth.authorize_resource(campaign.solution_version)
         wanted = _exploration(campaign.exploration_config, "campaign.exploration_config")
         names.check_request_id(request.request_id)
 
@@ -192,6 +200,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     ) -> api.DeleteCampaignResponse:
         name = names.check_name(request.name, "name", *CAMPAIGN)
         names.check_request_id(request.request_id)
+        auth.authorize(self._store.get_campaign(name).dataset_group)
         self._campaigns.delete(name)
         return api.DeleteCampaignResponse()
 
@@ -199,7 +208,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
 
     def CreateFilter(self, request: api.CreateFilterRequest, context: grpc.ServicerContext) -> pb.Filter:  # noqa: N802
         filter_id = names.check_id(request.filter_id, "filter_id")
-        group = names.check_name(request.filter.dataset_group, "filter.dataset_group", "datasetGroups")
+        group = auth.allowed(names.check_name(request.filter.dataset_group, "filter.dataset_group", "datasetGroups"))
         expression = request.filter.filter_expression
         if not expression:
             raise invalid("filter.filter_expression", "is required")
@@ -217,22 +226,27 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         )
 
     def GetFilter(self, request: api.GetFilterRequest, context: grpc.ServicerContext) -> pb.Filter:  # noqa: N802
-        return to_filter(self._store.get_filter(names.check_name(request.name, "name", *FILTER)))
+        row = self._store.get_filter(names.check_name(request.name, "name", *FILTER))
+        auth.authorize(row.dataset_group)
+        return to_filter(row)
 
     def ListFilters(self, request: api.ListFiltersRequest, context: grpc.ServicerContext) -> api.ListFiltersResponse:  # noqa: N802
         group = request.dataset_group
         if group:
-            names.check_name(group, "dataset_group", "datasetGroups")
+            auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
         rows, token = pagination.paged(
             request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after)
         )
-        return api.ListFiltersResponse(filters=[to_filter(r) for r in rows], next_page_token=token)
+        return api.ListFiltersResponse(
+            filters=[to_filter(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        )
 
     def DeleteFilter(  # noqa: N802
         self, request: api.DeleteFilterRequest, context: grpc.ServicerContext
     ) -> api.DeleteFilterResponse:
         name = names.check_name(request.name, "name", *FILTER)
         names.check_request_id(request.request_id)
+        auth.authorize(self._store.get_filter(name).dataset_group)
         self._store.delete_filter(name)
         return api.DeleteFilterResponse()
 
@@ -255,6 +269,17 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         return expression.bind(values, values_field)
 
     # ---- real-time requests --------------------------------------------------------------------
+
+    def _serving(self, name: str) -> Deployment:
+        """The campaign's deployment, once the caller may use its dataset group."""
+        try:
+            deployment = self._campaigns.serving(name)
+        except FailedPrecondition:
+            # Not loaded here: its state is only for callers of its group.
+            auth.authorize(self._store.get_campaign(name).dataset_group)
+            raise
+        auth.authorize(deployment.dataset_group)
+        return deployment
 
     def _metadata_columns(self, deployment: Deployment, columns: Sequence[str]) -> list[str]:
         if not columns:
@@ -294,7 +319,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             for key in ("user_id", "item_id", "session_id"):
                 _check_id_length(getattr(request, key), key, problems)
             problems.raise_if_any()
-        deployment = self._campaigns.serving(request.campaign)
+        deployment = self._serving(request.campaign)
         if not (request.filter or request.filter_values or request.metadata_columns or request.include_interacted):
             return self._cached_recommendations(deployment, user_id, item_id, session_id, n)
         item_filter = self._filter(request.filter, request.filter_values, deployment.dataset_group)
@@ -365,7 +390,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
                     if not item or len(item) > MAX_ID:
                         problems.add(f"input_list[{i}]", f"must be an item id of 1 to {MAX_ID} characters")
             problems.raise_if_any()
-        deployment = self._campaigns.serving(request.campaign)
+        deployment = self._serving(request.campaign)
         item_filter = self._filter(request.filter, request.filter_values, deployment.dataset_group)
         columns = self._metadata_columns(deployment, request.metadata_columns)
         ranked = deployment.engine.rank(
@@ -387,7 +412,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         _check_id_length(request.item_id, "item_id", problems)
         n = _num_results(request.num_results, "num_results", problems)
         problems.raise_if_any()
-        deployment = self._campaigns.serving(request.campaign)
+        deployment = self._serving(request.campaign)
         item_filter = self._filter(request.filter, request.filter_values, deployment.dataset_group)
         response = api.GetSimilarItemsResponse()
         _fill(response.item_list, self._similar(deployment, request.item_id, n, item_filter), deployment, [])
@@ -412,7 +437,9 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         problems.require(job.input_uri, f"{prefix}.input_uri")
         n = _num_results(job.num_results, f"{prefix}.num_results", problems)
         problems.raise_if_any()
-        names.check_name(job.solution_version, f"{prefix}.solution_version", "solutions", "versions")
+        auth.authorize_resource(
+            names.check_name(job.solution_version, f"{prefix}.solution_version", "solutions", "versions")
+        )
         input_uri = _file_uri(job.input_uri, f"{prefix}.input_uri")
         if not is_s3(input_uri):
             input_path = path_of(input_uri)
@@ -438,19 +465,24 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     def GetBatchInferenceJob(  # noqa: N802
         self, request: api.GetBatchInferenceJobRequest, context: grpc.ServicerContext
     ) -> pb.BatchInferenceJob:
-        return to_batch_job(self._store.get_batch_job(names.check_name(request.name, "name", *BATCH)))
+        row = self._store.get_batch_job(names.check_name(request.name, "name", *BATCH))
+        auth.authorize_resource(row.solution_version)
+        return to_batch_job(row)
 
     def ListBatchInferenceJobs(  # noqa: N802
         self, request: api.ListBatchInferenceJobsRequest, context: grpc.ServicerContext
     ) -> api.ListBatchInferenceJobsResponse:
         version = request.solution_version
         if version:
-            names.check_name(version, "solution_version", "solutions", "versions")
+            auth.authorize_resource(names.check_name(version, "solution_version", "solutions", "versions"))
         rows, token = pagination.paged(
             request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after)
         )
         return api.ListBatchInferenceJobsResponse(
-            batch_inference_jobs=[to_batch_job(r) for r in rows], next_page_token=token
+            batch_inference_jobs=[
+                to_batch_job(r) for r in rows if version or auth.visible_resource(r.solution_version)
+            ],
+            next_page_token=token,
         )
 
 

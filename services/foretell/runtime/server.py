@@ -13,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 
+from foretell.core import tls
+from foretell.core.auth import auth_interceptor, peer_resolver
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
 from foretell.core.metrics import MetricsServer, TelemetryInterceptor
@@ -75,10 +77,11 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     except SchemaNotCurrent as error:
         engine.dispose()
         raise SystemExit(f"cannot start: {error}") from None
+    guard = auth_interceptor(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         # Telemetry outermost: it times and counts every call, those the inner ones refuse included.
-        interceptors=[TelemetryInterceptor(), ErrorInterceptor()],
+        interceptors=[TelemetryInterceptor(), ErrorInterceptor(), *([guard] if guard else [])],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -87,10 +90,12 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         ],
     )
     # Bound before the services are added: they need the address to call their peers here.
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = tls.add_port(server, settings, f"{settings.host}:{settings.port}")
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
     peers = Peers(settings, f"{_dialable(settings.host)}:{port}")
+    if guard:
+        guard.resolver = peer_resolver(peers.channel)
     operations = OperationStore(engine)
     closers: list[Callable[[bool], None]] = []
     before_stop: list[Callable[[], None]] = []

@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 from google.longrunning import operations_pb2
 
-from foretell.core import names, pagination
+from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
-from foretell.core.errors import FailedPrecondition, Violations, invalid
+from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.forecasting.frequency import Frequency
@@ -127,7 +127,7 @@ class ForecastingRpcs:
     ) -> operations_pb2.Operation:
         predictor_id = names.check_id(request.predictor_id, "predictor_id")
         p = request.predictor
-        group = names.check_name(p.dataset_group, "predictor.dataset_group", "datasetGroups")
+        group = auth.allowed(names.check_name(p.dataset_group, "predictor.dataset_group", "datasetGroups"))
         check_predictor(p)
         names.check_request_id(request.request_id)
         self._check_group(group, "predictor.dataset_group", dataset_pb2.DOMAIN_FORECASTING)
@@ -161,23 +161,27 @@ class ForecastingRpcs:
             raise FailedPrecondition(f"dataset group {group!r} has no target time series yet; import some first")
 
     def GetPredictor(self, request: api.GetPredictorRequest, context: grpc.ServicerContext) -> pb.Predictor:  # noqa: N802
-        return convert.predictor(self._store.get_predictor(names.check_name(request.name, "name", *PREDICTOR)))
+        row = self._store.get_predictor(names.check_name(request.name, "name", *PREDICTOR))
+        auth.authorize(row.dataset_group)
+        return convert.predictor(row)
 
     def ListPredictors(  # noqa: N802
         self, request: api.ListPredictorsRequest, context: grpc.ServicerContext
     ) -> api.ListPredictorsResponse:
         group = request.dataset_group
         if group:
-            names.check_name(group, "dataset_group", "datasetGroups")
+            auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
         rows, token = pagination.paged(
             request, f"predictors:{group}", lambda n, after: self._store.list_predictors(group, n, after)
         )
-        return api.ListPredictorsResponse(predictors=[convert.predictor(r) for r in rows], next_page_token=token)
+        return api.ListPredictorsResponse(
+            predictors=[convert.predictor(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        )
 
     def DeletePredictor(  # noqa: N802
         self, request: api.DeletePredictorRequest, context: grpc.ServicerContext
     ) -> api.DeletePredictorResponse:
-        name = names.check_name(request.name, "name", *PREDICTOR)
+        name = self._authorized_predictor(names.check_name(request.name, "name", *PREDICTOR))
 
         def delete() -> api.DeletePredictorResponse:
             self._artifacts.delete(self._store.delete_predictor(name).artifact_uri)
@@ -185,8 +189,20 @@ class ForecastingRpcs:
 
         return self._idem.run("DeletePredictor", request.request_id, api.DeletePredictorResponse, delete)
 
+    def _authorized_predictor(self, name: str) -> str:
+        """`name` of a predictor, once the caller may use its dataset group."""
+        if auth.restricted():
+            auth.authorize(self._store.get_predictor(name).dataset_group)
+        return name
+
+    def _authorized_forecast(self, name: str) -> str:
+        if auth.restricted():
+            self._authorized_predictor(self._store.get_forecast(name).predictor)
+        return name
+
     def _succeeded_predictor(self, name: str) -> Any:
         row = self._store.get_predictor(name)
+        auth.authorize(row.dataset_group)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"predictor {name!r} is {row.state}; this needs it SUCCEEDED")
         return row
@@ -247,23 +263,35 @@ class ForecastingRpcs:
         return self._idem.run("CreateForecast", request.request_id, operations_pb2.Operation, start)
 
     def GetForecast(self, request: api.GetForecastRequest, context: grpc.ServicerContext) -> pb.Forecast:  # noqa: N802
-        return convert.forecast(self._store.get_forecast(names.check_name(request.name, "name", *FORECAST)))
+        name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
+        return convert.forecast(self._store.get_forecast(name))
 
     def ListForecasts(  # noqa: N802
         self, request: api.ListForecastsRequest, context: grpc.ServicerContext
     ) -> api.ListForecastsResponse:
         predictor = request.predictor
         if predictor:
-            names.check_name(predictor, "predictor", *PREDICTOR)
+            self._authorized_predictor(names.check_name(predictor, "predictor", *PREDICTOR))
         rows, token = pagination.paged(
             request, f"forecasts:{predictor}", lambda n, after: self._store.list_forecasts(predictor, n, after)
         )
-        return api.ListForecastsResponse(forecasts=[convert.forecast(r) for r in rows], next_page_token=token)
+        return api.ListForecastsResponse(
+            forecasts=[convert.forecast(r) for r in rows if predictor or self._visible_forecast(r.predictor)],
+            next_page_token=token,
+        )
+
+    def _visible_forecast(self, predictor: str) -> bool:
+        if not auth.restricted():
+            return True
+        try:
+            return auth.visible(self._store.get_predictor(predictor).dataset_group)
+        except NotFound:
+            return False
 
     def DeleteForecast(  # noqa: N802
         self, request: api.DeleteForecastRequest, context: grpc.ServicerContext
     ) -> api.DeleteForecastResponse:
-        name = names.check_name(request.name, "name", *FORECAST)
+        name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
 
         def delete() -> api.DeleteForecastResponse:
             self._artifacts.delete(self._store.delete_forecast(name).artifact_uri)
@@ -274,7 +302,7 @@ class ForecastingRpcs:
     def ExportForecast(  # noqa: N802
         self, request: api.ExportForecastRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
-        name = names.check_name(request.name, "name", *FORECAST)
+        name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
         names.check_request_id(request.request_id)
         if request.destination_uri:
             destination = request.destination_uri

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.longrunning import operations_pb2
 
-from foretell.core import names, pagination
+from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
 from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
@@ -91,7 +91,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     def CreateSolution(self, request: api.CreateSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
         solution_id = names.check_id(request.solution_id, "solution_id")
         s = request.solution
-        group = names.check_name(s.dataset_group, "solution.dataset_group", "datasetGroups")
+        group = auth.allowed(names.check_name(s.dataset_group, "solution.dataset_group", "datasetGroups"))
         if s.recipe not in RECIPES:
             raise invalid("solution.recipe", f"unknown recipe {s.recipe[:64]!r}; one of {', '.join(RECIPES)}")
         try:
@@ -132,23 +132,28 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             raise invalid(field_name, f"must be a dataset group of domain {dataset_pb2.Domain.Name(domain)}")
 
     def GetSolution(self, request: api.GetSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
-        return convert.solution(self._store.get_solution(names.check_name(request.name, "name", *SOLUTION)))
+        row = self._store.get_solution(names.check_name(request.name, "name", *SOLUTION))
+        auth.authorize(row.dataset_group)
+        return convert.solution(row)
 
     def ListSolutions(  # noqa: N802
         self, request: api.ListSolutionsRequest, context: grpc.ServicerContext
     ) -> api.ListSolutionsResponse:
         group = request.dataset_group
         if group:
-            names.check_name(group, "dataset_group", "datasetGroups")
+            auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
         rows, token = pagination.paged(
             request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after)
         )
-        return api.ListSolutionsResponse(solutions=[convert.solution(r) for r in rows], next_page_token=token)
+        return api.ListSolutionsResponse(
+            solutions=[convert.solution(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        )
 
     def DeleteSolution(  # noqa: N802
         self, request: api.DeleteSolutionRequest, context: grpc.ServicerContext
     ) -> api.DeleteSolutionResponse:
         name = names.check_name(request.name, "name", *SOLUTION)
+        auth.authorize(self._store.get_solution(name).dataset_group)
 
         def delete() -> api.DeleteSolutionResponse:
             for version in self._store.delete_solution(name):
@@ -173,6 +178,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         mode = "UPDATE" if request.training_mode == pb.TRAINING_MODE_UPDATE else "FULL"
         names.check_request_id(request.request_id)
         solution = self._store.get_solution(parent)
+        auth.authorize(solution.dataset_group)
         if mode == "UPDATE" and self._store.latest_succeeded_version(parent) is None:
             raise FailedPrecondition(
                 f"solution {parent!r} has no trained version to update; train one with TRAINING_MODE_FULL first"
@@ -196,6 +202,12 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
 
         return self._idem.run("CreateSolutionVersion", request.request_id, operations_pb2.Operation, start)
 
+    def _authorized_version(self, name: str) -> str:
+        """`name` of a solution version, once the caller may use its solution's dataset group."""
+        if auth.restricted():
+            auth.authorize(self._store.get_solution(name.rsplit("/versions/", 1)[0]).dataset_group)
+        return name
+
     def _check_interactions(self, group: str) -> None:
         listed = self._datasets.ListDatasets(
             dataset_service_pb2.ListDatasetsRequest(parent=group, page_size=100), timeout=10
@@ -207,13 +219,14 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     def GetSolutionVersion(  # noqa: N802
         self, request: api.GetSolutionVersionRequest, context: grpc.ServicerContext
     ) -> pb.SolutionVersion:
-        return convert.solution_version(self._store.get_version(names.check_name(request.name, "name", *VERSION)))
+        name = names.check_name(request.name, "name", *VERSION)
+        return convert.solution_version(self._store.get_version(self._authorized_version(name)))
 
     def ListSolutionVersions(  # noqa: N802
         self, request: api.ListSolutionVersionsRequest, context: grpc.ServicerContext
     ) -> api.ListSolutionVersionsResponse:
         parent = names.check_name(request.parent, "parent", *SOLUTION)
-        self._store.get_solution(parent)
+        auth.authorize(self._store.get_solution(parent).dataset_group)
         rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
         return api.ListSolutionVersionsResponse(
             solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token
@@ -222,7 +235,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     def DeleteSolutionVersion(  # noqa: N802
         self, request: api.DeleteSolutionVersionRequest, context: grpc.ServicerContext
     ) -> api.DeleteSolutionVersionResponse:
-        name = names.check_name(request.name, "name", *VERSION)
+        name = self._authorized_version(names.check_name(request.name, "name", *VERSION))
 
         def delete() -> api.DeleteSolutionVersionResponse:
             self._artifacts.delete(self._store.delete_version(name).artifact_uri)
@@ -233,7 +246,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     def GetSolutionMetrics(  # noqa: N802
         self, request: api.GetSolutionMetricsRequest, context: grpc.ServicerContext
     ) -> api.GetSolutionMetricsResponse:
-        row = self._store.get_version(names.check_name(request.name, "name", *VERSION))
+        row = self._store.get_version(self._authorized_version(names.check_name(request.name, "name", *VERSION)))
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"solution version {row.name!r} is {row.state}; metrics exist once it SUCCEEDED")
         return api.GetSolutionMetricsResponse(metrics=convert.solution_metrics(row))

@@ -101,7 +101,7 @@ def service_config(timeout: float, upload_timeout: float) -> dict[str, Any]:
                 "name": [{"service": _UPLOAD_METHOD[0], "method": _UPLOAD_METHOD[1]}],
                 "timeout": _duration(max(timeout, upload_timeout)),
             },
-        ]
+        ],
     }
 
 

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
@@ -15,6 +16,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf import message as _message
 
+from foretell.client._auth import MetadataInterceptor, auth_metadata, tls_credentials
 from foretell.client._channel import ChannelOptions, create_channel
 from foretell.client.errors import ForetellError, raise_for_operation
 from foretell.v1 import (
@@ -156,15 +158,32 @@ class Client:
         upload_timeout: float = 3600.0,
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions = (),
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        api_key: str | None = None,
+        bearer_token: str | None = None,
     ) -> None:
+        """``tls=True`` (implied by any of the PEM arguments, bytes or a file path) connects over TLS,
+        trusting ``root_certificates`` (default: the system roots); ``certificate_chain`` and
+        ``private_key`` are the client certificate for mutual TLS. ``api_key`` (sent as ``x-api-key``)
+        or ``bearer_token`` (``authorization: Bearer``) goes with every call. ``credentials`` replaces
+        the TLS arguments with any channel credentials.
+        """
         if timeout <= 0 or upload_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.target = target
         self.timeout = timeout
         self.upload_timeout = upload_timeout
+        if credentials is None and (tls or root_certificates or certificate_chain or private_key):
+            credentials = tls_credentials(root_certificates, certificate_chain, private_key)
+        metadata = auth_metadata(api_key, bearer_token)
         self.channel: grpc.Channel = create_channel(
             target, timeout=timeout, upload_timeout=upload_timeout, credentials=credentials, options=options
         )
+        if metadata:
+            self.channel = grpc.intercept_channel(self.channel, MetadataInterceptor(metadata))
         self.datasets = dataset_service_pb2_grpc.DatasetServiceStub(self.channel)
         self.training = training_service_pb2_grpc.TrainingServiceStub(self.channel)
         self.recommendations = recommendation_service_pb2_grpc.RecommendationServiceStub(self.channel)
