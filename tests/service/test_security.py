@@ -23,11 +23,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pydantic import SecretStr
 
 from foretell.cli.main import cli
 from foretell.client import Client, ForetellError, operation_response
 from foretell.core import auth
-from foretell.core.settings import Settings
+from foretell.core.settings import ServiceName, Settings
 from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
@@ -696,3 +697,39 @@ def test_oversized_messages_and_uploads_are_refused_and_the_server_keeps_serving
         )
         assert "chunk" in violations_of(status)
         assert _list_groups(client) == [group.name]
+
+
+# ---- services in separate servers --------------------------------------------------------------------
+
+
+def test_services_apart_call_each_other_with_the_shared_internal_key(tmp_path: Path, running: list[App]) -> None:
+    keys = write_keys(tmp_path / "keys.json")
+
+    def start(name: str, services: list[ServiceName], internal: str, dataset_target: str = "") -> str:
+        settings = Settings(
+            port=0,
+            data_dir=tmp_path / name,
+            api_keys_file=keys,
+            internal_api_key=SecretStr(internal),
+            dataset_target=dataset_target,
+        )
+        app = create_server(settings, services)
+        app.start()
+        running.append(app)
+        return f"127.0.0.1:{app.port}"
+
+    dataset = start("dataset", ["dataset"], "shared-internal-key-0123456789")
+    training = start("training", ["training"], "shared-internal-key-0123456789", dataset_target=dataset)
+    stale = start("stale", ["training"], "another-internal-key-987654321", dataset_target=dataset)
+    with Client(dataset, api_key=KEY_A, timeout=10) as data:
+        data.create_dataset_group("shop-a", dpb.DOMAIN_RECOMMENDATION)
+    # CreateSolution checks the group with DatasetService.GetDatasetGroup on the peer channel.
+    with Client(training, api_key=KEY_A, timeout=10) as client:
+        assert client.create_solution("pop", "datasetGroups/shop-a", "popularity-count").name == "solutions/pop"
+        expect_code(lambda: client.create_solution("pop-b", "datasetGroups/shop-b", "popularity-count"), DENIED)
+    # A service with another internal key is refused by its peer: the call fails (how it reads is up to the
+    # calling servicer), and neither key shows in the answer.
+    with Client(stale, api_key=KEY_A, timeout=10) as client, pytest.raises(ForetellError) as refused:
+        client.create_solution("pop", "datasetGroups/shop-a", "popularity-count")
+    assert refused.value.code != grpc.StatusCode.OK
+    assert "internal-key" not in str(refused.value)

@@ -130,7 +130,7 @@ def allowed(name: str) -> str:
 
 
 def group_in_name(name: str) -> str | None:
-    """ "datasetGroups/{g}" for names under a dataset group, else None."""
+    """The "datasetGroups/{g}" prefix of a name under a dataset group, else None."""
     if not name.startswith("datasetGroups/"):
         return None
     return "/".join(name.split("/", 2)[:2])
