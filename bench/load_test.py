@@ -717,6 +717,48 @@ def per_second(calls: np.ndarray, t0: float) -> list[dict[str, Any]]:
     return out
 
 
+def failure_summary(failures: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    """Failed calls by RPC and status code: how many, when (s from the start of measuring), how fast, details."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in failures:
+        groups.setdefault((f["rpc"], f["code"]), []).append(f)
+    out = []
+    for (rpc, code), fs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        after = np.array([f["after_ms"] for f in fs])
+        out.append(
+            {
+                "rpc": rpc,
+                "code": code,
+                "count": len(fs),
+                "first_s": min(f["time"] for f in fs) - t0,
+                "last_s": max(f["time"] for f in fs) - t0,
+                "after_ms_p50": float(np.percentile(after, 50)),
+                "after_ms_max": float(after.max()),
+                "details": sorted({f["details"] for f in fs})[:3],
+            }
+        )
+    return out
+
+
+def phases(calls: np.ndarray, bounds: list[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    """p50/p99 and failures per RPC in named windows of the run (wall-clock [start, end) of the scheduled time)."""
+    out = []
+    for name, start, end in bounds:
+        rows = calls[(calls[:, 0] >= start) & (calls[:, 0] < end)]
+        entry: dict[str, Any] = {"phase": name, "seconds": end - start, "calls": len(rows)}
+        for i, rpc in enumerate(RPCS):
+            mine = rows[rows[:, 1] == i]
+            ok = mine[mine[:, 3] == 1][:, 2]
+            entry[rpc] = {
+                "calls": len(mine),
+                "failed": int((mine[:, 3] == 0).sum()),
+                "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
+                "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
+            }
+        out.append(entry)
+    return out
+
+
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -767,6 +809,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{checks}; re-run {kill.get('rerun', {}).get('state')} in {fmt(kill.get('rerun', {}).get('seconds'), 1)} s."
         + (f" ERROR: {kill['error']}" if kill.get("error") else "")
     )
+    if report["failures_by_code"]:
+        lines.append("")
+        lines.append(
+            "| failed RPC | code | calls | seconds into the run | ms after the scheduled send (p50 / max) | details |"
+        )
+        lines.append("|---|---|---:|---|---|---|")
+        for f in report["failures_by_code"]:
+            lines.append(
+                f"| {f['rpc']} | {f['code']} | {f['count']:,} | {f['first_s']:.0f}-{f['last_s']:.0f} | "
+                f"{f['after_ms_p50']:,.0f} / {f['after_ms_max']:,.0f} | {'; '.join(f['details'])[:120]} |"
+            )
+    lines.append("")
+    lines.append("| phase | s | " + " | ".join(f"{r} p50 / p99 ms (failed)" for r in RPCS) + " |")
+    lines.append("|---|---:|" + "---|" * len(RPCS))
+    for ph in report["phases"]:
+        cells = [f"{fmt(ph[r]['p50_ms'], 0)} / {fmt(ph[r]['p99_ms'], 0)} ({ph[r]['failed']})" for r in RPCS]
+        lines.append(f"| {ph['phase']} | {ph['seconds']:.0f} | " + " | ".join(cells) + " |")
+    lines.append("")
     if report["expected_failures"]:
         lines.append(
             "Expected failures: "
@@ -926,6 +986,15 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"the server exited with {code} on SIGTERM")
 
     calls = np.concatenate([r["timeline"] for r in run_results])
+    end = t0 + args.minutes * 60
+    windows = [("before the hot swap", t0, swap["began"]), ("hot swap", swap["began"], swap["ended"])]
+    if kill.get("ended"):
+        windows += [("after the swap, before training", swap["ended"], kill["began"]),
+                    ("kill and re-run (training)", kill["began"], min(kill["ended"], end)),
+                    ("after the re-run", kill["ended"], end)]  # fmt: skip
+    else:
+        windows.append(("after the hot swap", swap["ended"], end))
+    windows = [w for w in windows if w[2] > w[1]]
     if args.timeline:
         np.save(args.timeline, calls)
     report = {
@@ -946,6 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_log": log_problems,
         "anomalies": anomalies,
         "per_second": per_second(calls, t0),
+        "failures_by_code": failure_summary(all_failures, t0),
+        "phases": phases(calls, windows),
         "problems": problems,
         "passed": not problems,
         "total_seconds": time.time() - began,
