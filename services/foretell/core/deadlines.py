@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
-from google.rpc import code_pb2
 
 from foretell.core import tracing
-from foretell.core.errors import ForetellError
+from foretell.core.errors import DeadlineExceeded
 
 # time.monotonic() at which the current RPC's caller stops waiting; None outside a handler or
 # when the caller set no deadline.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("foretell_deadline", default=None)
-
-
-class DeadlineExceeded(ForetellError):
-    code = code_pb2.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
 
 
 def remaining() -> float | None:
@@ -47,29 +40,8 @@ def cap(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def check() -> None:
-    """For long handler loops: DeadlineExceeded once the caller stopped waiting."""
-    left = remaining()
-    if left is not None and left <= 0:
-        raise DeadlineExceeded("the caller's deadline passed before the work was done")
-
-
-@contextmanager
-def scope(time_remaining: float | None) -> Iterator[None]:
-    """Records the deadline `time_remaining` seconds from now for the code run inside."""
-    token = _deadline.set(None if time_remaining is None else time.monotonic() + time_remaining)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def current() -> float | None:
-    """The recorded deadline itself (monotonic seconds), to carry it into a streamed response."""
-    return _deadline.get()
-
-
 def restore(deadline: float | None) -> contextvars.Token[float | None]:
+    """Records `deadline` (time.monotonic() seconds, None: unbounded) for this thread until `release`."""
     return _deadline.set(deadline)
 
 

@@ -97,6 +97,20 @@ class Aborted(ForetellError):
     reason = "ABORTED"
 
 
+class ResourceExhausted(ForetellError):
+    """A bounded queue or quota is full; the client may retry later."""
+
+    code = code_pb2.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ForetellError):
+    """The caller's deadline passed before the work (a peer call, a long loop) was done."""
+
+    code = code_pb2.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(ForetellError):
     """A peer service did not answer; the caller may retry."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,7 @@ from google.rpc import code_pb2
 from sqlalchemy.engine import Row
 
 from foretell.core import metrics
-from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
 from foretell.dataset.importer import Importer, export_csv
@@ -25,12 +26,22 @@ log = logging.getLogger("foretell.dataset.jobs")
 
 class DatasetJobs:
     def __init__(
-        self, store: DatasetStore, operations: OperationStore, workers: int, batch_rows: int, max_violations: int
+        self,
+        store: DatasetStore,
+        operations: OperationStore,
+        workers: int,
+        batch_rows: int,
+        max_violations: int,
+        max_queued_imports: int = 32,
     ) -> None:
         self._store = store
         self._ops = operations
         self._importer = Importer(store, batch_rows, max_violations)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dataset-job")
+        # Imports accepted but not started: each holds its upload on disk, so their number is bounded.
+        self._max_queued = max_queued_imports
+        self._queued = 0
+        self._queued_lock = threading.Lock()
 
     def recover(self) -> None:
         """Fails jobs a stopped server left unfinished and drops their staged rows."""
@@ -57,10 +68,22 @@ class DatasetJobs:
         remove_file: bool,
     ) -> operations_pb2.Operation:
         job = f"{dataset.name}/importJobs/{job_id}"
-        operation = self._ops.create(job, "import")
-        self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
+        with self._queued_lock:
+            if self._queued >= self._max_queued:
+                raise ResourceExhausted(
+                    f"{self._queued} imports are already waiting for an import worker; retry once some have "
+                    "finished (FORETELL_MAX_QUEUED_IMPORTS)"
+                )
+            self._queued += 1
+        try:
+            operation = self._ops.create(job, "import")
+            self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
+        except BaseException:
+            self._started()
+            raise
 
         def work() -> None:
+            self._started()
             self._store.update_import_job(job, state="RUNNING")
             try:
                 outcome = self._importer.run(
@@ -81,6 +104,10 @@ class DatasetJobs:
 
         self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v))
         return self._ops.get(operation.name)
+
+    def _started(self) -> None:
+        with self._queued_lock:
+            self._queued -= 1
 
     def start_export(
         self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, path: Path

@@ -32,7 +32,12 @@ def add_dataset_service(
     """
     store = DatasetStore(engine)
     jobs = DatasetJobs(
-        store, operations, settings.import_workers, settings.import_batch_rows, settings.max_reported_violations
+        store,
+        operations,
+        settings.import_workers,
+        settings.import_batch_rows,
+        settings.max_reported_violations,
+        settings.max_queued_imports,
     )
     jobs.recover()
     bell = EventBell()
