@@ -530,6 +530,9 @@ def test_malformed_utf8_in_request_names_the_field(stubs: Stubs, group: Group) -
         "/foretell.v1.DatasetService/PutEvents", request_serializer=lambda b: b, response_deserializer=lambda b: b
     )
     expect_error(lambda: call(raw, timeout=5), INVALID, "session_id")
+    # Bytes that are no message at all (a bad wire type) are not blamed on UTF-8.
+    status = expect_error(lambda: call(b"\x0f", timeout=5), INVALID, "request")
+    assert "not a valid protobuf message" in status.message
 
 
 def test_health_and_restart_recovery(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -63,6 +63,9 @@ def test_find_bad_field_names_nested_repeated_strings() -> None:
     assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, good) == ""
     broken = good.replace(b"X", b"\xff")
     assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, broken) == "events[1].item_id"
+    # Regression: broken structure (truncated, bad wire type) was reported as invalid UTF-8 in "request".
+    for structure in (good[:-3] + b"\x12\x7f", b"\x0f", b"\xff" * 11):
+        assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, structure) == ""
 
 
 def test_settings_defaults_and_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -42,7 +42,7 @@ def find_bad_field(descriptor: Descriptor, data: bytes, path: str = "") -> str:
                 pos += 4
                 continue
             if wire != 2:
-                return path or "request"
+                return ""  # a group or no wire type at all: broken structure, not a string
             length, pos = _varint(data, pos)
             chunk, pos = data[pos : pos + length], pos + length
             field = descriptor.fields_by_number.get(number)
@@ -64,5 +64,5 @@ def find_bad_field(descriptor: Descriptor, data: bytes, path: str = "") -> str:
                 if found:
                     return found
     except ValueError:
-        return path or "request"
+        return ""  # truncated: broken structure, not a string
     return ""
