@@ -473,6 +473,7 @@ class DeepAr:
         rng = np.random.default_rng(self.seed)
         weights = lengths / lengths.sum()  # long series get proportionally more windows
         steps = max(1, math.ceil(lengths.sum() / self.horizon / self.batch_size))
+        distributed.check_same_settings(self._hyper_parameters())
         distributed.check_same("the number of training steps per epoch", steps)
         distributed.seed_local_randomness(self.seed)
         spread = distributed.current().active

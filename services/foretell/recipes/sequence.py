@@ -253,6 +253,7 @@ class Sequence(Recommender):
                 init(net)
             net.to(device)
             inputs, targets = _windows(_user_sequences(data), p["max_len"], p["horizon"])
+            distributed.check_same_settings(p)
             distributed.check_same("the number of training windows", len(inputs))
             distributed.seed_local_randomness(p["seed"])
             if len(inputs) == 0:

@@ -18,11 +18,14 @@ This module imports torch only (no gRPC): the ML core imports it.
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,6 +189,13 @@ def check_same(name: str, value: int) -> None:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if int(low) != int(high):
         raise RuntimeError(f"the {ctx.world_size} training processes disagree on {name} ({int(low)}..{int(high)})")
+
+
+def check_same_settings(settings: dict[str, Any]) -> None:
+    """`check_same` on a checksum of `settings` (JSON): catches ranks that would train different models
+    in lockstep, e.g. after a hyper-parameter search that chose differently on two ranks."""
+    if current().active:
+        check_same("the training settings", zlib.crc32(json.dumps(settings, sort_keys=True, default=str).encode()))
 
 
 def barrier() -> None:

@@ -172,6 +172,9 @@ def _run_rank(job_dir: Path, spec: dict[str, Any], ctx: distributed.Context) -> 
     from foretell.training import distributed
 
     _die_with_parent()
+    # Left by an earlier attempt of this job (a pod retried after eviction); the session's rendezvous
+    # below waits for every rank, so no rank of this attempt has written one yet.
+    rank_error_path(job_dir, ctx.rank).unlink(missing_ok=True)
     scratch = job_dir / f"rank-{ctx.rank}"
     progress: Callable[..., None] = ProgressFile(job_dir / "progress.jsonl") if ctx.is_main else _no_progress
     if ctx.is_main:
