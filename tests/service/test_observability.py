@@ -6,6 +6,7 @@ other tests in this process add to it, so the assertions compare scrapes before 
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
+from foretell.core import tracing
 from foretell.core.settings import Settings
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import forecast_query_service_pb2, forecast_query_service_pb2_grpc, training_pb2
@@ -138,6 +140,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         trace.set_tracer_provider(provider)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    time.sleep(tracing.PROVIDER_RECHECK_SECONDS)  # running servers notice a provider set after they started
     yield exporter
     exporter.shutdown()  # stops recording: other tests' spans are not kept
 

@@ -118,27 +118,53 @@ def _final_code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
     return grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
 
 
+class _Method:
+    """One method's labelled metrics, looked up once: `labels()` costs more than the update itself."""
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = RPC_STARTED.labels(*labels)
+        self.seconds = RPC_SECONDS.labels(*labels)
+        self.in_flight = RPC_IN_FLIGHT.labels(labels[1], labels[2])
+        self.handled: dict[grpc.StatusCode, Any] = {}
+
+    def finished(self, code: grpc.StatusCode) -> Any:
+        counter = self.handled.get(code)
+        if counter is None:
+            counter = self.handled[code] = RPC_HANDLED.labels(*self.labels, code.name)
+        return counter
+
+
+_methods: dict[tuple[str, str, str], _Method] = {}
+
+
+def _method(labels: tuple[str, str, str]) -> _Method:
+    found = _methods.get(labels)
+    if found is None:
+        found = _methods.setdefault(labels, _Method(labels))
+    return found
+
+
 class _Call:
     """One RPC's metrics and span; `end` runs once, whichever way the call finishes."""
 
-    def __init__(self, labels: tuple[str, str, str], context: grpc.ServicerContext, span: Any) -> None:
-        self.labels = labels
-        self.context = context
+    def __init__(self, method: _Method, span: Any) -> None:
+        self.method = method
         self.span = span
         self.start = time.perf_counter()
         self._ended = False
         self._lock = threading.Lock()
-        RPC_STARTED.labels(*labels).inc()
-        RPC_IN_FLIGHT.labels(labels[1], labels[2]).inc()
+        method.started.inc()
+        method.in_flight.inc()
 
     def end(self, code: grpc.StatusCode) -> None:
         with self._lock:
             if self._ended:
                 return
             self._ended = True
-        RPC_SECONDS.labels(*self.labels).observe(time.perf_counter() - self.start)
-        RPC_HANDLED.labels(*self.labels, code.name).inc()
-        RPC_IN_FLIGHT.labels(self.labels[1], self.labels[2]).dec()
+        self.method.seconds.observe(time.perf_counter() - self.start)
+        self.method.finished(code).inc()
+        self.method.in_flight.dec()
         tracing.end_server_span(self.span, code)
 
 
@@ -155,12 +181,12 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             return None
         method = details.method
         service, _, name = method.lstrip("/").partition("/")
-        labels = (_kind(handler), service, name)
+        method_metrics = _method((_kind(handler), service, name))
         metadata = details.invocation_metadata
 
         def wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(labels, context, tracing.start_server_span(method, metadata))
+                call = _Call(method_metrics, tracing.start_server_span(method, metadata))
                 deadline = deadlines.restore(_deadline_of(context))
                 span_token = tracing.activate(call.span)
                 try:

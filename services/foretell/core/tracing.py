@@ -9,6 +9,7 @@ the RPC semantic conventions: rpc.system, rpc.service, rpc.method, rpc.grpc.stat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, MutableSequence
 from typing import Any
 
@@ -28,9 +29,26 @@ _SERVER_ERRORS = {
 }
 
 
+# Without a provider, how often `enabled` looks again (the look costs an environment lookup per RPC).
+PROVIDER_RECHECK_SECONDS = 1.0
+_checked_at = -PROVIDER_RECHECK_SECONDS
+_enabled = False
+
+
 def enabled() -> bool:
-    """Whether a real tracer provider is configured (the API's default proxy and no-op record nothing)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    """Whether a real tracer provider is configured (the API's default proxy and no-op record nothing).
+
+    Asked on every RPC, so the answer is cached: a provider, once set, stays (the API sets it only once);
+    one set while the server runs is noticed within PROVIDER_RECHECK_SECONDS."""
+    global _checked_at, _enabled
+    if _enabled:
+        return True
+    now = time.monotonic()
+    if now - _checked_at >= PROVIDER_RECHECK_SECONDS:
+        _checked_at = now
+        provider = trace.get_tracer_provider()
+        _enabled = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return _enabled
 
 
 def _attributes(method: str) -> dict[str, str]:
