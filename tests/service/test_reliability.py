@@ -124,6 +124,18 @@ def _in_flight(service: str, method: str) -> float:
     return REGISTRY.get_sample_value("foretell_rpc_in_flight", {"grpc_service": service, "grpc_method": method}) or 0
 
 
+def test_wait_operation_with_a_huge_timeout_waits_until_the_call_deadline(stubs: Stubs) -> None:
+    # Regression (found by tests/service/test_fuzz_requests.py): seconds beyond what a timedelta holds gave INTERNAL.
+    pending = OperationStore(stubs.app.engine).create("x", "test")
+    huge = operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=2**63 - 1))
+    start = time.monotonic()
+    try:
+        assert not stubs.operations.WaitOperation(huge, timeout=2).done
+    except grpc.RpcError as exc:  # answered at the deadline, arrived just after it on a busy machine
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+    assert time.monotonic() - start > 1
+
+
 def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_server_stays_healthy(
     tmp_path: Path,
 ) -> None:

@@ -234,7 +234,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     def WaitOperation(self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext):  # noqa: N802
         name = self._authorized(request.name)
-        budget = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 60.0
+        # Not ToTimedelta(): a Duration may hold more seconds than a timedelta (OverflowError, INTERNAL).
+        timeout = request.timeout
+        budget = timeout.seconds + timeout.nanos / 1e9 if request.HasField("timeout") else 60.0
         remaining = context.time_remaining()
         deadline = time.monotonic() + min(budget, remaining - 0.05 if remaining is not None else budget)
         operation = self._store.get(name)
