@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,46 @@ def test_the_worker_under_torchrun_records_a_bad_parameter(tmp_path: Path) -> No
     assert result == {"ok": False, "error": {"code": "INVALID_ARGUMENT", "message": "hyper_parameters[heads]: "
                       "must divide dim (16)"}}  # fmt: skip
     assert not (tmp_path / "artifact" / "meta.json").exists()
+
+
+def processes_of(job_dir: Path) -> list[int]:
+    """Live processes whose command line names the job directory (torchrun and its ranks)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(job_dir).encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_stopping_torchrun_ends_every_rank_without_a_result(tmp_path: Path) -> None:
+    """What LocalLauncher.stop does (SIGTERM to the worker's process group), mid-training."""
+    job_dir = solution_job(tmp_path, "sequence", {"max_len": "12", "dim": "16", "epochs": "1000"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    with (job_dir / "worker.log").open("wb") as log:
+        child = subprocess.Popen(
+            worker.worker_command(job_dir, WORLD), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        progress = job_dir / "progress.jsonl"
+        deadline = time.monotonic() + 120
+        while not (progress.exists() and "epoch" in progress.read_text()):
+            assert child.poll() is None and time.monotonic() < deadline, (job_dir / "worker.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert len(processes_of(job_dir)) == 1 + WORLD  # torchrun and its ranks, in sessions of their own
+        os.killpg(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=60) != 0
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while processes_of(job_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(job_dir) == []
+    assert not (job_dir / "result.json").exists()  # stopped from outside: no verdict, as for one process
+    assert not list(job_dir.glob("rank-*"))
 
 
 def test_a_job_without_torch_runs_once_under_torchrun(tmp_path: Path) -> None:
