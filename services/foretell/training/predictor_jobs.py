@@ -16,7 +16,7 @@ from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import is_s3, path_of, uri_of
 from foretell.core.resources import now
 from foretell.forecasting.automl import DEFAULT_CANDIDATES, DEFAULT_WINDOWS
-from foretell.training import convert
+from foretell.training import convert, shards
 from foretell.training.snapshot import new_snapshot_dir, take_snapshot
 from foretell.training.store import TrainingStore
 from foretell.v1 import training_pb2 as pb
@@ -121,6 +121,8 @@ class PredictorJobs(_ModelJobs):
             artifact_dir=str(self.artifact_dir(row.name)),
             workers=self._workers,
         )
+        # Large per-series predictors run as shards: foretell.training.shards.
+        spec["shards"] = shards.plan_snapshot(spec, snapshot, self._artifacts.settings)
         _write_spec(job_dir, spec)
 
     def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
