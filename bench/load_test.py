@@ -156,6 +156,29 @@ def stop_server(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+def server_handled(metrics_port: int) -> dict[str, dict[str, float]] | None:
+    """The server's own count of the load's RPCs by status code (Prometheus grpc_server_handled_total), or None
+    when it exports no metrics. Calls refused by the concurrency limit never reach it (docs/observability.md)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name not in ("grpc_server_handled_total", "grpc_server_handling_seconds_sum"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+        method = labels.get("grpc_method", "").strip('"')
+        if method in RPCS:
+            # By code; "handler_seconds": the time the handlers themselves ran (queueing before them excluded).
+            key = labels.get("grpc_code", "").strip('"') if name.endswith("_total") else "handler_seconds"
+            out.setdefault(method, {})[key] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def server_log_problems(path: Path, limit: int = 10) -> dict[str, Any]:
     """ERROR/CRITICAL lines of the server's JSON log: evidence for any server-side failure."""
     count, samples = 0, []
@@ -595,7 +618,8 @@ def kill_worker_and_retrain(client: Any, solution: str, campaign: str, serving: 
         # Mid-run: once the worker has written its first progress line (its data loaded, fitting begun).
         job_dir = Path(argv[-1])
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (job_dir / "progress.jsonl").exists():
+        progress_file = job_dir / "progress.jsonl"
+        while time.monotonic() < deadline and not (progress_file.exists() and progress_file.stat().st_size > 0):
             time.sleep(0.002)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
@@ -837,6 +861,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['server_log']['error_lines']}; anomalies: {len(report['anomalies'])}. "
         f"Verdict: **{'PASS' if report['passed'] else 'FAIL'}**."
     )
+    if report["server_handled"]:
+        parts = []
+        for rpc, codes in report["server_handled"].items():
+            handled = {code: n for code, n in codes.items() if code != "handler_seconds"}
+            mean = codes.get("handler_seconds", 0.0) * 1e3 / max(sum(handled.values()), 1)
+            counts = ", ".join(f"{code} {n:,.0f}" for code, n in sorted(handled.items()))
+            parts.append(f"{rpc} {counts}, mean time in the handler {mean:.1f} ms")
+        lines.append(
+            "Server side, both phases (grpc_server_handled_total, grpc_server_handling_seconds): " + "; ".join(parts)
+        )
     for problem in report["problems"]:
         lines.append(f"- problem: {problem}")
     return "\n".join(lines)
@@ -891,9 +925,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="load-test-"))
     (workdir / "data").mkdir()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     began, load_before = time.time(), os.getloadavg()
-    server = start_server(workdir / "data", port, {})
+    server = start_server(workdir / "data", port, {"FORETELL_METRICS_PORT": str(metrics_port)})
     print(f"server pid {server.pid} on 127.0.0.1:{port}, data in {workdir / 'data'}", flush=True)
     problems: list[str] = []
     try:
@@ -926,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
             run_results = join_load(handles)
             run = summarize(run_results, mix, target)
             stored = count_stored(client, seeded["interactions_dataset"], workdir)
+            handled = server_handled(metrics_port)
     finally:
         code = stop_server(server)
     log_problems = server_log_problems(workdir / "server.log")
@@ -1013,6 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
         "unexpected_failures": unexpected,
         "failures_sample": all_failures[:20],
         "server_log": log_problems,
+        "server_handled": handled,
         "anomalies": anomalies,
         "per_second": per_second(calls, t0),
         "failures_by_code": failure_summary(all_failures, t0),
