@@ -183,6 +183,7 @@ def _run_rank(job_dir: Path, spec: dict[str, Any], ctx: distributed.Context) -> 
     else:
         # Same job, same collectives; what it would write goes to a scratch copy nobody reads.
         spec = {**spec, "artifact_dir": str(scratch / "artifact"), "output_dir": str(scratch)}
+    recorded = False
     try:
         with distributed.session(ctx):
             try:
@@ -192,32 +193,42 @@ def _run_rank(job_dir: Path, spec: dict[str, Any], ctx: distributed.Context) -> 
             except _Terminated:
                 raise
             except BaseException as exc:
-                if not ctx.is_main:
-                    # Written before this rank leaves the process group, so rank 0 finds it when its
-                    # collectives fail.
-                    log.exception("training failed on rank %d", ctx.rank)
-                    path = rank_error_path(job_dir, ctx.rank)
-                    path.with_suffix(".partial").write_text(json.dumps(_error(exc)))
-                    os.replace(path.with_suffix(".partial"), path)
-                    return 1
-                own = _error(exc)
-                # Rank 0's own verdict, unless it only saw the fallout of another rank's failure.
-                error = own if isinstance(exc, WorkerError) else _peer_error(job_dir) or own
-                log.warning("training failed", extra={"code": error["code"], "error": error["message"]})
-                _write_result(job_dir, {"ok": False, "error": error})
-                return 1
+                # Recorded before this rank leaves the process group: rank 0 finds a peer's error as soon
+                # as its collectives fail.
+                recorded = True
+                return _record_failure(job_dir, ctx, exc)
     except _Terminated:
         peer = _peer_error(job_dir)
         if peer is not None:
             _write_result(job_dir, {"ok": False, "error": peer})
         # Otherwise the job was stopped from outside: no result, as for a single worker killed.
         return 1
+    except BaseException as exc:  # joining or leaving the process group failed (no GPU LOCAL_RANK, rendezvous)
+        if recorded:
+            raise
+        return _record_failure(job_dir, ctx, exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if ctx.is_main:
         progress(1.0, "done")
         _write_result(job_dir, {"ok": True, **output})
     return 0
+
+
+def _record_failure(job_dir: Path, ctx: distributed.Context, exc: BaseException) -> int:
+    """Rank 0 writes result.json (its own error, or the peer's it saw the fallout of); another rank writes
+    JOB_DIR/rank-N.error.json for rank 0 to find."""
+    if not ctx.is_main:
+        log.exception("training failed on rank %d", ctx.rank)
+        path = rank_error_path(job_dir, ctx.rank)
+        path.with_suffix(".partial").write_text(json.dumps(_error(exc)))
+        os.replace(path.with_suffix(".partial"), path)
+        return 1
+    own = _error(exc)
+    error = own if isinstance(exc, WorkerError) else _peer_error(job_dir) or own
+    log.warning("training failed", extra={"code": error["code"], "error": error["message"]})
+    _write_result(job_dir, {"ok": False, "error": error})
+    return 1
 
 
 # ---- how many processes a job gets --------------------------------------------------------------------
