@@ -396,6 +396,14 @@ def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_p
         INVALID,
         "destination_uri",
     )
+    # Regression: a NUL in a path made Path.resolve() raise ValueError (INTERNAL).
+    expect_error(
+        lambda: stubs.datasets.ExportDataset(
+            api.ExportDatasetRequest(name=group.interactions, destination_uri="x\x00.csv")
+        ),
+        INVALID,
+        "destination_uri",
+    )
 
 
 def test_import_reports_progress_and_can_be_cancelled(stubs: Stubs, group: Group) -> None:

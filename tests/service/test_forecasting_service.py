@@ -146,6 +146,12 @@ def test_automl_predictor_accuracy_forecast_query_and_export(stubs: Stubs, tmp_p
 def test_bad_predictor_requests_name_the_field(stubs: Stubs) -> None:
     group = make_forecasting_group(stubs, "bad", daily_csv(items=2, days=30))
     t = stubs.training
+    # Regression: a NUL in the destination path made Path.resolve() raise ValueError (INTERNAL).
+    expect_error(
+        lambda: t.ExportForecast(api.ExportForecastRequest(name="forecasts/x", destination_uri="\x00"), timeout=5),
+        INVALID,
+        "destination_uri",
+    )
 
     def create(**fields: object) -> object:
         return t.CreatePredictor(api.CreatePredictorRequest(predictor_id="p", predictor=_predictor(group, **fields)))

@@ -22,6 +22,8 @@ def uri_of(path: Path) -> str:
 
 def path_of(uri: str, field: str = "uri") -> Path:
     """A filesystem path from "file:///x" or a plain path; other schemes are INVALID_ARGUMENT."""
+    if "\x00" in uri:  # no OS path holds one; Path.resolve()/open() would raise ValueError (INTERNAL)
+        raise InvalidArgument(FieldViolation(field, "must not contain a NUL character"))
     if uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
     if "://" in uri:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from foretell.core.artifacts import path_of
 from foretell.core.errors import Cancelled, FieldViolation, InvalidArgument
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.store import DatasetStore
@@ -44,12 +45,8 @@ class CountingReader(io.RawIOBase):
 
 
 def local_path(uri: str) -> Path:
-    """A filesystem path from "file:///x" or a plain path."""
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" in uri:
-        raise InvalidArgument(FieldViolation("source_uri", "only file:// URIs and paths are supported"))
-    return Path(uri)
+    """A filesystem path from "file:///x" or a plain path (INVALID_ARGUMENT for other schemes and NUL)."""
+    return path_of(uri, "source_uri")
 
 
 def _decoded_lines(binary: IO[bytes]) -> Iterator[str]:
