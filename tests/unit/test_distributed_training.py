@@ -306,6 +306,44 @@ def test_the_worker_under_torchrun_trains_a_solution_version_and_reports_once(tm
     assert sorted(p.name for p in job_dir.iterdir()) == ["progress.jsonl", "result.json", "spec.json"]
 
 
+def test_the_worker_under_torchrun_trains_a_deepar_predictor(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    days = np.datetime64("2024-01-01") + np.arange(60)
+    rows = ["ITEM_ID,TIMESTAMP,TARGET_VALUE"]
+    for i, s in enumerate(panel(n=8, length=60)):
+        rows += [f"sku{i},{day},{value:.3f}" for day, value in zip(days, s.target, strict=True)]
+    (snapshot / "target_time_series.csv").write_text("\n".join(rows) + "\n")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    spec = {
+        "kind": "predictor",
+        "candidates": ["deepar"],
+        "horizon": H,
+        "frequency": "D",
+        "quantiles": [0.1, 0.5, 0.9],
+        "dimensions": [],
+        "backtest_windows": 1,
+        "backtest_offset": H,
+        "metric": "average_wql",
+        "ensemble": False,
+        "fill_policies": [],
+        "hyper_parameters": {"epochs": "2", "hidden_size": "8", "num_layers": "1", "num_samples": "20"},
+        "snapshot_dir": str(snapshot),
+        "artifact_dir": str(tmp_path / "artifact"),
+        "workers": 1,
+    }
+    (job_dir / "spec.json").write_text(json.dumps(spec))
+    done = torchrun(job_dir)  # a backtest fit and the final fit, each DDP over the two ranks
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["ok"] is True and result["series_count"] == 8
+    assert result["accuracy"]["chosen"]["algorithm"] == "deepar"
+    model = DeepAr.load(tmp_path / "artifact" / "deepar", device="cpu")
+    assert model.hidden_size == 8 and len(model.predict(panel(n=2, length=30))) == 2
+    assert sorted(p.name for p in job_dir.iterdir()) == ["progress.jsonl", "result.json", "spec.json"]
+
+
 def test_the_worker_under_torchrun_records_a_bad_parameter(tmp_path: Path) -> None:
     job_dir = solution_job(tmp_path, "sequence", {"dim": "16", "heads": "3", "epochs": "1"})
     done = torchrun(job_dir)
