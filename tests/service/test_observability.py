@@ -6,10 +6,13 @@ other tests in this process add to it, so the assertions compare scrapes before 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import pytest
@@ -184,3 +187,37 @@ def test_rpcs_and_their_peer_calls_are_traced_as_one_trace(stubs: Stubs, spans: 
     assert recs.attributes is not None and recs.attributes["rpc.method"] == "GetRecommendations"
     assert recs.attributes["rpc.grpc.status_code"] != grpc.StatusCode.OK.value[0]
     assert recs.parent is None and recs.context.trace_id != caller_trace  # no traceparent: a new trace
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/cpu", "overlays/gpu"])
+def test_kubernetes_pods_expose_metrics_to_scrapers_only(overlay: str) -> None:
+    """The manifests agree with each other: the settings' metrics port is each pod's `metrics` port and its
+    scrape annotation, and the NetworkPolicies let a labelled scraper (only) reach it."""
+    k8s = _k8s_manifests()
+    docs = k8s.RENDERED[overlay]
+    settings = next(d for d in k8s.of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "foretell-settings")
+    port = int(settings["data"]["FORETELL_METRICS_PORT"])
+    scraper = ("monitoring", {"foretell.dev/scraper": "true"})
+    stranger = ("monitoring", {"app": "something-else"})
+    for name in k8s.SERVICES:
+        deployment = next(d for d in k8s.of_kind(docs, "Deployment") if d["metadata"]["name"] == name)
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+        ports = template["spec"]["containers"][0]["ports"]
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in ports
+        pod = k8s.pod_of(docs, name)
+        assert k8s.allowed(docs, scraper, pod, port), name
+        assert not k8s.allowed(docs, stranger, pod, port), name
+        assert not k8s.allowed(docs, scraper, pod, 50051), name  # scraping opens no gRPC access
+
+
+def _k8s_manifests() -> ModuleType:
+    """tests/unit/test_k8s_manifests.py: its kustomize renderer and NetworkPolicy evaluator."""
+    name = "test_k8s_manifests"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "unit" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
