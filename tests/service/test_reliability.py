@@ -143,7 +143,7 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_serve
     stubs = start_stubs(Settings(port=0, data_dir=tmp_path / "data", max_concurrent_rpcs=limit, max_workers=8))
     try:
         pending = OperationStore(stubs.app.engine).create("x", "test")  # never finishes: WaitOperation waits
-        slow = operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=3))
+        slow = operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=5))
         results: list[object] = []
 
         def wait() -> None:
@@ -254,7 +254,7 @@ def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path:
         pending = OperationStore(make_engine(f"sqlite:///{tmp_path / 'foretell.db'}")).create("x", "test")
         outcome: dict[str, Any] = {}
 
-        def unary() -> None:  # held open 3 s by WaitOperation
+        def unary() -> None:  # held open 3 s by WaitOperation, started 1 s before SIGTERM
             request = operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=3))
             try:
                 outcome["unary"] = stubs.operations.WaitOperation(request, timeout=20).name
@@ -277,8 +277,10 @@ def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path:
             except grpc.RpcError as exc:
                 outcome["server_stream"] = exc.code()
 
-        def client_stream() -> None:  # an upload still sending chunks when SIGTERM arrives
-            rows = interactions_csv(400).splitlines(keepends=True)
+        terminated = threading.Event()
+
+        def client_stream() -> None:  # an upload that sends chunks until a second after SIGTERM
+            rows = interactions_csv(2000).splitlines(keepends=True)
 
             def messages() -> Iterator[dataset_service_pb2.ImportDataRequest]:
                 yield dataset_service_pb2.ImportDataRequest(
@@ -288,7 +290,9 @@ def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path:
                 )
                 for start_row in range(0, len(rows), 20):
                     yield dataset_service_pb2.ImportDataRequest(chunk=b"".join(rows[start_row : start_row + 20]))
-                    time.sleep(0.1)  # 20 chunks: about 2 s
+                    if terminated.wait(0.1):
+                        time.sleep(1.0)
+                        return
 
             try:
                 outcome["client_stream"] = stubs.datasets.ImportData(messages(), timeout=20).name
@@ -296,8 +300,8 @@ def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path:
                 outcome["client_stream"] = exc.code()
 
         grpc.channel_ready_future(channel).result(timeout=10)
-        callers = [threading.Thread(target=f) for f in (unary, server_stream, client_stream)]
-        for caller in callers:
+        callers = [threading.Thread(target=f) for f in (server_stream, client_stream, unary)]
+        for caller in callers[:2]:
             caller.start()
         stubs.datasets.PutEvents(
             dataset_service_pb2.PutEventsRequest(
@@ -306,8 +310,10 @@ def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path:
             timeout=5,
         )
         assert watching.wait(10), "the event stream never delivered"
-        time.sleep(0.3)  # all three calls are in flight
+        callers[2].start()
+        time.sleep(1.0)  # all three calls are in flight
         proc.send_signal(signal.SIGTERM)
+        terminated.set()
         time.sleep(0.5)  # draining (grace 5 s)
 
         # New calls are refused cleanly, on a fresh connection and on the open one.
