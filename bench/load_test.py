@@ -823,16 +823,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'ok' if swap['ok'] else 'FAILED: ' + swap['error']}; calls failed during it: {swap['failed_calls']}."
     )
     kill = report["worker_kill"]
-    checks = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in kill.get("checks", {}).items())
-    killed = kill.get("killed", {})
-    progress = killed.get("worker_progress", {})
-    lines.append(
-        f"Worker kill at {fmt(kill.get('at_s'), 1)} s: SIGKILL of pid {killed.get('pid')} while at "
-        f"{fmt(progress.get('percent'), 0)}% ({progress.get('message', '')!r}); operation error "
-        f"{kill.get('operation_error', {}).get('code')}: {kill.get('operation_error', {}).get('message', '')[:160]!r}; "
-        f"{checks}; re-run {kill.get('rerun', {}).get('state')} in {fmt(kill.get('rerun', {}).get('seconds'), 1)} s."
-        + (f" ERROR: {kill['error']}" if kill.get("error") else "")
-    )
+    if not report["settings"]["no_kill"]:
+        checks = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in kill.get("checks", {}).items())
+        killed = kill.get("killed", {})
+        progress = killed.get("worker_progress", {})
+        error, rerun = kill.get("operation_error", {}), kill.get("rerun", {})
+        lines.append(
+            f"Worker kill at {fmt(kill.get('at_s'), 1)} s: SIGKILL of pid {killed.get('pid')} while at "
+            f"{fmt(progress.get('percent'), 0)}% ({progress.get('message', '')!r}); operation error "
+            f"{error.get('code')}: {error.get('message', '')[:160]!r}; "
+            f"{checks}; re-run {rerun.get('state')} in {fmt(rerun.get('seconds'), 1)} s."
+            + (f" ERROR: {kill['error']}" if kill.get("error") else "")
+        )
+    else:
+        lines.append("Worker kill: skipped (--no-kill).")
     if report["failures_by_code"]:
         lines.append("")
         lines.append(
