@@ -164,6 +164,12 @@ def test_bad_predictor_requests_name_the_field(stubs: Stubs) -> None:
     expect_error(
         lambda: create(hyper_parameters={"alpha": "1"}, algorithm="ets"), INVALID, "predictor.hyper_parameters[alpha]"
     )
+    expect_error(lambda: create(forecast_dimensions=["store\n"]), INVALID, "predictor.forecast_dimensions[0]")
+    expect_error(
+        lambda: create(fill_policies=[training_pb2.FillPolicy(field="TARGET_VALUE\n")]),
+        INVALID,
+        "predictor.fill_policies[0].field",
+    )
     expect_error(lambda: create(backtest_windows=9), INVALID, "predictor.backtest_windows")
     expect_error(lambda: create(backtest_window_offset=3), INVALID, "predictor.backtest_window_offset")
     expect_error(

@@ -33,7 +33,7 @@ FORECAST = ("forecasts",)
 MAX_HORIZON = 1000
 MAX_QUANTILES = 20
 MAX_BACKTEST_WINDOWS = 5
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # not "$": it matches before a final "\n"
 
 
 def check_quantiles(values: Any, path: str, problems: Violations) -> None:
