@@ -7,6 +7,7 @@ other tests in this process add to it, so the assertions compare scrapes before 
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 import time
 import urllib.request
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foretell.core import tracing
 from foretell.core.settings import Settings
+from foretell.runtime.server import create_server
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import forecast_query_service_pb2, forecast_query_service_pb2_grpc, training_pb2
 from foretell.v1 import recommendation_pb2 as rpb
@@ -132,6 +134,15 @@ def test_metrics_count_calls_by_method_and_code_and_follow_campaigns(observed: S
 
 def test_metrics_are_off_unless_a_port_is_set(stubs: Stubs) -> None:
     assert stubs.app.metrics is None
+
+
+def test_a_taken_metrics_port_stops_the_start_with_a_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            create_server(Settings(port=0, data_dir=tmp_path / "data", metrics_port=port))
 
 
 @pytest.fixture(scope="module")

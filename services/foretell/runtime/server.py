@@ -41,14 +41,11 @@ class App:
     services: list[str]
     _closers: list[Callable[[bool], None]] = field(default_factory=list)
     _before_stop: list[Callable[[], None]] = field(default_factory=list)
-    # (host, port) of the /metrics endpoint, None when off; `metrics` is it once started.
-    metrics_at: tuple[str, int] | None = None
+    # The /metrics endpoint (FORETELL_METRICS_PORT), None when off.
     metrics: MetricsServer | None = None
 
     def start(self) -> None:
         self.server.start()
-        if self.metrics_at is not None:
-            self.metrics = MetricsServer(*self.metrics_at)
         for name in ["", *self.services]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics = {"metrics_port": self.metrics.port} if self.metrics else {}
@@ -93,6 +90,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     port = tls.add_port(server, settings, f"{settings.host}:{settings.port}")
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
+    metrics = _metrics_server(settings)
     peers = Peers(settings, f"{_dialable(settings.host)}:{port}")
     if guard:
         guard.resolver = peer_resolver(peers.channel)
@@ -125,8 +123,18 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     closers.append(lambda wait: peers.close())
-    metrics_at = None if settings.metrics_port is None else (settings.host, settings.metrics_port)
-    return App(server, port, health_servicer, engine, names, closers, before_stop, metrics_at)
+    return App(server, port, health_servicer, engine, names, closers, before_stop, metrics)
+
+
+def _metrics_server(settings: Settings) -> MetricsServer | None:
+    """The /metrics endpoint, bound before the services start: a port already taken stops the start
+    before any job resumes."""
+    if settings.metrics_port is None:
+        return None
+    try:
+        return MetricsServer(settings.host, settings.metrics_port)
+    except OSError as error:
+        raise SystemExit(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {error}") from None
 
 
 def _dialable(host: str) -> str:
