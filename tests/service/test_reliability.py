@@ -124,6 +124,13 @@ def _in_flight(service: str, method: str) -> float:
     return REGISTRY.get_sample_value("foretell_rpc_in_flight", {"grpc_service": service, "grpc_method": method}) or 0
 
 
+def _refused(method: str) -> float:
+    """Calls of `method` received but never started: refused by the concurrency limit."""
+    labels = {"grpc_type": "unary", "grpc_service": "google.longrunning.Operations", "grpc_method": method}
+    received = REGISTRY.get_sample_value("foretell_rpc_received_total", labels) or 0
+    return received - (REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0)
+
+
 def test_wait_operation_with_a_huge_timeout_waits_until_the_call_deadline(stubs: Stubs) -> None:
     # Regression (found by tests/service/test_fuzz_requests.py): seconds beyond what a timedelta holds gave INTERNAL.
     pending = OperationStore(stubs.app.engine).create("x", "test")
@@ -159,12 +166,14 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_serve
         while _in_flight("google.longrunning.Operations", "WaitOperation") < limit:
             assert time.monotonic() < deadline, "the slow calls never all started"
             time.sleep(0.02)
+        refused_before = _refused("GetOperation")
         refused = []
         for _ in range(extra):
             with pytest.raises(grpc.RpcError) as info:
                 stubs.operations.GetOperation(operations_pb2.GetOperationRequest(name=pending.name), timeout=5)
             refused.append(info.value.code())
         assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * extra
+        assert _refused("GetOperation") - refused_before == extra  # visible in the metrics
         for caller in callers:
             caller.join(20)
         # Every admitted call finished normally: refusing the extra ones cost them nothing.

@@ -3,8 +3,9 @@
 The RPC metrics use the names of go-grpc-prometheus (grpc_server_handled_total,
 grpc_server_handling_seconds, ...) so that existing gRPC dashboards work unchanged. Metrics live in
 prometheus_client's default registry: one server per process, plus the process_* metrics it
-exports. Calls refused by gRPC's own concurrency limit (FORETELL_MAX_CONCURRENT_RPCS) never reach an
-interceptor, so they are not counted here; see docs/observability.md.
+exports. gRPC refuses calls beyond its concurrency limit (FORETELL_MAX_CONCURRENT_RPCS) after the
+interceptors have looked the method up but without running a handler, so such a call is received and
+never started: foretell_rpc_received_total minus grpc_server_started_total counts them.
 
 `TelemetryInterceptor` also opens the RPC's tracing span (`foretell.core.tracing`) and records its
 deadline (`foretell.core.deadlines`): all three need the same hook around the whole call, including
@@ -26,7 +27,12 @@ from foretell.core import deadlines, tracing
 
 _RPC = ("grpc_type", "grpc_service", "grpc_method")
 
-RPC_STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", _RPC)
+RPC_RECEIVED = Counter(
+    "foretell_rpc_received_total",
+    "RPCs received for a known method; those never started were refused by the concurrency limit.",
+    _RPC,
+)
+RPC_STARTED = Counter("grpc_server_started_total", "RPCs whose handler started.", _RPC)
 RPC_HANDLED = Counter(
     "grpc_server_handled_total", "RPCs completed on the server, by status code.", (*_RPC, "grpc_code")
 )
@@ -123,6 +129,7 @@ class _Method:
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
+        self.received = RPC_RECEIVED.labels(*labels)
         self.started = RPC_STARTED.labels(*labels)
         self.seconds = RPC_SECONDS.labels(*labels)
         self.in_flight = RPC_IN_FLIGHT.labels(labels[1], labels[2])
@@ -182,6 +189,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         method = details.method
         service, _, name = method.lstrip("/").partition("/")
         method_metrics = _method((_kind(handler), service, name))
+        method_metrics.received.inc()
         metadata = details.invocation_metadata
 
         def wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
