@@ -727,9 +727,9 @@ def test_services_apart_call_each_other_with_the_shared_internal_key(tmp_path: P
     with Client(training, api_key=KEY_A, timeout=10) as client:
         assert client.create_solution("pop", "datasetGroups/shop-a", "popularity-count").name == "solutions/pop"
         expect_code(lambda: client.create_solution("pop-b", "datasetGroups/shop-b", "popularity-count"), DENIED)
-    # A service with another internal key is refused by its peer: the call fails (how it reads is up to the
-    # calling servicer), and neither key shows in the answer.
+    # A service with another internal key is refused by its peer: INTERNAL (the caller's key was fine, not
+    # UNKNOWN with the peer's text), and neither key shows in the answer.
     with Client(stale, api_key=KEY_A, timeout=10) as client, pytest.raises(ForetellError) as refused:
         client.create_solution("pop", "datasetGroups/shop-a", "popularity-count")
-    assert refused.value.code != grpc.StatusCode.OK
+    assert refused.value.code == grpc.StatusCode.INTERNAL and "refused this service's credentials" in str(refused.value)
     assert "internal-key" not in str(refused.value)

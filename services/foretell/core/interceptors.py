@@ -103,8 +103,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         context,
                         status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=f"{method} is not implemented yet"),
                     )
+                except grpc.RpcError as exc:
+                    if not isinstance(exc, grpc.Call):
+                        raise
+                    # A peer service's answer that the handler did not handle: its code, not UNKNOWN.
+                    log.warning("peer call failed", extra={"code": exc.code().name, "error": exc.details()})
+                    _abort(context, _peer_status(exc))
                 except Exception as exc:
-                    if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                    if type(exc).__name__ == "_AbortError":
                         raise  # context.abort() inside the handler: already a status
                     log.exception("unhandled error")
                     _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
@@ -137,3 +143,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             guard(handler.stream_stream, True), _tolerant(handler.request_deserializer), handler.response_serializer
         )
+
+
+def _peer_status(call: grpc.Call) -> status_pb2.Status:
+    """The status to answer with when a call to a peer service failed.
+
+    Its code passes through (NOT_FOUND, DEADLINE_EXCEEDED, UNAVAILABLE... mean the same to the caller),
+    except a refused credential: the caller's own key was fine, this service's internal one was not.
+    """
+    code = call.code()
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return status_pb2.Status(code=code_pb2.INTERNAL, message="a peer service refused this service's credentials")
+    detailed = rpc_status.from_call(call)  # the peer's details (BadRequest, ErrorInfo) when it sent them
+    return detailed or status_pb2.Status(code=code.value[0], message=call.details() or code.name)
