@@ -543,6 +543,19 @@ def test_malformed_utf8_in_request_names_the_field(stubs: Stubs, group: Group) -
     assert "not a valid protobuf message" in status.message
 
 
+def test_an_error_quoting_huge_input_still_reaches_the_client(stubs: Stubs, group: Group) -> None:
+    # Regression: a 3000-character property name quoted in the BadRequest overflowed the client's 8 KiB
+    # trailer limit, so the call ended RESOURCE_EXHAUSTED (or with a mismatched rich status).
+    key = "\x12" * 3000
+    item = pb.Item(item_id="i1", properties=struct_pb2.Struct(fields={key: struct_pb2.Value(string_value="x")}))
+    many = [pb.Item(item_id="", properties=item.properties)] * 100
+    for items in ([item], many):
+        status = expect_error(
+            lambda items=items: stubs.datasets.PutItems(api.PutItemsRequest(dataset=group.items, items=items)), INVALID
+        )
+        assert all(f.startswith("items[") for f in violations_of(status)) and len(status.message) <= 250
+
+
 def test_health_and_restart_recovery(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     stubs = start_stubs(settings)
     health = health_pb2_grpc.HealthStub(stubs.channel)

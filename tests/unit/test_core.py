@@ -6,7 +6,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from foretell.core import names, pagination
-from foretell.core.errors import InvalidArgument, NotFound, invalid
+from foretell.core.errors import FieldViolation, InvalidArgument, NotFound, fit_trailers, invalid
 from foretell.core.settings import Settings, load_settings
 from foretell.core.wire import find_bad_field
 from foretell.v1 import dataset_pb2, dataset_service_pb2
@@ -44,6 +44,17 @@ def test_a_trailing_newline_is_not_part_of_an_id() -> None:
     ):
         with pytest.raises(InvalidArgument):
             call()
+
+
+def test_a_status_quoting_huge_input_is_cut_to_fit_grpc_trailers() -> None:
+    huge = InvalidArgument([FieldViolation(f"events[{i}].{'k' * 900}", "é" * 900) for i in range(100)])
+    status = fit_trailers(huge.to_status())
+    assert status.code == code_pb2.INVALID_ARGUMENT and len(status.message) <= 250
+    assert status.ByteSize() <= 4000  # base64 in the trailers: well under gRPC's default 8 KiB
+    bad = error_details_pb2.BadRequest()
+    assert status.details[1].Unpack(bad) and bad.field_violations[0].field.startswith("events[0].kkk")
+    small = invalid("name", "is required").to_status()
+    assert fit_trailers(small) == small
 
 
 def test_rich_status_has_error_info_and_bad_request() -> None:

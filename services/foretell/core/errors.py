@@ -65,6 +65,41 @@ class InvalidArgument(ForetellError):
         return [*super().details(), bad]
 
 
+# gRPC clients refuse trailers past 8 KiB by default (the call then ends RESOURCE_EXHAUSTED and its status is
+# lost), and a status may quote user input: what an RPC's error carries is bounded.
+MAX_TRAILER_TEXT = 250
+MAX_TRAILER_STATUS_BYTES = 3500
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TRAILER_TEXT else text[: MAX_TRAILER_TEXT - 1] + "\u2026"
+
+
+def fit_trailers(status: status_pb2.Status) -> status_pb2.Status:
+    """`status` with its texts cut short and BadRequest violations kept up to a byte budget."""
+    out = status_pb2.Status(code=status.code, message=_cut(status.message))
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad, kept = error_details_pb2.BadRequest(), error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for v in bad.field_violations:
+                kept.field_violations.add(field=_cut(v.field), description=_cut(v.description))
+                if out.ByteSize() + kept.ByteSize() > MAX_TRAILER_STATUS_BYTES and len(kept.field_violations) > 1:
+                    del kept.field_violations[-1]  # the message says how many there were
+                    break
+            detail = any_pb2.Any()
+            detail.Pack(kept)
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            for key, value in info.metadata.items():
+                info.metadata[key] = _cut(value)
+            detail = any_pb2.Any()
+            detail.Pack(info)
+        out.details.append(detail)
+    return out
+
+
 def invalid(field_name: str, description: str) -> InvalidArgument:
     return InvalidArgument(FieldViolation(field_name, description))
 

@@ -17,14 +17,14 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from foretell.core import logs
-from foretell.core.errors import ForetellError, invalid
+from foretell.core.errors import ForetellError, fit_trailers, invalid
 from foretell.core.wire import find_bad_field
 
 log = logging.getLogger("foretell.rpc")
 
 
 def _abort(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
-    context.abort_with_status(rpc_status.to_status(status))
+    context.abort_with_status(rpc_status.to_status(fit_trailers(status)))
 
 
 def _request_id(context: grpc.ServicerContext) -> str:
