@@ -68,8 +68,9 @@ def test_cpu_manifest_validates_strictly_and_says_what_the_settings_say() -> Non
     assert manifest["metadata"]["labels"]["foretell.dev/kind"] == "predictor"
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (0, 7200, 600)
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [1, 2]
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    # A disruption first: the first matching rule wins, and torchrun exits 1 on an eviction's SIGTERM.
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1, 2]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "foretell-worker"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
@@ -267,6 +268,46 @@ def test_start_creates_an_indexed_job_for_a_sharded_spec(monkeypatch: pytest.Mon
     assert created == job_manifest(settings, NS, NAME, job_dir, "predictor", shard_count=4)
     assert created["spec"]["completionMode"] == "Indexed" and created["spec"]["completions"] == 4
     assert kubernetes_validate.validate(created, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "processes"),
+    [
+        ({"kind": "solution-version", "recipe": "sequence"}, 4),
+        ({"kind": "predictor", "candidates": ["deepar"]}, 4),
+        ({"kind": "solution-version", "recipe": "ease"}, 1),
+        ({"kind": "predictor", "candidates": ["deepar", "ets"]}, 1),
+    ],
+)
+def test_start_runs_torch_jobs_under_torchrun_one_rank_per_gpu(
+    spec: dict[str, Any], processes: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(k8s_launcher, "job_name", lambda job_dir: NAME)
+    job_dir = tmp_path / "artifacts" / "jobs" / OP
+    job_dir.mkdir(parents=True)
+    (job_dir / "spec.json").write_text(json.dumps(spec))
+    settings = k8s_settings(artifact_dir=tmp_path / "artifacts", k8s_gpus=4)
+    delete = {"labelSelector": [f"foretell.dev/operation={OP}"], "propagationPolicy": ["Background"]}
+    server = FakeApiServer(
+        [Exchange("DELETE", JOBS, "delete_collection_jobs", delete), Exchange("POST", JOBS, "create_job")]
+    )
+    KubernetesLauncher(settings, _client(server)).start(job_dir)
+    created = server.sent[1].body
+    assert kubernetes_validate.validate(created, K8S_VERSION, strict=True)
+    pod = created["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    if processes == 1:
+        assert container["command"] == ["python", "-m", "foretell.training.worker", str(job_dir)]
+        assert [v["name"] for v in pod["volumes"]] == ["artifacts"]
+        return
+    assert container["command"] == [
+        "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+        "-m", "foretell.training.worker", str(job_dir),
+    ]  # fmt: skip
+    # NCCL's shared memory: a memory-backed /dev/shm, not the container's 64 MiB.
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
 def test_start_refuses_a_job_dir_off_the_shared_volume(tmp_path: Path) -> None:

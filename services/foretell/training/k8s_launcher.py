@@ -43,7 +43,8 @@ job on the same image and command, shared RWX volume, backoff/deadline/TTL/pod f
 labels, resources, GPU limit with node selector and tolerations, non-root security context,
 service account, minimal env, status from the Job and its pod (exit code, eviction, deletion),
 stop by background deletion, re-attach after restart, and Indexed Jobs that split large
-forecasting runs across pods. Not met: multi-GPU training with torchrun (one pod, one process per job).
+forecasting runs across pods, and multi-GPU training: with FORETELL_K8S_GPUS > 1 a sequence solution or a
+DeepAR predictor runs under torchrun, one DistributedDataParallel rank per GPU (`worker.worker_command`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from kubernetes.client.exceptions import ApiException
 from foretell.core.settings import Settings
 from foretell.training import shards
 from foretell.training.launcher import WorkerStatus
+from foretell.training.worker import job_processes, worker_command
 
 log = logging.getLogger("foretell.training.k8s")
 
@@ -95,10 +97,17 @@ def job_name(job_dir: Path) -> str:
 
 
 def job_manifest(
-    settings: Settings, namespace: str, name: str, job_dir: Path, kind: str, shard_count: int = 1
+    settings: Settings,
+    namespace: str,
+    name: str,
+    job_dir: Path,
+    kind: str,
+    shard_count: int = 1,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs the worker for `job_dir`, as the API server takes it; with `shard_count` > 1
-    an Indexed Job of that many completions (pod i runs shard i: Kubernetes sets JOB_COMPLETION_INDEX)."""
+    an Indexed Job of that many completions (pod i runs shard i: Kubernetes sets JOB_COMPLETION_INDEX); with
+    `processes` > 1 its pod runs torchrun with one DDP rank per GPU."""
     labels = {
         "app.kubernetes.io/name": "foretell",
         "app.kubernetes.io/component": "training-worker",
@@ -138,7 +147,7 @@ def job_manifest(
                 "name": CONTAINER,
                 "image": settings.k8s_image,
                 "imagePullPolicy": settings.k8s_image_pull_policy,
-                "command": ["python", "-m", "foretell.training.worker", str(job_dir)],
+                "command": worker_command(job_dir, processes, python="python"),
                 # Only what the worker reads: it takes everything else from spec.json. HOME because
                 # an arbitrary uid has none, and numba/torch write caches there.
                 "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
@@ -153,6 +162,10 @@ def job_manifest(
         ],
         "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.k8s_artifacts_pvc}}],
     }
+    if processes > 1:
+        # NCCL moves tensors between the ranks through /dev/shm; a container's default 64 MiB is too small.
+        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        pod_spec["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
@@ -177,12 +190,14 @@ def job_manifest(
             "ttlSecondsAfterFinished": settings.k8s_ttl_seconds,
             "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
+                # The first matching rule wins: a disruption is checked first, because torchrun answers the
+                # SIGTERM of an eviction with exit code 1, which would otherwise fail the Job.
                 "rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                     {
                         "action": "FailJob",
                         "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FINAL_EXIT_CODES},
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
@@ -222,7 +237,9 @@ class KubernetesLauncher:
             propagation_policy="Background",
         )
         name = job_name(job_dir)
-        manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind, n)
+        # Several GPUs train one DDP job (sharded predictors are statistical: one process per pod).
+        processes = job_processes(job_dir, self._settings.k8s_gpus) if n == 1 else 1
+        manifest = job_manifest(self._settings, self._namespace, name, job_dir, kind, n, processes)
         # The manifest goes as a plain dict: the client serializes it as is (V1Job.from_dict is kubernetes>=37 only).
         self._batch.create_namespaced_job(self._namespace, manifest)
         log.info("started training worker job", extra={"job": f"{self._namespace}/{name}", "job_dir": str(job_dir)})
