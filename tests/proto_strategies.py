@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from google.api import field_behavior_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -121,24 +122,42 @@ _SCALARS: dict[int, Callable[[], st.SearchStrategy[Any]]] = {
     FieldDescriptor.TYPE_BYTES: lambda: st.binary(max_size=64),
 }
 
+_SMALL: dict[int, st.SearchStrategy[Any]] = {
+    FieldDescriptor.TYPE_INT32: st.integers(1, 12),
+    FieldDescriptor.TYPE_INT64: st.integers(1, 12),
+    FieldDescriptor.TYPE_DOUBLE: st.sampled_from([0.1, 0.5, 0.9]),
+}
+
 # Seconds of 0001-01-01 and 9999-12-31, the valid range of Timestamp; generate beyond it too.
 _TIME_EDGES = [-62_135_596_800, 253_402_300_799, 0, -1, 1_700_000_000, 2**63 - 1, -(2**63), 10**12]
 
 
-def _timelike(cls: type[Message]) -> st.SearchStrategy[Message]:
+def _timelike(cls: type[Message], plausible: bool) -> st.SearchStrategy[Message]:
     seconds = st.one_of(st.sampled_from(_TIME_EDGES), st.integers(-(2**63), 2**63 - 1))
     nanos = st.one_of(st.sampled_from([0, 999_999_999, 1_000_000_000, -1]), _integers(32, True))
-    return st.builds(lambda s, n: cls(seconds=s, nanos=n), seconds, nanos)
+    hostile = st.builds(lambda s, n: cls(seconds=s, nanos=n), seconds, nanos)
+    if not plausible:
+        return hostile
+    recent = st.builds(lambda s: cls(seconds=s), st.integers(1_600_000_000, 1_800_000_000))
+    return st.one_of(recent, recent, recent, hostile)
+
+
+def required(field: FieldDescriptor) -> bool:
+    return field_behavior_pb2.REQUIRED in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
 
 
 StringsFor = Callable[[FieldDescriptor], st.SearchStrategy[str]]
 
 
 class MessageStrategies:
-    """`for_message(descriptor)`: messages of that type; `strings_for(field)` picks each string field's values."""
+    """`for_message(descriptor)`: messages of that type; `strings_for(field)` picks each string field's values,
+    `plausible` makes numbers mostly small and enums mostly known (so requests get past the first check)."""
 
-    def __init__(self, strings_for: StringsFor, max_depth: int = 4, max_repeated: int = 3) -> None:
+    def __init__(
+        self, strings_for: StringsFor, max_depth: int = 4, max_repeated: int = 3, plausible: bool = False
+    ) -> None:
         self.strings_for = strings_for
+        self.plausible = plausible
         self.max_depth = max_depth
         self.max_repeated = max_repeated
         self._cache: dict[tuple[str, int], st.SearchStrategy[Message]] = {}
@@ -152,11 +171,13 @@ class MessageStrategies:
     def _build(self, descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
         cls = message_factory.GetMessageClass(descriptor)
         if descriptor.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
-            return _timelike(cls)
+            return _timelike(cls, self.plausible)
         if depth >= self.max_depth:
             return st.just(cls())
-        optional = {f.name: self._field(f, depth) for f in descriptor.fields}
-        return st.fixed_dictionaries({}, optional=optional).map(lambda values: _make(cls, descriptor, values))
+        # Plausible requests always carry their REQUIRED fields.
+        always = {f.name: self._field(f, depth) for f in descriptor.fields if self.plausible and required(f)}
+        optional = {f.name: self._field(f, depth) for f in descriptor.fields if f.name not in always}
+        return st.fixed_dictionaries(always, optional=optional).map(lambda values: _make(cls, descriptor, values))
 
     def _single(self, field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         if field.message_type is not None:
@@ -165,8 +186,11 @@ class MessageStrategies:
         if field.type == FieldDescriptor.TYPE_STRING:
             return self.strings_for(field)
         if field.enum_type is not None:
-            known = [v.number for v in field.enum_type.values]
-            return st.one_of(st.sampled_from(known), st.sampled_from([-1, 99, 2**31 - 1, -(2**31)]))
+            known = st.sampled_from([v.number for v in field.enum_type.values if v.number] or [0])
+            unknown = st.sampled_from([0, -1, 99, 2**31 - 1, -(2**31)])
+            return st.one_of(known, known, known, unknown) if self.plausible else st.one_of(known, unknown)
+        if self.plausible and field.type in _SMALL:
+            return st.one_of(_SMALL[field.type], _SMALL[field.type], _SCALARS[field.type]())
         return _SCALARS[field.type]()
 
     def _field(self, field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:

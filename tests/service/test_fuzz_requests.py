@@ -280,17 +280,67 @@ def _uris(tmp: Path, write: bool) -> st.SearchStrategy[str]:
 _VERBS = {"Create", "Get", "List", "Delete", "Update", "Cancel", "Wait", "Export", "Import", "Put", "Watch", "Query"}
 
 
-def _strategies(seed: Seed, method: MethodDescriptor) -> MessageStrategies:
+# Plausible values by field name, so that requests get past the first check to the code behind it.
+_PLAUSIBLE: dict[str, st.SearchStrategy[str]] = {
+    "user_id": st.sampled_from(["seed-user-1", "seed-user-2", "someone-new"]),
+    "item_id": st.sampled_from(["seed-item-3", "seed-item-4", "item0", "item2"]),
+    "input_list": st.sampled_from(["seed-item-3", "seed-item-4", "nope"]),
+    "session_id": st.just("s1"),
+    "event_type": st.just("click"),
+    "recipe": st.sampled_from(["popularity-count", "sims"]),
+    "algorithm": st.sampled_from(["seasonal-naive", "naive"]),
+    "forecast_frequency": st.just("D"),
+    "forecast_dimensions": st.just("store"),
+    "page_token": st.just(""),
+    "request_id": st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True),
+    "filter_expression": st.builds(
+        lambda value: f"EXCLUDE ItemID WHERE Items.GENRES IN ({value}) | INCLUDE ItemID WHERE Items.PRICE < $P",
+        st.sampled_from(
+            ['"g-rock"', "$G", *('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in INJECTIONS)]
+        ),
+    ),
+}
+
+
+# Which seeded names suit a field that names a resource of one kind.
+_COLLECTION = {
+    "campaign": "campaigns/",
+    "filter": "filters/",
+    "predictor": "predictors/",
+    "forecast": "forecasts/",
+    "schema": "schemas/",
+    "solution_version": "/versions/",
+    "dataset_group": "datasetGroups/",
+    "dataset": "/datasets/",
+}
+
+
+def _of_kind(names: list[str], field_name: str) -> list[str]:
+    marker = _COLLECTION.get(field_name)
+    if marker is None:
+        return []
+    return [n for n in names if marker in n and not (field_name == "dataset_group" and "/datasets/" in n)]
+
+
+def _strategies(seed: Seed, method: MethodDescriptor, plausible: bool = False) -> MessageStrategies:
     # Names of the resources the RPC is about ("Operation" in WaitOperation) come up more often.
     nouns = [w.lower() for w in re.findall(r"[A-Z][a-z]+", method.name) if w not in _VERBS]
     favoured = [n for n in seed.names if any(w in n.lower() for w in nouns)]
     pool = strings(seed.names, favoured)
     uris = {name: _uris(seed.tmp, name in _WRITTEN_URIS) for name in ("source_uri", "input_uri", *_WRITTEN_URIS)}
+    new_ids = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
 
     def strings_for(field: FieldDescriptor) -> st.SearchStrategy[str]:
-        return uris.get(field.name, pool)
+        if field.name in uris:
+            return uris[field.name]
+        if not plausible:
+            return pool
+        # Mostly plausible, sometimes hostile: usually one bad field among good ones.
+        names = st.sampled_from(_of_kind(seed.names, field.name) or favoured or seed.names)
+        good = _PLAUSIBLE.get(field.name, new_ids if field.name.endswith("_id") else names)
+        return st.one_of(good, good, good, pool)
 
-    return MessageStrategies(strings_for, max_depth=4, max_repeated=3)
+    return MessageStrategies(strings_for, max_depth=4, max_repeated=3, plausible=plausible)
 
 
 def _protected(method: MethodDescriptor) -> bool:
@@ -343,7 +393,10 @@ def _call(seed: Seed, method: MethodDescriptor, request: Any) -> grpc.RpcError |
             stub(iter(request), timeout=10)
         else:
             # WaitOperation waits up to the request's timeout; the call's deadline bounds it.
-            stub(request, timeout=0.2 if method.name == "WaitOperation" else 10)
+            response = stub(request, timeout=0.2 if method.name == "WaitOperation" else 10)
+            if isinstance(response, operations_pb2.Operation) and not response.done:
+                # A job the fuzzer started (training, export...): stop it so the CPU stays free.
+                seed.stubs.operations.CancelOperation(operations_pb2.CancelOperationRequest(name=response.name))
     except grpc.RpcError as error:
         if error.code() in (C.CANCELLED, C.DEADLINE_EXCEEDED) and method.server_streaming:
             return None
@@ -354,7 +407,10 @@ def _call(seed: Seed, method: MethodDescriptor, request: Any) -> grpc.RpcError |
 
 
 def _requests(seed: Seed, method: MethodDescriptor) -> st.SearchStrategy[Any]:
-    messages = _strategies(seed, method).for_message(method.input_type)
+    messages = st.one_of(
+        _strategies(seed, method).for_message(method.input_type),
+        _strategies(seed, method, plausible=True).for_message(method.input_type),
+    )
     if not method.client_streaming:
         return messages
     # ImportData: a config (often naming a seeded dataset) then CSV-ish or random chunks, all bounded.
