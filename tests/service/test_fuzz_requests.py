@@ -497,6 +497,45 @@ def test_undecodable_bytes_get_invalid_argument(seed: Seed, method: MethodDescri
     assert info.value.code() == C.INVALID_ARGUMENT and text.name in violations_of(rpc_status.from_call(info.value))
 
 
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def test_injected_filter_values_are_data_end_to_end(seed: Seed) -> None:
+    """A payload in a filter literal or a $PARAMETER value only ever matches an item with that very id."""
+    r = seed.stubs.recommendations
+    payloads = [
+        '" OR ITEM_ID != "',
+        '") | EXCLUDE ItemID WHERE Items.GENRES NOT IN ("x',
+        "' OR 1=1 --",
+        '\\" OR 1=1 --',
+    ]
+    literal = "INCLUDE ItemID WHERE Items.ITEM_ID IN (" + ", ".join(map(_quoted, ["seed-item-3", *payloads])) + ")"
+    for filter_id, expression in (
+        ("fuzz-literal", literal),
+        ("fuzz-param", "INCLUDE ItemID WHERE Items.ITEM_ID IN ($IDS)"),
+    ):
+        r.CreateFilter(
+            recommendation_service_pb2.CreateFilterRequest(
+                filter_id=filter_id,
+                filter=recommendation_pb2.Filter(dataset_group=GROUP, filter_expression=expression),
+            ),
+            timeout=10,
+        )
+    for payload in payloads:
+        for name, values in (
+            ("filters/fuzz-literal", {}),
+            ("filters/fuzz-param", {"IDS": f'"seed-item-3",{_quoted(payload)}'}),
+        ):
+            answer = r.GetRecommendations(
+                recommendation_service_pb2.GetRecommendationsRequest(
+                    campaign=CAMPAIGN, user_id="someone-new", num_results=50, filter=name, filter_values=values
+                ),
+                timeout=10,
+            )
+            assert [i.item_id for i in answer.item_list] == ["seed-item-3"], (name, payload)
+
+
 def test_nothing_seeded_was_deleted_or_changed(seed: Seed) -> None:
     """Runs last: the seeded groups are listed, every seeded resource answers, answers are unchanged."""
     stubs = seed.stubs
