@@ -89,8 +89,10 @@ def _shape(expr: BoolExpr) -> Any:
 literals = st.one_of(
     st.text(max_size=12).map(Value), st.floats(allow_nan=False, allow_infinity=False).map(lambda f: Value(f))
 )
-params = st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True).map(lambda p: Value(param=p))
-fields = st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True).filter(
+params = (st.sampled_from(["P", "GENRES"]) | st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True)).map(
+    lambda p: Value(param=p)
+)
+fields = st.sampled_from(["GENRES", "ITEM_ID"]) | st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True).filter(
     lambda f: f not in {"EXCLUDE", "INCLUDE", "ITEMID", "WHERE", "AND", "OR", "NOT", "IN"}
 )
 
@@ -132,6 +134,23 @@ def test_printed_expressions_parse_back_to_the_same_tree(parsed: tuple[Clause, .
         (c.include, c.dataset, _shape(c.expr)) for c in parsed
     ]
     assert show(again) == text
+
+
+@settings(PROPERTIES, max_examples=40)
+@given(clauses, st.dictionaries(st.sampled_from(["P", "GENRES", "X"]), texts, max_size=3))
+def test_any_expression_evaluates_or_names_the_bad_field(parsed: tuple[Clause, ...], values: dict[str, str]) -> None:
+    """Binding random values and evaluating over a catalogue fails only with INVALID_ARGUMENT on filter/filter_values."""
+    text = show(parsed)
+    if len(text) > MAX_EXPRESSION:
+        return
+    table = _catalog(["a", "b", "c"], ["x|y", "", "z"])
+    try:
+        bound = parse_filter(text).bind(values)
+        bound.check_fields(table)
+        mask = bound.item_mask(table)
+        assert mask is None or mask.shape == (3,)
+    except InvalidArgument as exc:
+        assert {v.field for v in exc.violations} <= {"filter", "filter_values"}
 
 
 # ---- values are data -------------------------------------------------------------------------------
