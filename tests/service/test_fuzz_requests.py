@@ -4,6 +4,8 @@ The RPCs are enumerated from the generated descriptors, so a new RPC is fuzzed w
 file. Requests come from `proto_strategies`: hostile strings (injection payloads, NUL, control
 characters, unicode, very long runs), extreme numbers, unknown enums, out-of-range timestamps, nested
 messages, repeated fields and maps, plus the names of the seeded resources and mutations of them.
+Half the requests are "plausible" (REQUIRED fields set, names of the right kind, one hostile field
+among good ones) so that the fuzzer gets past the first check.
 
 Invariants of every call: a status from ALLOWED (never UNKNOWN or INTERNAL), a rich status with
 ErrorInfo and no traceback on errors, a BadRequest naming a field that exists in the request message
