@@ -40,10 +40,10 @@ OPEN_SERVICES = frozenset(
 #: Method name prefixes that change nothing; the only ones a read-only key may call.
 READ_PREFIXES = ("Get", "List", "Query", "Watch", "Wait")
 INTERNAL_PRINCIPAL = "foretell-internal"
-_GROUP_NAME = re.compile(r"^datasetGroups/[a-z][a-z0-9-]{0,62}$")
+_GROUP_NAME = re.compile(r"datasetGroups/[a-z][a-z0-9-]{0,62}")
 # Shared by every tenant: schemas hold field definitions, no data.
 _GLOBAL = ("schemas/",)
-_HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # Seconds a resolved resource -> dataset group answer is reused (operations are polled often).
 RESOLVE_TTL_SECONDS = 5.0
 # The group of a resource nobody here can resolve: no principal limited to some groups may access it.
@@ -186,7 +186,7 @@ def _group_name(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{where} must be a string")
     name = value if value.startswith("datasetGroups/") else f"datasetGroups/{value}"
-    if not _GROUP_NAME.match(name):
+    if not _GROUP_NAME.fullmatch(name):
         raise ValueError(f'{where} must be a dataset group id, datasetGroups/{{id}} or "*"')
     return name
 
@@ -220,7 +220,7 @@ def parse_keys(document: Any, source: str = "api keys") -> KeyTable:
             key_digest = digest(key)
         else:
             hexed = entry["key_sha256"]
-            if not isinstance(hexed, str) or not _HEX_DIGEST.match(hexed.lower()):
+            if not isinstance(hexed, str) or not _HEX_DIGEST.fullmatch(hexed.lower()):
                 raise ValueError(f"{where}.key_sha256 must be 64 hex digits (sha256 of the key)")
             key_digest = bytes.fromhex(hexed)
         if key_digest in seen:
