@@ -81,8 +81,15 @@ def test_cpu_manifest_validates_strictly_and_says_what_the_settings_say() -> Non
     assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
     # The worker reads files only: no database URL, no credentials.
     assert {e["name"] for e in container["env"]} == {"PYTHONUNBUFFERED", "HOME"}
-    assert container["volumeMounts"] == [{"name": "artifacts", "mountPath": "/data/artifacts"}]
-    assert pod["volumes"] == [{"name": "artifacts", "persistentVolumeClaim": {"claimName": EXCHANGES["pvc"]}}]
+    assert container["volumeMounts"] == [
+        {"name": "artifacts", "mountPath": "/data/artifacts"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    assert pod["volumes"] == [
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": EXCHANGES["pvc"]}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+    ]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_gpu_manifest_validates_strictly_with_limit_node_selector_and_tolerations() -> None:
@@ -299,7 +306,7 @@ def test_start_runs_torch_jobs_under_torchrun_one_rank_per_gpu(
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     if processes == 1:
         assert container["command"] == ["python", "-m", "foretell.training.worker", str(job_dir)]
-        assert [v["name"] for v in pod["volumes"]] == ["artifacts"]
+        assert [v["name"] for v in pod["volumes"]] == ["artifacts", "tmp"]
         return
     assert container["command"] == [
         "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",

@@ -591,8 +591,10 @@ def test_gpu_overlay_runs_valid_gpu_worker_jobs_on_the_shared_volume(
     assert pod["nodeSelector"] and pod["tolerations"]
     assert named(docs, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
     # Same claim at the same path as the services: the job spec names its files by absolute path.
-    (volume,) = pod["volumes"]
-    (mount,) = pod["containers"][0]["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    # Locked down like the services (resources aside: a worker has no CPU limit on purpose).
+    assert not [p for p in container_problems(job) if "resource" not in p and "request" not in p], job
     service_mounts = {
         m["mountPath"]: v["persistentVolumeClaim"]["claimName"]
         for m in training["spec"]["containers"][0]["volumeMounts"]

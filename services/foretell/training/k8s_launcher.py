@@ -77,6 +77,7 @@ FINAL_EXIT_CODES = [1, 2]
 # The API server's answers that say "try again later": status() keeps the job running through them.
 _TRANSIENT = {429, 500, 502, 503, 504}
 _TERMINATION_MESSAGE_CHARS = 1500
+TMP_SIZE_LIMIT = "8Gi"
 # The annotation (and, from 1.28, label) with which the Job controller gives each pod of an Indexed Job its index.
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -153,14 +154,23 @@ def job_manifest(
                 "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
                 "resources": {k: v for k, v in resources.items() if v},
                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                # Locked down like the services: the worker writes only to the shared volume and /tmp.
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
                     "capabilities": {"drop": ["ALL"]},
                 },
-                "volumeMounts": [{"name": "artifacts", "mountPath": str(mount_path(settings))}],
+                "volumeMounts": [
+                    {"name": "artifacts", "mountPath": str(mount_path(settings))},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
             }
         ],
-        "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.k8s_artifacts_pvc}}],
+        "volumes": [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.k8s_artifacts_pvc}},
+            # HOME is /tmp: torch, numba and torchrun write caches and rendezvous files there.
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+        ],
     }
     if processes > 1:
         # NCCL moves tensors between the ranks through /dev/shm; a container's default 64 MiB is too small.
