@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2
 
-from foretell.core.errors import ForetellError, NotFound, Unavailable
+from foretell.core.errors import ForetellError, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from foretell.core.interceptors import rewrap
 from foretell.core.settings import Settings
 
 log = logging.getLogger("foretell.auth")
@@ -48,16 +48,6 @@ _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 RESOLVE_TTL_SECONDS = 5.0
 # The group of a resource nobody here can resolve: no principal limited to some groups may access it.
 UNRESOLVED = ""
-
-
-class Unauthenticated(ForetellError):
-    code = code_pb2.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
-
-
-class PermissionDenied(ForetellError):
-    code = code_pb2.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
 
 
 @dataclass(frozen=True)
@@ -438,17 +428,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
             return run
 
-        kinds = (
-            ("unary_unary", False, grpc.unary_unary_rpc_method_handler),
-            ("unary_stream", True, grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", False, grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", True, grpc.stream_stream_rpc_method_handler),
-        )
-        for attribute, streaming, make in kinds:
-            behavior = getattr(handler, attribute)
-            if behavior is not None:
-                return make(wrap(behavior, streaming), handler.request_deserializer, handler.response_serializer)
-        return handler
+        return rewrap(handler, wrap)
 
 
 def _as_caller(items: Iterator[Any], caller: Caller | None) -> Iterator[Any]:

@@ -146,6 +146,20 @@ class DeadlineExceeded(ForetellError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class Unauthenticated(ForetellError):
+    """No credentials, or ones no key matches (core.auth)."""
+
+    code = code_pb2.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ForetellError):
+    """The caller's key may not touch this dataset group, or may only read (core.auth)."""
+
+    code = code_pb2.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 class Unavailable(ForetellError):
     """A peer service did not answer; the caller may retry."""
 

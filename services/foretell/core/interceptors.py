@@ -69,6 +69,31 @@ def _checked(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
+Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
+_KINDS = (
+    ("unary_unary", False, grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", True, grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", False, grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", True, grpc.stream_stream_rpc_method_handler),
+)
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler, wrap: Wrap, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour replaced by `wrap(behaviour, streaming_response)`, whatever its kind; what
+    every interceptor here does. `request_deserializer` replaces the handler's when given."""
+    for attribute, streaming_response, make in _KINDS:
+        behavior = getattr(handler, attribute)
+        if behavior is not None:
+            return make(
+                wrap(behavior, streaming_response),
+                request_deserializer or handler.request_deserializer,
+                handler.response_serializer,
+            )
+    return handler
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
@@ -128,21 +153,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except ForetellError as exc:
                 _abort(context, exc.to_status())
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary, False), _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream, True), _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard(handler.stream_unary, False), _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            guard(handler.stream_stream, True), _tolerant(handler.request_deserializer), handler.response_serializer
-        )
+        return rewrap(handler, guard, _tolerant(handler.request_deserializer))
 
 
 def _peer_status(call: grpc.Call) -> status_pb2.Status:

@@ -24,6 +24,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from foretell.core import deadlines, tracing
+from foretell.core.interceptors import rewrap
 
 _RPC = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -214,21 +215,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
 
             return run
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
-        )
+        return rewrap(handler, wrap)
 
 
 def _deadline_of(context: grpc.ServicerContext) -> float | None:
