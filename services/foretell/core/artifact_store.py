@@ -110,6 +110,13 @@ class Artifacts:
         if is_s3(uri):
             shutil.rmtree(local_dir, ignore_errors=True)
 
+    def discard(self, local_dir: Path, uri: str) -> None:
+        """Removes an unfinished artifact: what the job wrote locally, and whatever a publish cut short put at
+        `uri` (locally the same directory, removed once). No partial artifact may ever be served."""
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if is_s3(uri):
+            self.delete(uri)
+
     def fetch(self, uri: str, field: str = "artifact_uri") -> Path:
         return fetch_dir(uri, self.settings, field)
 

@@ -23,7 +23,7 @@ import grpc
 
 from foretell.core import names
 from foretell.core.artifact_store import ArtifactNotFound, fetch_dir
-from foretell.core.artifacts import is_s3, path_of
+from foretell.core.artifacts import path_of
 from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, NotFound, Unavailable, invalid
 from foretell.core.settings import Settings
 from foretell.forecast_query.query import ServedForecast
@@ -47,8 +47,8 @@ class _Entry:
 def load_table(name: str, artifact_uri: str, settings: Settings | None = None) -> ServedForecast:
     """The table at a local path, or (with settings) an s3:// one fetched into the local artifact cache."""
     try:
-        if is_s3(artifact_uri) and settings is not None:
-            directory = fetch_dir(artifact_uri, settings, "artifact_uri")
+        if settings is not None:
+            directory = fetch_dir(artifact_uri, settings, "artifact_uri")  # in place when local
         else:
             directory = path_of(artifact_uri, "artifact_uri")
         table = ForecastTable.load(directory)

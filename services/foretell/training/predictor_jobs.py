@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,8 +99,7 @@ class _ModelJobs:
 
     def discard(self, name: str) -> None:
         """No partial artifact may ever be served: whatever the worker (or a cut-short publish) wrote goes."""
-        shutil.rmtree(self.artifact_dir(name), ignore_errors=True)
-        self._artifacts.delete(self.artifact_uri(name))
+        self._artifacts.discard(self.artifact_dir(name), self.artifact_uri(name))
 
 
 class PredictorJobs(_ModelJobs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -82,8 +81,7 @@ class SolutionVersionJobs:
     def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
         version = self._store.get_version(job.target)
         # No partial model may ever be served: whatever the worker wrote goes.
-        shutil.rmtree(self.artifact_dir(version.name), ignore_errors=True)
-        self._artifacts.delete(self.artifact_uri(version.name))  # a publish cut short
+        self._artifacts.discard(self.artifact_dir(version.name), self.artifact_uri(version.name))
         self._store.update_version(
             version.name,
             state=state,
