@@ -3,8 +3,9 @@
 serve_bench.py (GetRecommendations / GetPersonalizedRanking) and query_bench.py (QueryForecast)
 measure the same way and differ only in their data, their servers' setup and their requests:
 
-- a no-op server with `create_server`'s thread pool and options (no interceptor) returns a
-  pre-built real answer: the Python gRPC ceiling for that message on this machine;
+- a no-op server of `create_server`'s kind (`AsyncServer`: grpc.aio in front of a thread pool) with its
+  options and no interceptor returns a pre-built real answer: the Python gRPC ceiling for that message
+  on this machine;
 - a separate load process (grpc.aio) measures closed-loop peak QPS with p50/p99, then open-loop
   p50/p99 at half of each server's own peak, latency counted from the scheduled send time so
   queueing is not hidden;
@@ -88,11 +89,13 @@ def stop(process: Any, conn: Connection) -> None:
 
 
 def run_noop_server(conn: Connection, register: Callable[[grpc.Server], None], max_workers: int) -> None:
-    """Serves what `register` adds with create_server's thread pool and options but no interceptor.
+    """Serves what `register` adds with create_server's server, thread pool and options but no interceptor.
 
     Sends ("listening", port), then runs until the parent sends anything.
     """
-    server = grpc.server(
+    from foretell.core.async_server import AsyncServer
+
+    server = AsyncServer(
         futures.ThreadPoolExecutor(max_workers=max_workers), maximum_concurrent_rpcs=256, options=SERVER_OPTIONS
     )
     register(server)
@@ -100,7 +103,7 @@ def run_noop_server(conn: Connection, register: Callable[[grpc.Server], None], m
     server.start()
     conn.send(("listening", port))
     conn.recv()
-    server.stop(0)
+    server.stop(0).wait(10)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 
 from foretell.core import tls
+from foretell.core.async_server import AsyncServer
 from foretell.core.auth import auth_interceptor, peer_resolver
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
@@ -75,7 +76,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         engine.dispose()
         raise SystemExit(f"cannot start: {error}") from None
     guard = auth_interceptor(settings)
-    server = grpc.server(
+    server = AsyncServer(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         # Telemetry outermost: it times and counts every call, those the inner ones refuse included.
         interceptors=[TelemetryInterceptor(), ErrorInterceptor(), *([guard] if guard else [])],

@@ -1,0 +1,280 @@
+"""`AsyncServer`: grpc.aio's server in front of the synchronous servicers and interceptors.
+
+Why not `grpc.server`: the synchronous server keeps one requested call per method and takes every completion
+(each accept, each received message, each sent status) one at a time on a single thread, so under the GIL the
+most frequent method can be accepted no faster than that thread gets the GIL back, and a backlog, once built,
+does not drain (docs/benchmarks.md, load test). grpc.aio's event loop handles completions in batches, so
+the more is queued, the more each turn of the loop gets done.
+
+The servicers, the interceptors and the tests stay synchronous: each call is matched to its handler and run
+through the (synchronous) interceptors on the loop, then its behaviour runs in the thread pool with a
+`SyncContext`, which gives it the grpc.ServicerContext it expects (abort, is_active, add_callback...).
+`AsyncServer` offers the part of grpc.Server that Foretell uses, so generated `add_*_to_server` work on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc import aio
+
+# The cygrpc status codes that aio's context holds, as grpc.StatusCode.
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_DONE = object()
+
+
+class _AbortError(Exception):
+    """Raised by `SyncContext.abort`: ErrorInterceptor lets an exception of this name through (already a status)."""
+
+
+class SyncContext:
+    """grpc.ServicerContext for a synchronous behaviour running in a pool thread, over aio's context."""
+
+    def __init__(self, context: aio.ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+        self._active = True
+        self._code: grpc.StatusCode | None = None
+        # (code, details, trailing metadata) of abort(), sent by the coroutine that ran the behaviour.
+        self.aborted: tuple[grpc.StatusCode, str, tuple[Any, ...]] | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    # -- what the interceptors and servicers use --
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]]:
+        return self._context.invocation_metadata() or ()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Runs `callback` (on the loop, so it must not block) when the call ends, however it ends."""
+        with self._lock:
+            if not self._active:
+                return False
+            self._callbacks.append(callback)
+            return True
+
+    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        """Ends the behaviour; its coroutine sends the status once the behaviour has unwound (as the synchronous
+        server does), so the interceptors have recorded the call before the client sees its answer."""
+        if self.aborted is None:
+            self._code = code
+            self.aborted = (code, details, tuple(trailing_metadata))
+        raise _AbortError(details)
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.abort(status.code, status.details, status.trailing_metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self._context.set_trailing_metadata(tuple(metadata))
+
+    def send_initial_metadata(self, metadata: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self._context.send_initial_metadata(tuple(metadata)), self._loop).result()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def peer_identities(self) -> Any:
+        return self._context.peer_identities()
+
+    def peer_identity_key(self) -> Any:
+        return self._context.peer_identity_key()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+    # -- for the adapters below --
+    def _end(self) -> None:
+        with self._lock:
+            self._active = False
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class _Requests(Iterator[Any]):
+    """A client stream as the blocking iterator a synchronous behaviour reads (from a pool thread)."""
+
+    def __init__(self, context: aio.ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def __next__(self) -> Any:
+        try:
+            message = asyncio.run_coroutine_threadsafe(self._context.read(), self._loop).result()
+        except Exception:
+            raise grpc.RpcError() from None  # what the synchronous server raises when the call is gone
+        if message is aio.EOF:
+            raise StopIteration
+        return message
+
+
+def _to_async(
+    handler: grpc.RpcMethodHandler, loop: asyncio.AbstractEventLoop, pool: futures.Executor
+) -> grpc.RpcMethodHandler:
+    """`handler` (synchronous behaviour) as a coroutine handler that runs the behaviour in `pool`."""
+    streaming_request = handler.request_streaming
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+    def request_of(request: Any, context: aio.ServicerContext) -> Any:
+        return _Requests(context, loop) if streaming_request else request
+
+    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        sync = SyncContext(context, loop)
+        try:
+            try:
+                response = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+            except _AbortError:
+                response = None
+            if sync.aborted is not None:  # even if the behaviour swallowed the exception
+                await context.abort(*sync.aborted)
+            return response
+        finally:
+            sync._end()
+
+    async def stream(request: Any, context: aio.ServicerContext) -> Any:
+        sync = SyncContext(context, loop)
+        try:
+            try:
+                items = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+                iterator = iter(items)
+                while True:
+                    item = await loop.run_in_executor(pool, next, iterator, _DONE)
+                    if item is _DONE:
+                        break
+                    yield item
+            except _AbortError:
+                pass
+            if sync.aborted is not None:
+                await context.abort(*sync.aborted)
+        finally:
+            sync._end()
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(streaming_request, handler.response_streaming)]
+    return make(
+        stream if handler.response_streaming else unary,
+        handler.request_deserializer,
+        handler.response_serializer,
+    )
+
+
+class _Router(grpc.GenericRpcHandler):
+    """Finds a call's synchronous handler, runs the synchronous interceptors, and adapts the result."""
+
+    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor], pool: futures.Executor) -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._interceptors = tuple(interceptors)
+        self._pool = pool
+
+    def _lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        found = self.methods.get(details.method)
+        if found is not None:
+            return found
+        for generic in self.generic:
+            found = generic.service(details)
+            if found is not None:
+                return found
+        return None
+
+    def _intercepted(self, index: int, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if index == len(self._interceptors):
+            return self._lookup(details)
+        return self._interceptors[index].intercept_service(lambda d: self._intercepted(index + 1, d), details)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._intercepted(0, handler_call_details)
+        if handler is None:
+            return None
+        assert self.loop is not None
+        return _to_async(handler, self.loop, self._pool)
+
+
+class AsyncServer(grpc.Server):
+    """The part of grpc.Server that Foretell uses, served by grpc.aio on an event loop thread of its own."""
+
+    def __init__(
+        self,
+        thread_pool: futures.ThreadPoolExecutor,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        maximum_concurrent_rpcs: int | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._pool = thread_pool
+        self._router = _Router(interceptors, thread_pool)
+        self._loop = asyncio.new_event_loop()
+        self._router.loop = self._loop
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+
+        async def make() -> aio.Server:
+            return aio.server(
+                handlers=[self._router], options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs
+            )
+
+        self._server = self._run(make())
+        self._stopped = threading.Event()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._router.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for name, handler in handlers.items():
+            self._router.methods[f"/{service}/{name}"] = handler
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, credentials)
+
+    def start(self) -> None:
+        self._run(self._server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Refuses new calls, gives in-flight ones `grace` seconds, cancels the rest; the event is set once
+        done. Behaviours still running in the pool then see `is_active()` turn false."""
+
+        async def stop() -> None:
+            await self._server.stop(grace)
+
+        def stopped(_: Any) -> None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stopped.set()
+
+        if self._stopped.is_set() or not self._loop.is_running():
+            self._stopped.set()
+        else:
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).add_done_callback(stopped)
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)

@@ -1,0 +1,150 @@
+"""AsyncServer: synchronous handlers and interceptors served by grpc.aio, with the grpc.ServicerContext they
+expect (abort with details, is_active, add_callback, client streams, drain on stop)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from foretell.core.async_server import AsyncServer
+
+SERVICE = "test.Echo"
+
+
+class Echo:
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.callback_ran = threading.Event()
+        self.release = threading.Event()
+
+    def Unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        if request == b"fail":
+            detail = error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field="name", description="bad")]
+            )
+            status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="name is bad")
+            status.details.add().Pack(detail)
+            context.abort_with_status(rpc_status.to_status(status))
+        if request == b"slow":
+            self.release.wait(10)
+        return b"echo:" + request + b":" + dict(context.invocation_metadata()).get("x-tag", "").encode()
+
+    def Stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:  # noqa: N802
+        context.add_callback(self.callback_ran.set)
+        count = 0
+        while context.is_active():
+            yield b"%d" % count
+            count += 1
+            time.sleep(0.01)
+        self.ended.set()
+
+    def Collect(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        return b"+".join(requests)
+
+
+class Tagging(grpc.ServerInterceptor):
+    """A synchronous interceptor like Foretell's: it wraps the behaviour of the handler it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        self.seen.append(details.method)
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def run(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return inner(request, context) + b"!"
+
+        return grpc.unary_unary_rpc_method_handler(run)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Echo, Tagging, grpc.Channel, AsyncServer]]:
+    echo, tagging = Echo(), Tagging()
+    server = AsyncServer(futures.ThreadPoolExecutor(4), [tagging], maximum_concurrent_rpcs=8)
+    server.add_registered_method_handlers(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(echo.Unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(echo.Stream),
+            "Collect": grpc.stream_unary_rpc_method_handler(echo.Collect),
+        },
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield echo, tagging, channel, server
+    echo.release.set()
+    channel.close()
+    server.stop(None).wait(10)
+
+
+def _unary(channel: grpc.Channel) -> Any:
+    return channel.unary_unary(f"/{SERVICE}/Unary")
+
+
+def test_a_sync_handler_answers_through_the_sync_interceptors(served: Any) -> None:
+    _, tagging, channel, _ = served
+    assert _unary(channel)(b"hi", metadata=[("x-tag", "t1")], timeout=5) == b"echo:hi:t1!"
+    assert tagging.seen == [f"/{SERVICE}/Unary"]
+
+
+def test_abort_with_status_reaches_the_client_with_its_details(served: Any) -> None:
+    _, _, channel, _ = served
+    with pytest.raises(grpc.RpcError) as raised:
+        _unary(channel)(b"fail", timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "name is bad"
+    status = rpc_status.from_call(raised.value)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    status.details[0].Unpack(bad)
+    assert bad.field_violations[0].field == "name"
+
+
+def test_an_unknown_method_is_unimplemented(served: Any) -> None:
+    _, _, channel, _ = served
+    with pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary(f"/{SERVICE}/Nope")(b"", timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_client_stream_is_read_by_the_sync_handler(served: Any) -> None:
+    _, _, channel, _ = served
+    assert channel.stream_unary(f"/{SERVICE}/Collect")(iter([b"a", b"b", b"c"]), timeout=5) == b"a+b+c"
+
+
+def test_a_cancelled_stream_turns_is_active_false_and_runs_the_callbacks(served: Any) -> None:
+    echo, _, channel, _ = served
+    call = channel.unary_stream(f"/{SERVICE}/Stream")(b"", timeout=10)
+    assert [next(call) for _ in range(3)] == [b"0", b"1", b"2"]
+    call.cancel()
+    assert echo.ended.wait(5), "the handler kept streaming after the client went away"
+    assert echo.callback_ran.wait(5)
+
+
+def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(served: Any) -> None:
+    echo, _, channel, server = served
+    in_flight = _unary(channel).future(b"slow", timeout=10)
+    time.sleep(0.3)
+    stopped = server.stop(5)
+    time.sleep(0.2)
+    echo.release.set()
+    assert in_flight.result() == b"echo:slow:!"
+    assert stopped.wait(10)
+    with pytest.raises(grpc.RpcError) as raised:
+        _unary(channel)(b"late", timeout=2)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
