@@ -29,6 +29,11 @@ class EventBell:
         with self._cond:
             self._cond.wait_for(lambda: self._rings != seen or self.closed, timeout)
 
+    def wait_closed(self, timeout: float) -> None:
+        """Returns after `timeout` seconds, or at once on close."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed, timeout)
+
     def close(self) -> None:
         """Ends every stream (server shutdown): they would otherwise hold the drain for its full grace."""
         with self._cond:

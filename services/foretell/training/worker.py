@@ -271,10 +271,10 @@ def worker_command(job_dir: Path, processes: int = 1, python: str = sys.executab
     ]
 
 
-# Where a worker shares the machine with the services (the local launcher), serving comes first: 10 nice
-# levels below its launcher, a busy server's threads get about ten times training's CPU share. In a pod of its
-# own nothing changes.
-WORKER_NICE = 10
+# Where a worker shares the machine with the services (the local launcher), serving comes first: at the lowest
+# priority a worker gets about 1.5% of a CPU that a busy server also wants (nice 10 left it 10%, enough to push
+# a loaded 2-core server over its concurrency limit) and all of an idle one. In a pod of its own nothing changes.
+WORKER_NICE = 19
 
 
 def lower_priority() -> None:
