@@ -24,6 +24,7 @@ class Echo:
         self.ended = threading.Event()
         self.callback_ran = threading.Event()
         self.release = threading.Event()
+        self.collect_ended = threading.Event()
 
     def Unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         if request == b"fail":
@@ -40,14 +41,19 @@ class Echo:
     def Stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:  # noqa: N802
         context.add_callback(self.callback_ran.set)
         count = 0
-        while context.is_active():
-            yield b"%d" % count
-            count += 1
-            time.sleep(0.01)
-        self.ended.set()
+        try:
+            while context.is_active():
+                yield b"%d" % count
+                count += 1
+                time.sleep(0.01)
+        finally:  # the loop ended (is_active) or the generator was closed at a yield: either way, promptly
+            self.ended.set()
 
     def Collect(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:  # noqa: N802
-        return b"+".join(requests)
+        try:
+            return b"+".join(requests)
+        finally:
+            self.collect_ended.set()
 
 
 class Tagging(grpc.ServerInterceptor):
@@ -148,3 +154,22 @@ def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(served: Any) -> N
     with pytest.raises(grpc.RpcError) as raised:
         _unary(channel)(b"late", timeout=2)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_stream_cut_off_by_the_stop_frees_its_thread(served: Any) -> None:
+    echo, _, channel, server = served
+    hold = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b"a"
+        hold.wait(10)  # the client keeps its stream open past the grace period
+
+    call = channel.stream_unary(f"/{SERVICE}/Collect").future(requests(), timeout=10)
+    time.sleep(0.3)
+    assert server.stop(0.2).wait(10)
+    # The handler thread was blocked reading the next message: the read ends (RpcError or end of stream) and
+    # the thread is free, instead of waiting for a loop that is gone.
+    assert echo.collect_ended.wait(5)
+    hold.set()
+    with pytest.raises(grpc.RpcError):
+        call.result()

@@ -15,9 +15,11 @@ through the (synchronous) interceptors on the loop, then its behaviour runs in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -30,6 +32,18 @@ _DONE = object()
 
 class _AbortError(Exception):
     """Raised by `SyncContext.abort`: ErrorInterceptor lets an exception of this name through (already a status)."""
+
+
+def _wait(future: Future[Any], loop: asyncio.AbstractEventLoop) -> Any:
+    """From a pool thread, the result of a coroutine sent to the loop; RpcError if the loop stops meanwhile (the
+    server stopped, its calls with it), so no thread waits forever for a loop that is gone."""
+    while True:
+        try:
+            return future.result(timeout=1.0)
+        except TimeoutError:
+            if not loop.is_running():
+                future.cancel()
+                raise grpc.RpcError() from None
 
 
 class SyncContext:
@@ -88,7 +102,10 @@ class SyncContext:
         self._context.set_trailing_metadata(tuple(metadata))
 
     def send_initial_metadata(self, metadata: Any) -> None:
-        asyncio.run_coroutine_threadsafe(self._context.send_initial_metadata(tuple(metadata)), self._loop).result()
+        _wait(
+            asyncio.run_coroutine_threadsafe(self._context.send_initial_metadata(tuple(metadata)), self._loop),
+            self._loop,
+        )
 
     def peer(self) -> str:
         return self._context.peer()
@@ -120,12 +137,19 @@ class _Requests(Iterator[Any]):
 
     def __next__(self) -> Any:
         try:
-            message = asyncio.run_coroutine_threadsafe(self._context.read(), self._loop).result()
+            message = _wait(asyncio.run_coroutine_threadsafe(self._context.read(), self._loop), self._loop)
         except Exception:
             raise grpc.RpcError() from None  # what the synchronous server raises when the call is gone
         if message is aio.EOF:
             raise StopIteration
         return message
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        with contextlib.suppress(ValueError):  # still running in another thread: it ends by itself (is_active)
+            close()
 
 
 def _to_async(
@@ -153,12 +177,22 @@ def _to_async(
 
     async def stream(request: Any, context: aio.ServicerContext) -> Any:
         sync = SyncContext(context, loop)
+        running: list[Iterator[Any]] = []
+
+        def ended(_: Any) -> None:
+            # A client gone while the generator waits at a yield: nothing would resume or close it but the garbage
+            # collector. Close it now (its finally blocks run) and end the context (callbacks, is_active).
+            sync._end()
+            if running:
+                pool.submit(_close, running[0])
+
+        context.add_done_callback(ended)
         try:
             try:
                 items = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
-                iterator = iter(items)
+                running.append(iter(items))
                 while True:
-                    item = await loop.run_in_executor(pool, next, iterator, _DONE)
+                    item = await loop.run_in_executor(pool, next, running[0], _DONE)
                     if item is _DONE:
                         break
                     yield item
