@@ -25,13 +25,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
-# The cygrpc status codes that aio's context holds, as grpc.StatusCode.
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+from foretell.core.interceptors import AbortedCall, rewrap
+
 _DONE = object()
-
-
-class _AbortError(Exception):
-    """Raised by `SyncContext.abort`: ErrorInterceptor lets an exception of this name through (already a status)."""
 
 
 def _wait(future: Future[Any], loop: asyncio.AbstractEventLoop) -> Any:
@@ -83,7 +79,7 @@ class SyncContext:
         if self.aborted is None:
             self._code = code
             self.aborted = (code, details, tuple(trailing_metadata))
-        raise _AbortError(details)
+        raise AbortedCall(details)
 
     def abort_with_status(self, status: grpc.Status) -> None:
         self.abort(status.code, status.details, status.trailing_metadata)
@@ -157,63 +153,56 @@ def _to_async(
 ) -> grpc.RpcMethodHandler:
     """`handler` (synchronous behaviour) as a coroutine handler that runs the behaviour in `pool`."""
     streaming_request = handler.request_streaming
-    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
     def request_of(request: Any, context: aio.ServicerContext) -> Any:
         return _Requests(context, loop) if streaming_request else request
 
-    async def unary(request: Any, context: aio.ServicerContext) -> Any:
-        sync = SyncContext(context, loop)
-        try:
+    def adapt(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+        async def unary(request: Any, context: aio.ServicerContext) -> Any:
+            sync = SyncContext(context, loop)
             try:
-                response = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
-            except _AbortError:
-                response = None
-            if sync.aborted is not None:  # even if the behaviour swallowed the exception
-                await context.abort(*sync.aborted)
-            return response
-        finally:
-            sync._end()
+                try:
+                    response = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+                except AbortedCall:
+                    response = None
+                if sync.aborted is not None:  # even if the behaviour swallowed the exception
+                    await context.abort(*sync.aborted)
+                return response
+            finally:
+                sync._end()
 
-    async def stream(request: Any, context: aio.ServicerContext) -> Any:
-        sync = SyncContext(context, loop)
-        running: list[Iterator[Any]] = []
+        async def stream(request: Any, context: aio.ServicerContext) -> Any:
+            sync = SyncContext(context, loop)
+            running: list[Iterator[Any]] = []
 
-        def ended(_: Any) -> None:
-            # A client gone while the generator waits at a yield: nothing would resume or close it but the garbage
-            # collector. Close it now (its finally blocks run) and end the context (callbacks, is_active).
-            sync._end()
-            if running:
-                pool.submit(_close, running[0])
+            def ended(_: Any) -> None:
+                # A client gone while the generator waits at a yield: nothing would resume or close it but the
+                # garbage collector. Close it now (its finally blocks run) and end the context (callbacks,
+                # is_active).
+                sync._end()
+                if running:
+                    pool.submit(_close, running[0])
 
-        context.add_done_callback(ended)
-        try:
+            context.add_done_callback(ended)
             try:
-                items = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
-                running.append(iter(items))
-                while True:
-                    item = await loop.run_in_executor(pool, next, running[0], _DONE)
-                    if item is _DONE:
-                        break
-                    yield item
-            except _AbortError:
-                pass
-            if sync.aborted is not None:
-                await context.abort(*sync.aborted)
-        finally:
-            sync._end()
+                try:
+                    items = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+                    running.append(iter(items))
+                    while True:
+                        item = await loop.run_in_executor(pool, next, running[0], _DONE)
+                        if item is _DONE:
+                            break
+                        yield item
+                except AbortedCall:
+                    pass
+                if sync.aborted is not None:
+                    await context.abort(*sync.aborted)
+            finally:
+                sync._end()
 
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(streaming_request, handler.response_streaming)]
-    return make(
-        stream if handler.response_streaming else unary,
-        handler.request_deserializer,
-        handler.response_serializer,
-    )
+        return stream if streaming_response else unary
+
+    return rewrap(handler, adapt)
 
 
 class _Router(grpc.GenericRpcHandler):

@@ -69,6 +69,10 @@ def _checked(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
+class AbortedCall(Exception):
+    """Raised by context.abort() (core.async_server's SyncContext): the call's status is already set."""
+
+
 Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
 _KINDS = (
     ("unary_unary", False, grpc.unary_unary_rpc_method_handler),
@@ -135,7 +139,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     log.warning("peer call failed", extra={"code": exc.code().name, "error": exc.details()})
                     _abort(context, _peer_status(exc))
                 except Exception as exc:
-                    if type(exc).__name__ == "_AbortError":
+                    if isinstance(exc, AbortedCall):
                         raise  # context.abort() inside the handler: already a status
                     log.exception("unhandled error")
                     _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
