@@ -88,16 +88,19 @@ def stop(process: Any, conn: Connection) -> None:
     process.join(30)
 
 
-def run_noop_server(conn: Connection, register: Callable[[grpc.Server], None], max_workers: int) -> None:
-    """Serves what `register` adds with create_server's server, thread pool and options but no interceptor.
+def run_noop_server(
+    conn: Connection, register: Callable[[grpc.Server], None], max_workers: int, kind: str = "aio"
+) -> None:
+    """Serves what `register` adds with create_server's server ("aio"; "sync" for grpcio's synchronous one),
+    thread pool and options but no interceptor.
 
     Sends ("listening", port), then runs until the parent sends anything.
     """
     from foretell.core.async_server import AsyncServer
 
-    server = AsyncServer(
-        futures.ThreadPoolExecutor(max_workers=max_workers), maximum_concurrent_rpcs=256, options=SERVER_OPTIONS
-    )
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers)
+    make = AsyncServer if kind == "aio" else grpc.server
+    server = make(pool, maximum_concurrent_rpcs=256, options=SERVER_OPTIONS)
     register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from grpc_load import SERVER_OPTIONS, add_load_arguments, compare, load_summary, machine, spawn, stop
+from grpc_load import add_load_arguments, compare, load_summary, machine, run_noop_server, spawn, stop
 
 METHOD = "/bench.Noop/Answer"
 ANSWER = bytes(range(256)) * 4
@@ -38,25 +37,15 @@ def serve(conn: Connection, kind: str, work_ms: float, max_workers: int) -> None
     """Serves METHOD with the `kind` server ("aio" or "sync"); sends ("listening", port), stops on any message."""
     import grpc
 
-    from foretell.core.async_server import AsyncServer
-
     def answer(request: bytes, context: Any) -> bytes:
         if work_ms:
             _busy(work_ms / 1e3)
         return ANSWER
 
-    pool = futures.ThreadPoolExecutor(max_workers=max_workers)
-    server: grpc.Server
-    if kind == "aio":
-        server = AsyncServer(pool, maximum_concurrent_rpcs=256, options=SERVER_OPTIONS)
-    else:
-        server = grpc.server(pool, maximum_concurrent_rpcs=256, options=SERVER_OPTIONS)
-    server.add_registered_method_handlers("bench.Noop", {"Answer": grpc.unary_unary_rpc_method_handler(answer)})
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    conn.send(("listening", port))
-    conn.recv()
-    server.stop(0).wait(10)
+    handlers = {"Answer": grpc.unary_unary_rpc_method_handler(answer)}
+    run_noop_server(
+        conn, lambda server: server.add_registered_method_handlers("bench.Noop", handlers), max_workers, kind
+    )
 
 
 def raw_call(channel: Any) -> Any:
