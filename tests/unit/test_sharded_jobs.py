@@ -52,10 +52,25 @@ class ShardedPredictorKind:
         self.ended_with.append((state, error))
 
 
+class RecordingOperationStore(OperationStore):
+    """The real store, also keeping every progress report: the stored metadata holds only the latest, and a
+    test polling it misses the reports that came in one burst (shard 0's lines are read just before shard 1's)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.reports: list[tuple[float, str, dict[str, float]]] = []
+
+    def report_progress(
+        self, name: str, percent: float, message: str = "", counters: dict[str, float] | None = None
+    ) -> None:
+        self.reports.append((percent, message, dict(counters or {})))
+        super().report_progress(name, percent, message, counters)
+
+
 class Harness:
     def __init__(self, root: Path, kind: ShardedPredictorKind, launcher: LocalLauncher) -> None:
         engine = make_engine(f"sqlite:///{root / 'foretell.db'}")
-        self.ops = OperationStore(engine)
+        self.ops = RecordingOperationStore(engine)
         self.kind = kind
         self.launcher = launcher
         self.jobs = TrainingJobs(
@@ -63,7 +78,6 @@ class Harness:
         )
         self.op = self.ops.create(TARGET, "train")
         self.job_dir = root / "artifacts" / "jobs" / self.op.name.removeprefix("operations/")
-        self.progress: list[tuple[float, str, dict[str, float]]] = []
 
     def submit(self) -> None:
         self.jobs.submit(self.op.name, "predictor", TARGET)
@@ -71,11 +85,7 @@ class Harness:
     def wait_until(self, condition: Any, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            assert time.monotonic() < deadline, f"timed out; progress so far: {self.progress[-3:]}"
-            meta = self.ops.metadata(self.op.name)
-            seen = (meta.progress_percent, meta.status_message, dict(meta.counters))
-            if not self.progress or self.progress[-1] != seen:
-                self.progress.append(seen)
+            assert time.monotonic() < deadline, f"timed out; progress so far: {self.ops.reports[-3:]}"
             time.sleep(0.05)
 
     def run(self) -> Any:
@@ -108,15 +118,15 @@ def test_shards_run_as_processes_report_progress_and_merge_into_the_unsharded_pr
     assert kind.result is not None and kind.result["ok"] and kind.result["series_count"] == 23
 
     # Progress over all shards: each shard named, percentages that only grow, then the merge.
-    messages = [message for _, message, _ in h.progress]
+    messages = [message for _, message, _ in h.ops.reports]
     assert {m.split(":")[0] for m in messages if m.startswith("shard ")} == {
         "shard 0 of 3",
         "shard 1 of 3",
         "shard 2 of 3",
     }
-    percents = [p for p, message, _ in h.progress if message.startswith("shard ")]
+    percents = [p for p, message, _ in h.ops.reports if message.startswith("shard ")]
     assert percents == sorted(percents) and 5 < percents[-1] < 100
-    assert any(c.get("shards_done") == 3 and c.get("shards") == 3 for _, _, c in h.progress)
+    assert any(c.get("shards_done") == 3 and c.get("shards") == 3 for _, _, c in h.ops.reports)
 
     # Each shard wrote its own progress, log and result; the job's result.json is the merged one.
     for i in range(3):
