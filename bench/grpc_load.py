@@ -44,12 +44,6 @@ for extra in (ROOT / "services", ROOT / "clients" / "python", BENCH_DIR):
         sys.path.insert(0, str(extra))
 
 SERVERS = ("foretell", "noop")  # the order of ports and pids everywhere below
-# The options of foretell.runtime.server.create_server (default settings), for the no-op server.
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
-]
 
 # Opens a bench's method on a channel: a picklable top-level function (or a partial of one), since
 # the load runs in a spawned process. It decides whether the client (de)serializes messages.
@@ -97,10 +91,13 @@ def run_noop_server(
     Sends ("listening", port), then runs until the parent sends anything.
     """
     from foretell.core.async_server import AsyncServer
+    from foretell.core.settings import Settings
+    from foretell.runtime.server import grpc_options
 
+    settings = Settings()
     pool = futures.ThreadPoolExecutor(max_workers=max_workers)
     make = AsyncServer if kind == "aio" else grpc.server
-    server = make(pool, maximum_concurrent_rpcs=256, options=SERVER_OPTIONS)
+    server = make(pool, maximum_concurrent_rpcs=settings.max_concurrent_rpcs, options=grpc_options(settings))
     register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -186,6 +186,48 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_serve
         stubs.app.stop(None)
 
 
+def test_a_connection_at_its_stream_cap_waits_for_a_slot_and_other_connections_go_on(tmp_path: Path) -> None:
+    cap, calls = 2, 5
+    stubs = start_stubs(Settings(port=0, data_dir=tmp_path / "data", max_streams_per_connection=cap, max_workers=8))
+    other = grpc.insecure_channel(f"127.0.0.1:{stubs.app.port}")
+    try:
+        pending = OperationStore(stubs.app.engine).create("x", "test")  # never finishes: each wait lasts 1 s
+        slow = operations_pb2.WaitOperationRequest(name=pending.name, timeout=duration_pb2.Duration(seconds=1))
+        results: list[object] = []
+
+        def wait() -> None:
+            try:
+                results.append(stubs.operations.WaitOperation(slow, timeout=30).name)
+            except grpc.RpcError as exc:
+                results.append(exc.code())
+
+        started = time.monotonic()
+        callers = [threading.Thread(target=wait) for _ in range(calls)]
+        for caller in callers:
+            caller.start()
+        most = 0.0
+        answered_meanwhile = None
+        while any(caller.is_alive() for caller in callers):
+            most = max(most, _in_flight("google.longrunning.Operations", "WaitOperation"))
+            if most == cap and answered_meanwhile is None:
+                # The first connection is at its cap with calls waiting; a second one is not held up by it.
+                again = operations_pb2_grpc.OperationsStub(other).GetOperation(
+                    operations_pb2.GetOperationRequest(name=pending.name), timeout=5
+                )
+                answered_meanwhile = again.name
+            time.sleep(0.01)
+        # Every call was answered, none refused (UNAVAILABLE) or shed; at most `cap` ran at once, so the
+        # others waited in the client: 5 one-second calls two at a time take three rounds.
+        assert results == [pending.name] * calls
+        assert most == cap
+        assert answered_meanwhile == pending.name
+        assert time.monotonic() - started >= 2.5
+    finally:
+        other.close()
+        stubs.channel.close()
+        stubs.app.stop(None)
+
+
 def test_imports_beyond_the_queue_limit_get_resource_exhausted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     original = Importer.run

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # gRPC handler threads, and the most RPCs in flight before RESOURCE_EXHAUSTED.
     max_workers: int = Field(default=16, ge=1)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
+    # Calls one client connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS); its next calls wait in
+    # the client until one ends. Twice the handler threads keeps them busy; a deeper queue inside the server
+    # only made each call slower and, in gRPC's core, got calls dropped (docs/reliability.md).
+    max_streams_per_connection: int = Field(default=32, ge=1)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_seconds: float = Field(default=10.0, ge=0)

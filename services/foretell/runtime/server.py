@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
@@ -66,6 +67,19 @@ class App:
         self.engine.dispose()
 
 
+def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
+    """The gRPC server's channel options (the serving benches give their no-op server the same)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        # Count open streams as the client does (not streams the server has yet to free), so a client
+        # at the cap waits for a slot instead of getting RST_STREAM(REFUSED_STREAM), i.e. UNAVAILABLE.
+        ("grpc.http.overload_protection", 0),
+    ]
+
+
 def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERVICES) -> App:
     wanted = list(dict.fromkeys(services))
     engine = make_engine(settings.database_url)
@@ -81,11 +95,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         # Telemetry outermost: it times and counts every call, those the inner ones refuse included.
         interceptors=[TelemetryInterceptor(), ErrorInterceptor(), *([guard] if guard else [])],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=grpc_options(settings),
     )
     # Bound before the services are added: they need the address to call their peers here.
     port = tls.add_port(server, settings, f"{settings.host}:{settings.port}")
