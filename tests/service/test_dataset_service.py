@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import grpc
 import pytest
 from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
+from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from foretell.dataset import export_worker
+from foretell.dataset import jobs as jobs_module
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 
@@ -339,6 +346,48 @@ def test_import_stream_protocol_errors(stubs: Stubs, group: Group) -> None:
     )
 
 
+def test_a_large_export_runs_in_a_process_of_its_own_and_writes_what_the_job_thread_writes(
+    stubs: Stubs, group: Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stubs.wait(upload(stubs, group.interactions, interactions_csv(300, seed=4)))
+    in_thread = tmp_path / "thread.csv"
+    stubs.wait(
+        stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_thread)))
+    )
+
+    children: list[int] = []
+    real_popen = export_worker.subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        child = real_popen(*args, **kwargs)
+        children.append(child.pid)
+        return child
+
+    monkeypatch.setattr(jobs_module, "PROCESS_ROWS", 100)  # 300 rows now count as large
+    monkeypatch.setattr(export_worker.subprocess, "Popen", popen)
+    in_child = tmp_path / "child.csv"
+    op = stubs.wait(
+        stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_child)))
+    )
+    assert len(children) == 1 and children[0] != os.getpid()
+    export = pb.ExportJob()
+    op.response.Unpack(export)
+    assert export.rows_exported == 300 and export.state == pb.JOB_STATE_SUCCEEDED
+    assert in_child.read_bytes() == in_thread.read_bytes()
+
+
+def test_an_export_process_passes_on_its_error_with_its_code(tmp_path: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(export_worker.ExportFailed) as info:
+        export_worker.ExportProcesses().run(empty, "datasetGroups/g/datasets/d", "operations/o", tmp_path / "o.csv")
+    assert info.value.to_status().code == code_pb2.NOT_FOUND and "datasetGroups/g/datasets/d" in str(info.value)
+    assert not (tmp_path / "o.csv").exists()
+    assert not export_worker.shared_with_other_processes("sqlite://")
+    assert not export_worker.shared_with_other_processes("sqlite:///:memory:")
+    assert export_worker.shared_with_other_processes(empty)
+    assert export_worker.shared_with_other_processes("postgresql+psycopg://u:p@db/foretell")
+
+
 def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_path) -> None:  # type: ignore[no-untyped-def]
     source = tmp_path / "in.csv"
     source.write_bytes(interactions_csv(1234, seed=9))
@@ -614,16 +663,31 @@ BAD_NAMES = [
     ("GetExportJob", api.GetExportJobRequest(name="x/y"), "name"),
     ("ListExportJobs", api.ListExportJobsRequest(parent=""), "parent"),
     ("ExportDataset", api.ExportDatasetRequest(name="datasets/x"), "name"),
-    ("CreateImportJob", api.CreateImportJobRequest(parent="datasetGroups/shop/datasets/items"), "import_job.source_uri"),
+    (
+        "CreateImportJob",
+        api.CreateImportJobRequest(parent="datasetGroups/shop/datasets/items"),
+        "import_job.source_uri",
+    ),
     ("PutUsers", api.PutUsersRequest(dataset="users"), "dataset"),
-    ("PutItems", api.PutItemsRequest(dataset="datasetGroups/shop/datasets/items", items=[pb.Item(item_id="i")] * 101), "items"),
-    ("CreateDatasetGroup", api.CreateDatasetGroupRequest(
-        dataset_group_id="g", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_FORECASTING), request_id="bad id!"), "request_id"),
+    (
+        "PutItems",
+        api.PutItemsRequest(dataset="datasetGroups/shop/datasets/items", items=[pb.Item(item_id="i")] * 101),
+        "items",
+    ),
+    (
+        "CreateDatasetGroup",
+        api.CreateDatasetGroupRequest(
+            dataset_group_id="g", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_FORECASTING), request_id="bad id!"
+        ),
+        "request_id",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("method", "request_", "field"), BAD_NAMES, ids=[m for m, _, _ in BAD_NAMES])
-def test_every_rpc_rejects_bad_input_naming_the_field(stubs: Stubs, group: Group, method: str, request_, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_rpc_rejects_bad_input_naming_the_field(
+    stubs: Stubs, group: Group, method: str, request_, field: str
+) -> None:  # type: ignore[no-untyped-def]
     expect_error(lambda: getattr(stubs.datasets, method)(request_, timeout=5), INVALID, field)
 
 
@@ -648,17 +712,41 @@ def test_every_rpc_answers_not_found_for_unknown_ids(stubs: Stubs, group: Group,
 
 def test_put_events_fills_required_reserved_columns_from_the_event(stubs: Stubs) -> None:
     d = stubs.datasets
-    d.CreateDatasetGroup(api.CreateDatasetGroupRequest(dataset_group_id="strict", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_RECOMMENDATION)))
+    d.CreateDatasetGroup(
+        api.CreateDatasetGroupRequest(
+            dataset_group_id="strict", dataset_group=pb.DatasetGroup(domain=pb.DOMAIN_RECOMMENDATION)
+        )
+    )
     fields = [
         pb.SchemaField(name=n, type=t)
-        for n, t in (("USER_ID", pb.FIELD_TYPE_STRING), ("ITEM_ID", pb.FIELD_TYPE_STRING), ("TIMESTAMP", pb.FIELD_TYPE_LONG),
-                     ("EVENT_TYPE", pb.FIELD_TYPE_STRING), ("EVENT_VALUE", pb.FIELD_TYPE_FLOAT))
+        for n, t in (
+            ("USER_ID", pb.FIELD_TYPE_STRING),
+            ("ITEM_ID", pb.FIELD_TYPE_STRING),
+            ("TIMESTAMP", pb.FIELD_TYPE_LONG),
+            ("EVENT_TYPE", pb.FIELD_TYPE_STRING),
+            ("EVENT_VALUE", pb.FIELD_TYPE_FLOAT),
+        )
     ]
-    d.CreateSchema(api.CreateSchemaRequest(schema_id="strict", schema=pb.Schema(domain=pb.DOMAIN_RECOMMENDATION, fields=fields)))
-    d.CreateDataset(api.CreateDatasetRequest(parent="datasetGroups/strict", dataset_id="events", dataset=pb.Dataset(
-        dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema="schemas/strict")))
-    ok = d.PutEvents(api.PutEventsRequest(dataset_group="datasetGroups/strict", session_id="s", events=[_event("i1", event_value=1.0)]))
+    d.CreateSchema(
+        api.CreateSchemaRequest(schema_id="strict", schema=pb.Schema(domain=pb.DOMAIN_RECOMMENDATION, fields=fields))
+    )
+    d.CreateDataset(
+        api.CreateDatasetRequest(
+            parent="datasetGroups/strict",
+            dataset_id="events",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_INTERACTIONS, schema="schemas/strict"),
+        )
+    )
+    ok = d.PutEvents(
+        api.PutEventsRequest(
+            dataset_group="datasetGroups/strict", session_id="s", events=[_event("i1", event_value=1.0)]
+        )
+    )
     assert ok.accepted == 1
-    status = expect_error(lambda: d.PutEvents(api.PutEventsRequest(dataset_group="datasetGroups/strict", session_id="s",
-                                                                    events=[_event("i1")])), INVALID)
+    status = expect_error(
+        lambda: d.PutEvents(
+            api.PutEventsRequest(dataset_group="datasetGroups/strict", session_id="s", events=[_event("i1")])
+        ),
+        INVALID,
+    )
     assert any("EVENT_VALUE" in f for f in violations_of(status))

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from foretell.core.logs import configure_logging
+from foretell.core.priority import lower_priority
 from foretell.training import shards
 
 if TYPE_CHECKING:
@@ -269,17 +270,6 @@ def worker_command(job_dir: Path, processes: int = 1, python: str = sys.executab
         "foretell.training.worker",
         str(job_dir),
     ]
-
-
-# Where a worker shares the machine with the services (the local launcher), serving comes first: at the lowest
-# priority a worker gets about 1.5% of a CPU that a busy server also wants (nice 10 left it 10%, enough to push
-# a loaded 2-core server over its concurrency limit) and all of an idle one. In a pod of its own nothing changes.
-WORKER_NICE = 19
-
-
-def lower_priority() -> None:
-    """Lowers this process's CPU priority before any thread (BLAS, torch) starts: threads inherit it."""
-    os.nice(WORKER_NICE)
 
 
 def main(argv: list[str]) -> int:
