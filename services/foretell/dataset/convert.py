@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy.engine import Row
 
 from foretell.core.resources import status_of, timestamp_of
+from foretell.dataset.rows import RowMapper
 from foretell.dataset.schema_rules import Field
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
@@ -36,6 +37,11 @@ def fields_from_proto(fields: Any) -> list[Field]:
 
 def fields_from_row(row: Row[Any]) -> list[Field]:
     return [Field(**f) for f in row.fields]
+
+
+def mapper_of(dataset: Row[Any]) -> RowMapper:
+    """How a dataset's rows are read and written (its type and schema fields)."""
+    return RowMapper(dataset.dataset_type, fields_from_row(dataset))
 
 
 def dataset_group(row: Row[Any]) -> pb.DatasetGroup:

@@ -96,20 +96,32 @@ class ExportProcesses:
             child.kill()
 
 
+def export_reporting(
+    store: DatasetStore, operations: OperationStore, dataset: str, mapper: RowMapper, path: Path, operation: str
+) -> int:
+    """export_csv with its progress and cancel going through the export's operation, in a job thread or here."""
+    return export_csv(
+        store,
+        dataset,
+        mapper,
+        path,
+        progress=lambda p, m, c: operations.report_progress(operation, p, m, c),
+        cancelled=lambda: operations.cancel_requested(operation),
+    )
+
+
 def run(spec: dict[str, Any]) -> int:
     engine = make_engine(spec["database_url"])
     try:
         store = DatasetStore(engine)
-        operations = OperationStore(engine)
         dataset = store.get_dataset(spec["dataset"])
-        operation = spec["operation"]
-        return export_csv(
+        return export_reporting(
             store,
+            OperationStore(engine),
             dataset.name,
-            RowMapper(dataset.dataset_type, convert.fields_from_row(dataset)),
+            convert.mapper_of(dataset),
             Path(spec["path"]),
-            progress=lambda p, m, c: operations.report_progress(operation, p, m, c),
-            cancelled=lambda: operations.cancel_requested(operation),
+            spec["operation"],
         )
     finally:
         engine.dispose()

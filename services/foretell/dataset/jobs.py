@@ -17,8 +17,8 @@ from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
-from foretell.dataset.export_worker import PROCESS_ROWS, ExportProcesses, shared_with_other_processes
-from foretell.dataset.importer import Importer, export_csv
+from foretell.dataset.export_worker import PROCESS_ROWS, ExportProcesses, export_reporting, shared_with_other_processes
+from foretell.dataset.importer import Importer
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.store import DatasetStore
 
@@ -126,14 +126,7 @@ class DatasetJobs:
             if self._database_url and self._store.row_count(dataset.name, mapper.table) >= PROCESS_ROWS:
                 rows = self._exports.run(self._database_url, dataset.name, operation.name, path)
             else:
-                rows = export_csv(
-                    self._store,
-                    dataset.name,
-                    mapper,
-                    path,
-                    progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
-                    cancelled=lambda: self._ops.cancel_requested(operation.name),
-                )
+                rows = export_reporting(self._store, self._ops, dataset.name, mapper, path, operation.name)
             self._ops.finish(
                 operation.name,
                 convert.export_job(self._store.update_export_job(job, state="SUCCEEDED", rows_exported=rows)),

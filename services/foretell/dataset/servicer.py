@@ -183,12 +183,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ),
         )
 
-    def _mapper(self, dataset: Row[Any]) -> RowMapper:
-        return RowMapper(dataset.dataset_type, convert.fields_from_row(dataset))
-
     def _dataset(self, name: str, field_name: str) -> tuple[Row[Any], RowMapper]:
         row = self._store.get_dataset(auth.allowed(names.check_name(name, field_name, *DATASET)))
-        return row, self._mapper(row)
+        return row, convert.mapper_of(row)
 
     def GetDataset(self, request: api.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
         row, mapper = self._dataset(request.name, "name")
@@ -356,7 +353,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise FailedPrecondition(
                 f"dataset group {group!r} has no {dataset_type} dataset", metadata={"resource": group}
             )
-        return row, self._mapper(row)
+        return row, convert.mapper_of(row)
 
     def PutEvents(self, request: api.PutEventsRequest, context: grpc.ServicerContext) -> api.PutEventsResponse:  # noqa: N802
         group = auth.allowed(names.check_name(request.dataset_group, "dataset_group", *GROUP))
