@@ -599,9 +599,14 @@ def _read(path: Path, text: Sequence[str] | None, inferred: Sequence[str] = ()) 
     the others (or only `text`, when given) categorical text (ids like "007" keep their zeros, and
     ids are hashed once per distinct value)."""
     header = [str(c) for c in pd.read_csv(path, nrows=0, dtype=str).columns]
-    dtype: dict[str, str] = {c: "category" for c in header if c not in inferred and (text is None or c in text)}
-    dtype["TIMESTAMP"] = "category"  # parsed once per distinct time
-    frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""], engine="c")
+    categorical = [c for c in header if c not in inferred and (text is None or c in text)]
+    categorical += [] if "TIMESTAMP" in categorical else ["TIMESTAMP"]  # parsed once per distinct time
+    # Read as text, then made categorical: pandas 3 infers a "category" column's categories from the cells,
+    # so "007" would become the integer 7.
+    frame = pd.read_csv(path, dtype=dict.fromkeys(categorical, str), keep_default_na=False, na_values=[""], engine="c")
+    for c in categorical:
+        if c in frame:
+            frame[c] = frame[c].astype("category")
     if text is None:  # tell the FLOAT/DOUBLE fields from the STRING ones
         for c in header:
             if c not in inferred and c not in ("ITEM_ID", "TIMESTAMP") and _float_cells(frame[c]):
