@@ -30,6 +30,7 @@ from sqlalchemy.engine import Row
 from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.operations import OperationStore, error_status
+from foretell.core.polling import intervals
 from foretell.training import shards
 from foretell.training.launcher import Launcher, WorkerStatus
 from foretell.training.store import TrainingStore
@@ -37,6 +38,7 @@ from foretell.training.worker import WorkerError
 
 log = logging.getLogger("foretell.training")
 
+# Longest pause between two looks at a running worker (short jobs are looked at sooner: core.polling).
 POLL_SECONDS = 0.2
 # Share of the operation's progress spent preparing (the snapshot); the worker reports the rest.
 PREPARE_SHARE = 5.0
@@ -151,6 +153,7 @@ class TrainingJobs:
         n = shards.count_of(job_dir)
         progress = _Progress(job_dir, n)
         started = job.update_time.timestamp() if job.update_time else time.time()
+        waits = intervals(POLL_SECONDS)
         while True:
             for percent, message, counters in progress.new_lines():
                 share = PREPARE_SHARE + (100.0 - PREPARE_SHARE) * percent / 100.0
@@ -172,7 +175,7 @@ class TrainingJobs:
                     "FAILED",
                     error_status(code_pb2.DEADLINE_EXCEEDED, f"training ran longer than {self._timeout:.0f} s"),
                 )
-            time.sleep(POLL_SECONDS)
+            time.sleep(next(waits))
 
     def _sharded_result(self, job: Row[Any], job_dir: Path, n: int, status: WorkerStatus) -> _Outcome:
         """The verdict of a sharded job: the first failed shard's error; else, once every shard succeeded,

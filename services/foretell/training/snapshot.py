@@ -19,7 +19,12 @@ from google.rpc import status_pb2
 from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import uri_of
 from foretell.core.errors import Cancelled, FailedPrecondition
+from foretell.core.polling import intervals
 from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+
+# Longest pause between two looks at an export's operation, and how long to wait for the dataset service.
+POLL_SECONDS = 0.1
+READY_SECONDS = 60.0
 
 FILE_OF = {
     dataset_pb2.DATASET_TYPE_INTERACTIONS: "interactions.csv",
@@ -49,10 +54,7 @@ def take_snapshot(
     datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
     operations = operations_pb2_grpc.OperationsStub(channel)
     directory.mkdir(parents=True, exist_ok=True)
-    # wait_for_ready: a job resumed at start-up may call before the dataset service listens.
-    listed = datasets.ListDatasets(
-        dataset_service_pb2.ListDatasetsRequest(parent=dataset_group, page_size=100), timeout=60, wait_for_ready=True
-    )
+    listed = _list_datasets(datasets, dataset_group, cancelled)
     written = []
     for dataset in listed.datasets:
         file_name = FILE_OF.get(dataset.dataset_type)
@@ -63,13 +65,14 @@ def take_snapshot(
             timeout=30,
         )
         deadline = time.monotonic() + timeout
+        waits = intervals(POLL_SECONDS)
         while not operation.done:
             if cancelled():
                 operations.CancelOperation(operations_pb2.CancelOperationRequest(name=operation.name), timeout=30)
                 raise Cancelled("cancelled while taking the dataset snapshot")
             if time.monotonic() > deadline:
                 raise FailedPrecondition(f"the snapshot of {dataset.name} took longer than {timeout:.0f} s")
-            time.sleep(0.1)
+            time.sleep(next(waits))
             operation = operations.GetOperation(operations_pb2.GetOperationRequest(name=operation.name), timeout=30)
         if operation.HasField("error"):
             raise FailedPrecondition(f"the snapshot of {dataset.name} failed: {_message(operation.error)}")
@@ -78,6 +81,24 @@ def take_snapshot(
         kind = required.removesuffix(".csv").upper()
         raise FailedPrecondition(f"dataset group {dataset_group!r} has no {kind} dataset")
     return written
+
+
+def _list_datasets(
+    datasets: dataset_service_pb2_grpc.DatasetServiceStub, dataset_group: str, cancelled: Callable[[], bool]
+) -> dataset_service_pb2.ListDatasetsResponse:
+    """The group's datasets. A job resumed at start-up may call before the dataset service listens, so this waits
+    for it (up to READY_SECONDS), one second at a time: a server stopping meanwhile is noticed at once, not after
+    the whole wait."""
+    request = dataset_service_pb2.ListDatasetsRequest(parent=dataset_group, page_size=100)
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        try:
+            return datasets.ListDatasets(request, timeout=1, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or time.monotonic() > deadline:
+                raise
+        if cancelled():
+            raise Cancelled("cancelled while waiting for the dataset service")
 
 
 def _message(status: status_pb2.Status) -> str:
