@@ -38,6 +38,8 @@ from support import (
     upload,
 )
 
+pytestmark = pytest.mark.clients
+
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "clients" / "node"
 CPP_DIR = REPO / "clients" / "cpp"

@@ -156,6 +156,7 @@ def test_unreachable_server_is_an_error_not_a_traceback() -> None:
     assert result.stderr.startswith("error: UNAVAILABLE: ") and "foretell serve" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_and_rerunnable(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     result = invoke("demo", "--data-dir", str(data_dir), "--rows", "500", "-q")
@@ -178,6 +179,7 @@ def test_demo_end_to_end_and_rerunnable(tmp_path: Path) -> None:
     assert by_type["ITEMS"]["importJobState"] == "SUCCEEDED"
 
 
+@pytest.mark.slow
 def test_demo_imports_movielens_100k_format(tmp_path: Path) -> None:
     ml = tmp_path / "ml-100k"
     ml.mkdir()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 from test_cli_personalize import invoke, ok, rows
 
 from support import Stubs, daily_csv, make_forecasting_group
 
 
+@pytest.mark.slow
 def test_train_forecast_query_plot_and_export_from_the_cli(stubs: Stubs, tmp_path: Path) -> None:
     make_forecasting_group(stubs, "sales", daily_csv(items=4, days=90))
     result = ok(

@@ -186,6 +186,7 @@ def test_ctrl_c_cancels_the_training(stubs: Stubs, shop: Group, monkeypatch: pyt
     assert version.state == training_pb2.TRAINING_STATE_CANCELLED
 
 
+@pytest.mark.slow
 def test_demo_trains_deploys_and_recommends(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     result = ok("demo", "--data-dir", str(data_dir), "--rows", "3000", "-q")

@@ -22,6 +22,7 @@ def load_script() -> object:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_load_test_runs_every_phase_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     script = load_script()
     out = tmp_path / "report.json"

@@ -88,6 +88,7 @@ def test_the_training_service_alone_serves_predictors(tmp_path: Path) -> None:
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     proc, port = start("foretell.runtime", tmp_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -120,6 +121,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     channel.close()
 
 
+@pytest.mark.slow
 def test_a_worker_outlives_a_crashed_server_and_the_restarted_server_takes_it_back(tmp_path: Path) -> None:
     from foretell.v1 import common_pb2, training_pb2
 

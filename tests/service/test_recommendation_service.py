@@ -487,6 +487,7 @@ def walks_csv(users: int = 60, items: int = 40, length: int = 30) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
+@pytest.mark.slow
 def test_a_click_changes_a_sequence_campaigns_next_answer_within_a_second(stubs: Stubs) -> None:
     group = make_recommendation_group(stubs)
     assert not stubs.wait(upload(stubs, group.interactions, walks_csv())).HasField("error")

@@ -143,6 +143,7 @@ def test_wait_operation_with_a_huge_timeout_waits_until_the_call_deadline(stubs:
     assert time.monotonic() - start > 1
 
 
+@pytest.mark.slow
 def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_server_stays_healthy(
     tmp_path: Path,
 ) -> None:
@@ -186,6 +187,7 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_and_the_serve
         stubs.app.stop(None)
 
 
+@pytest.mark.slow
 def test_a_connection_at_its_stream_cap_waits_for_a_slot_and_other_connections_go_on(tmp_path: Path) -> None:
     cap, calls = 2, 5
     stubs = start_stubs(Settings(port=0, data_dir=tmp_path / "data", max_streams_per_connection=cap, max_workers=8))
@@ -297,6 +299,7 @@ def _event(event_id: str, item: str) -> dataset_pb2.Event:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_drains_unary_and_streaming_calls_and_refuses_new_ones(tmp_path: Path) -> None:
     proc, port, stubs = _serve(tmp_path)
     channel = stubs.channel
@@ -441,6 +444,7 @@ def test_acknowledged_events_and_imports_survive_sigkill(tmp_path: Path) -> None
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_a_killed_training_worker_leaves_no_model_to_serve_and_the_solution_trains_again(
     stubs: Stubs, settings: Settings
 ) -> None:

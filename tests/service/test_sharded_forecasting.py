@@ -48,6 +48,7 @@ def _numbers(message: Any) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_a_sharded_automl_predictor_trains_forecasts_and_matches_the_unsharded_one(
     stubs: Stubs, settings: Settings
 ) -> None:

@@ -25,6 +25,9 @@ from foretell.recipes.base import Interactions
 from foretell.recipes.sequence import Sequence
 from foretell.training import distributed, worker
 
+# Every test here starts torchrun or spawned ranks (seconds each).
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 ITEMS, CHAIN = 40, 8  # items g*CHAIN .. g*CHAIN+7 form a cycle that users mostly walk
 SEQ_PARAMS: dict[str, Any] = {

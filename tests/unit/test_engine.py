@@ -293,6 +293,7 @@ def test_metadata_and_top_k() -> None:
     assert top_k(scores, 10).tolist() == [2, 3, 0]
 
 
+@pytest.mark.slow
 def test_hot_swap_under_load_serves_one_whole_version_per_request() -> None:
     pairs_b = [(u, "b-" + i) for u, i in BASIC]
     old = engine_for(interactions(BASIC, extra_items=["new"]))

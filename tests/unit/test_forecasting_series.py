@@ -478,6 +478,7 @@ def test_load_snapshot_without_optional_files_and_without_target(tmp_path: Path)
 # ---------------------------------------------------------------- scale
 
 
+@pytest.mark.slow
 def test_ten_thousand_series_of_a_thousand_steps_build_in_seconds() -> None:
     rng = np.random.default_rng(0)
     n, steps = 10_000, 1_000

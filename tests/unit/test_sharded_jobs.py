@@ -108,6 +108,7 @@ def harness(tmp_path: Path) -> Iterator[Any]:
         h.jobs.close(wait=True)
 
 
+@pytest.mark.slow
 def test_shards_run_as_processes_report_progress_and_merge_into_the_unsharded_predictor(
     harness: Any, tmp_path: Path
 ) -> None:
@@ -187,6 +188,7 @@ def test_cancel_stops_every_shard(harness: Any, tmp_path: Path) -> None:
     assert [state for state, _ in kind.ended_with] == ["CANCELLED"] and not kind.artifact.exists()
 
 
+@pytest.mark.slow
 def test_after_a_restart_the_launcher_adopts_running_shards_and_starts_the_rest(tmp_path: Path) -> None:
     kind = ShardedPredictorKind(tmp_path, shards=3, items=30, candidates=["naive", "ets"])
     job_dir = tmp_path / "job"
