@@ -1,4 +1,4 @@
-"""DatasetService over a real server on port 0 with a real SQLite file."""
+"""DatasetService over a real server on port 0, on a real SQLite file and again on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from support import (
     upload,
 )
 
+pytestmark = pytest.mark.databases("sqlite", "postgres")
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -42,6 +44,10 @@ def group(stubs: Stubs) -> Group:
 
 
 # ---- dataset groups, schemas, datasets ----------------------------------------------------
+
+
+def test_the_server_runs_on_the_database_asked_for(stubs: Stubs, database: str) -> None:
+    assert stubs.app.engine.dialect.name == {"sqlite": "sqlite", "postgres": "postgresql"}[database]
 
 
 def test_create_get_list_delete_dataset_groups(stubs: Stubs) -> None:

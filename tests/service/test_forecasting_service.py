@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from google.longrunning import operations_pb2
 
 from foretell.core.artifacts import path_of
@@ -49,6 +50,8 @@ def _meta(op: operations_pb2.Operation) -> common_pb2.OperationMetadata:
     return meta
 
 
+@pytest.mark.databases("sqlite", "postgres")
+@pytest.mark.slow
 def test_automl_predictor_accuracy_forecast_query_and_export(stubs: Stubs, tmp_path: Path) -> None:
     group = make_forecasting_group(stubs, "sales", daily_csv())
     t = stubs.training
@@ -206,6 +209,7 @@ def test_bad_predictor_requests_name_the_field(stubs: Stubs) -> None:
     )
 
 
+@pytest.mark.databases("sqlite", "postgres")
 def test_bad_data_fails_the_job_with_a_clear_reason(stubs: Stubs) -> None:
     # 30 days cannot hold a 20-day horizon with 2 backtest windows.
     group = make_forecasting_group(stubs, "short", daily_csv(items=2, days=30))
@@ -235,6 +239,7 @@ def test_bad_data_fails_the_job_with_a_clear_reason(stubs: Stubs) -> None:
     assert done.HasField("error") and "rows[2].TARGET_VALUE" in str(done.error), done.error
 
 
+@pytest.mark.slow
 def test_a_training_predictor_reports_progress_and_can_be_cancelled(stubs: Stubs) -> None:
     group = make_forecasting_group(stubs, "slow", daily_csv(items=4, days=60))
     op = stubs.training.CreatePredictor(
@@ -257,6 +262,7 @@ def test_a_training_predictor_reports_progress_and_can_be_cancelled(stubs: Stubs
     assert predictor.state == training_pb2.TRAINING_STATE_CANCELLED and not predictor.artifact_uri
 
 
+@pytest.mark.slow
 def test_deepar_with_related_series_and_metadata_forecasts_a_cold_start_item(stubs: Stubs) -> None:
     group = make_forecasting_group(stubs, "deep", daily_csv(items=6, days=60))
     d = stubs.datasets
