@@ -68,7 +68,8 @@ def test_rich_status_has_error_info_and_bad_request() -> None:
 
 def test_find_bad_field_names_nested_repeated_strings() -> None:
     good = dataset_service_pb2.PutEventsRequest(
-        dataset_group="datasetGroups/g", session_id="s",
+        dataset_group="datasetGroups/g",
+        session_id="s",
         events=[dataset_pb2.Event(event_type="click"), dataset_pb2.Event(event_type="view", item_id="X")],
     ).SerializeToString()
     assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, good) == ""
@@ -98,6 +99,9 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
     store = IdempotencyStore(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
     calls: list[int] = []
 
+    def request(request_id: str) -> dataset_service_pb2.CreateDatasetGroupRequest:
+        return dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id=request_id)
+
     def slow_call() -> dataset_pb2.DatasetGroup:
         calls.append(1)
         time.sleep(0.3)  # long enough for every thread to arrive while the first runs
@@ -106,7 +110,7 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
     answers: list[str] = []
     threads = [
         threading.Thread(
-            target=lambda: answers.append(store.run("M", "req-1", dataset_pb2.DatasetGroup, slow_call).name)
+            target=lambda: answers.append(store.run("M", request("req-1"), dataset_pb2.DatasetGroup, slow_call).name)
         )
         for _ in range(4)
     ]
@@ -121,6 +125,17 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        store.run("M", "req-2", dataset_pb2.DatasetGroup, failing)
+        store.run("M", request("req-2"), dataset_pb2.DatasetGroup, failing)
     # A failed first call releases the id: the retry runs.
-    assert store.run("M", "req-2", dataset_pb2.DatasetGroup, slow_call).name == "datasetGroups/g2"
+    assert store.run("M", request("req-2"), dataset_pb2.DatasetGroup, slow_call).name == "datasetGroups/g2"
+
+
+def test_request_fingerprints_ignore_the_request_id_only() -> None:
+    from foretell.core.idempotency import fingerprint
+
+    first = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id="r-1")
+    retry = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id="r-2")
+    other = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="h", request_id="r-1")
+    assert fingerprint(first) == fingerprint(retry) != fingerprint(other)
+    assert fingerprint(first, b"upload-1") != fingerprint(first, b"upload-2")
+    assert first.request_id == "r-1"  # the caller's message is left as it was

@@ -44,7 +44,7 @@ def add_dataset_service(
     servicer = DatasetServicer(
         store,
         jobs,
-        IdempotencyStore(engine),
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
         settings.artifacts / "uploads",
         settings.artifacts / "exports",
         settings.max_upload_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -96,7 +97,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise invalid("dataset_group.display_name", "is longer than 256 characters")
         return self._idem.run(
             "CreateDatasetGroup",
-            request.request_id,
+            request,
             pb.DatasetGroup,
             lambda: convert.dataset_group(
                 self._store.create_group(
@@ -135,7 +136,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         validate_schema(domain, fields, "schema")
         return self._idem.run(
             "CreateSchema",
-            request.request_id,
+            request,
             pb.Schema,
             lambda: convert.schema(self._store.create_schema(f"schemas/{schema_id}", domain, fields)),
         )
@@ -173,7 +174,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         check_fits(dataset_type, group.domain, fields, "dataset")
         return self._idem.run(
             "CreateDataset",
-            request.request_id,
+            request,
             pb.Dataset,
             lambda: convert.dataset(
                 self._store.create_dataset(
@@ -222,22 +223,27 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             names.check_id(config.import_job_id, "config.import_job_id") if config.import_job_id else names.new_id()
         )
         names.check_request_id(config.request_id, "config.request_id")
+        # Spooled first: the upload is part of the request a request_id is bound to.
+        path, upload_digest = self._spool(request_iterator, mapper)
+        started: list[bool] = []
 
         def start() -> operations_pb2.Operation:
-            path = self._spool(request_iterator, mapper)
-            try:
-                return self._jobs.start_import(
-                    dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
-                )
-            except BaseException:
+            operation = self._jobs.start_import(
+                dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
+            )
+            started.append(True)
+            return operation
+
+        try:
+            return self._idem.run("ImportData", config, operations_pb2.Operation, start, upload_digest)
+        finally:
+            if not started:  # refused, failed, or a retry answered with the first call's operation
                 path.unlink(missing_ok=True)
-                raise
 
-        return self._idem.run("ImportData", config.request_id, operations_pb2.Operation, start)
-
-    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> Path:
-        """Writes the upload to a file, checking the header as soon as it has arrived."""
+    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> tuple[Path, bytes]:
+        """Writes the upload to a file, checking the header as soon as it has arrived; (file, SHA-256)."""
         path = self._uploads / f"{uuid.uuid4().hex}.csv"
+        digest = hashlib.sha256()
         size = 0
         prefix = b""
         header_checked = False
@@ -250,6 +256,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                     if size > self._max_upload:
                         raise invalid("chunk", f"the upload is larger than {self._max_upload} bytes")
                     out.write(message.chunk)
+                    digest.update(message.chunk)
                     if not header_checked:
                         prefix += message.chunk
                         header = parse_header(prefix)
@@ -263,7 +270,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        return path, digest.digest()
 
     def CreateImportJob(
         self, request: api.CreateImportJobRequest, context: grpc.ServicerContext
@@ -288,7 +295,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ) from None
         return self._idem.run(
             "CreateImportJob",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._jobs.start_import(
                 dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri=uri, remove_file=False
@@ -326,7 +333,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             path = self._exports / dataset.name.replace("/", "_") / f"{job_id}.csv"
         return self._idem.run(
             "ExportDataset",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._jobs.start_export(dataset=dataset, job_id=job_id, mapper=mapper, path=path),
         )

@@ -61,7 +61,7 @@ def add_recommendation_service(
         store,
         campaigns,
         batch,
-        IdempotencyStore(engine),
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
         lambda name, field_name: check_dataset_group(dataset, name, field_name),
         lambda job_id: artifacts.uri("batch-inference", f"{job_id}.jsonl"),
     )

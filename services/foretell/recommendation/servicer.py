@@ -133,7 +133,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         names.check_request_id(request.request_id)
         return self._idem.run(
             "CreateCampaign",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._campaigns.create(campaign_id, spec),
         )
@@ -192,7 +192,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             )
 
         return self._idem.run(
-            "UpdateCampaign", request.request_id, operations_pb2.Operation, lambda: self._campaigns.update(name, change)
+            "UpdateCampaign", request, operations_pb2.Operation, lambda: self._campaigns.update(name, change)
         )
 
     def DeleteCampaign(  # noqa: N802
@@ -220,7 +220,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         self._check_group(group, "filter.dataset_group")
         return self._idem.run(
             "CreateFilter",
-            request.request_id,
+            request,
             pb.Filter,
             lambda: to_filter(self._store.create_filter(f"filters/{filter_id}", group, expression)),
         )
@@ -459,7 +459,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         )
         spec = BatchSpec(job_id, resolved, input_uri, output_uri, n, job.filter, dict(job.filter_values), item_filter)
         return self._idem.run(
-            "CreateBatchInferenceJob", request.request_id, operations_pb2.Operation, lambda: self._batch.start(spec)
+            "CreateBatchInferenceJob", request, operations_pb2.Operation, lambda: self._batch.start(spec)
         )
 
     def GetBatchInferenceJob(  # noqa: N802

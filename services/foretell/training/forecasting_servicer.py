@@ -148,7 +148,7 @@ class ForecastingRpcs:
             self._jobs.submit(operation.name, "predictor", name)
             return operation
 
-        return self._idem.run("CreatePredictor", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreatePredictor", request, operations_pb2.Operation, start)
 
     def _check_target_series(self, group: str) -> None:
         listed = self._datasets.ListDatasets(
@@ -187,7 +187,7 @@ class ForecastingRpcs:
             self._artifacts.delete(self._store.delete_predictor(name).artifact_uri)
             return api.DeletePredictorResponse()
 
-        return self._idem.run("DeletePredictor", request.request_id, api.DeletePredictorResponse, delete)
+        return self._idem.run("DeletePredictor", request, api.DeletePredictorResponse, delete)
 
     def _authorized_predictor(self, name: str) -> str:
         """`name` of a predictor, once the caller may use its dataset group."""
@@ -260,7 +260,7 @@ class ForecastingRpcs:
             self._jobs.submit(operation.name, "forecast", name)
             return operation
 
-        return self._idem.run("CreateForecast", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreateForecast", request, operations_pb2.Operation, start)
 
     def GetForecast(self, request: api.GetForecastRequest, context: grpc.ServicerContext) -> pb.Forecast:  # noqa: N802
         name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
@@ -297,7 +297,7 @@ class ForecastingRpcs:
             self._artifacts.delete(self._store.delete_forecast(name).artifact_uri)
             return api.DeleteForecastResponse()
 
-        return self._idem.run("DeleteForecast", request.request_id, api.DeleteForecastResponse, delete)
+        return self._idem.run("DeleteForecast", request, api.DeleteForecastResponse, delete)
 
     def ExportForecast(  # noqa: N802
         self, request: api.ExportForecastRequest, context: grpc.ServicerContext
@@ -323,4 +323,4 @@ class ForecastingRpcs:
             self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": destination})
             return operation
 
-        return self._idem.run("ExportForecast", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("ExportForecast", request, operations_pb2.Operation, start)

@@ -45,7 +45,14 @@ def add_training_service(
         settings.training_workers,
         settings.training_timeout_seconds,
     )
-    servicer = TrainingServicer(store, jobs, operations, IdempotencyStore(engine), dataset_channel, artifacts)
+    servicer = TrainingServicer(
+        store,
+        jobs,
+        operations,
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
+        dataset_channel,
+        artifacts,
+    )
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
     return jobs.close

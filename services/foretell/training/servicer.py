@@ -114,7 +114,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         }
         return self._idem.run(
             "CreateSolution",
-            request.request_id,
+            request,
             pb.Solution,
             lambda: convert.solution(self._store.create_solution(values)),
         )
@@ -160,7 +160,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
                 self._artifacts.delete(version.artifact_uri)
             return api.DeleteSolutionResponse()
 
-        return self._idem.run("DeleteSolution", request.request_id, api.DeleteSolutionResponse, delete)
+        return self._idem.run("DeleteSolution", request, api.DeleteSolutionResponse, delete)
 
     # ---- solution versions -------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             self._jobs.submit(operation.name, "solution-version", name)
             return operation
 
-        return self._idem.run("CreateSolutionVersion", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreateSolutionVersion", request, operations_pb2.Operation, start)
 
     def _authorized_version(self, name: str) -> str:
         """`name` of a solution version, once the caller may use its solution's dataset group."""
@@ -241,7 +241,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             self._artifacts.delete(self._store.delete_version(name).artifact_uri)
             return api.DeleteSolutionVersionResponse()
 
-        return self._idem.run("DeleteSolutionVersion", request.request_id, api.DeleteSolutionVersionResponse, delete)
+        return self._idem.run("DeleteSolutionVersion", request, api.DeleteSolutionVersionResponse, delete)
 
     def GetSolutionMetrics(  # noqa: N802
         self, request: api.GetSolutionMetricsRequest, context: grpc.ServicerContext
