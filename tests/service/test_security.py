@@ -56,6 +56,7 @@ from support import (
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+ABSENT = grpc.StatusCode.NOT_FOUND  # another tenant's resource answers as an absent one
 
 
 def expect_code(call: Callable[[], object], code: grpc.StatusCode) -> str:
@@ -562,9 +563,9 @@ def test_another_tenant_cannot_read_change_or_use_the_owners_resources(tenants: 
         ),
     }
     for rpc, call in calls.items():
-        message = expect_code(call, DENIED)
-        # Names the caller, nothing of the owner.
-        assert "tenant-b" in message and "shop-a" not in message and "tenant-a" not in message, f"{rpc}: {message}"
+        message = expect_code(call, ABSENT)
+        # Answers as for an absent resource: nothing of the owner (docs/security.md).
+        assert message.endswith(" not found") and "tenant-a" not in message, f"{rpc}: {message}"
     # Nothing changed: the owner still has everything.
     assert tenants.a.get_recommendations(t.campaign, user_id="u1", num_results=3).item_list
     assert tenants.a.get_campaign(t.campaign).exploration_config.exploration_weight != 0.5
@@ -580,7 +581,7 @@ def test_lists_show_only_the_callers_groups(tenants: Tenants) -> None:
     assert not b.recommendations.ListFilters(rapi.ListFiltersRequest(), timeout=5).filters
     assert not b.operations.ListOperations(operations_pb2.ListOperationsRequest(), timeout=5).operations
     expect_error(
-        lambda: b.training.ListSolutions(tapi.ListSolutionsRequest(dataset_group=tenants.shop), timeout=5), DENIED
+        lambda: b.training.ListSolutions(tapi.ListSolutionsRequest(dataset_group=tenants.shop), timeout=5), ABSENT
     )
     a = tenants.a
     assert [s.name for s in a.training.ListSolutions(tapi.ListSolutionsRequest(), timeout=5).solutions] == [
@@ -619,7 +620,7 @@ def test_no_key_or_token_appears_in_the_logs(tenants: Tenants, caplog: pytest.Lo
     tenants.a.datasets.GetDatasetGroup(dapi.GetDatasetGroupRequest(name=tenants.shop), timeout=5)
     tenants.reader.datasets.GetDatasetGroup(dapi.GetDatasetGroupRequest(name=tenants.shop), timeout=5)
     expect_error(lambda: _list_groups(tenants.anonymous), UNAUTHENTICATED)
-    expect_code(lambda: tenants.b.get_campaign(tenants.campaign), DENIED)
+    expect_code(lambda: tenants.b.get_campaign(tenants.campaign), ABSENT)
     expect_code(lambda: tenants.reader.create_solution("y", tenants.shop, "popularity-count"), DENIED)
     with Client(tenants.target, bearer_token=KEY_ADMIN[::-1], timeout=5) as wrong:
         expect_error(lambda: _list_groups(wrong), UNAUTHENTICATED)
@@ -726,7 +727,7 @@ def test_services_apart_call_each_other_with_the_shared_internal_key(tmp_path: P
     # CreateSolution checks the group with DatasetService.GetDatasetGroup on the peer channel.
     with Client(training, api_key=KEY_A, timeout=10) as client:
         assert client.create_solution("pop", "datasetGroups/shop-a", "popularity-count").name == "solutions/pop"
-        expect_code(lambda: client.create_solution("pop-b", "datasetGroups/shop-b", "popularity-count"), DENIED)
+        expect_code(lambda: client.create_solution("pop-b", "datasetGroups/shop-b", "popularity-count"), ABSENT)
     # A service with another internal key is refused by its peer: INTERNAL (the caller's key was fine, not
     # UNKNOWN with the peer's text), and neither key shows in the answer.
     with Client(stale, api_key=KEY_A, timeout=10) as client, pytest.raises(ForetellError) as refused:

@@ -20,7 +20,7 @@ from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData,
 
 from foretell.core import auth, pagination
 from foretell.core.db import transaction
-from foretell.core.errors import NotFound, invalid
+from foretell.core.errors import absent, invalid
 from foretell.v1 import common_pb2
 
 metadata = MetaData()
@@ -79,7 +79,7 @@ class OperationStore:
         with self._engine.connect() as conn:
             row = conn.execute(select(operations_table).where(operations_table.c.name == name)).first()
         if row is None:
-            raise NotFound(name, "operation")
+            raise absent(name)
         return _to_proto(row)
 
     def metadata(self, name: str) -> common_pb2.OperationMetadata:
@@ -184,7 +184,7 @@ class OperationStore:
         with transaction(self._engine) as conn:
             deleted = conn.execute(operations_table.delete().where(operations_table.c.name == name)).rowcount
         if not deleted:
-            raise NotFound(name, "operation")
+            raise absent(name)
 
 
 def _to_proto(row: object) -> operations_pb2.Operation:
@@ -211,7 +211,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         """The checked operation name, once the caller may access the resource it works on."""
         name = _op_name(name)
         if auth.restricted():  # one more read, only for callers limited to some dataset groups
-            auth.authorize_resource(self._store.metadata(name).target)
+            auth.authorize_resource(self._store.metadata(name).target, name)
         return name
 
     def GetOperation(self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext):  # noqa: N802

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from foretell.core.db import transaction
-from foretell.core.errors import AlreadyExists, NotFound
+from foretell.core.errors import AlreadyExists, absent
 
 
 def now() -> datetime:
@@ -46,8 +46,8 @@ class Page:
     last: str | None  # name of the last row when another page follows
 
 
-def get_row(engine: Engine, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
-    """The row named `name`, or NotFound naming it as a `what`."""
+def get_row(engine: Engine, table: Table, name: str, conn: Connection | None = None) -> Row[Any]:
+    """The row named `name`, or `absent(name)` (the answer another tenant's resource gets too)."""
     query = select(table).where(table.c.name == name)
     if conn is not None:
         row = conn.execute(query).first()
@@ -55,7 +55,7 @@ def get_row(engine: Engine, table: Table, name: str, what: str, conn: Connection
         with engine.connect() as c:
             row = c.execute(query).first()
     if row is None:
-        raise NotFound(name, what)
+        raise absent(name)
     return row
 
 
@@ -65,7 +65,7 @@ def insert_row(engine: Engine, table: Table, values: dict[str, Any], what: str) 
     try:
         with transaction(engine) as conn:
             conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
-            return get_row(engine, table, values["name"], what, conn)
+            return get_row(engine, table, values["name"], conn)
     except IntegrityError:
         raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
 

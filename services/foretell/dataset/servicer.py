@@ -86,7 +86,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.CreateDatasetGroupRequest, context: grpc.ServicerContext
     ) -> pb.DatasetGroup:  # noqa: N802
         group_id = names.check_id(request.dataset_group_id, "dataset_group_id")
-        auth.authorize(f"datasetGroups/{group_id}")
+        auth.authorize_new_group(f"datasetGroups/{group_id}")
         domain = _domain(request.dataset_group.domain, "dataset_group.domain")
         labels = dict(request.dataset_group.labels)
         if len(labels) > MAX_LABELS or any(len(k) > 63 or len(v) > 256 for k, v in labels.items()):

@@ -140,7 +140,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
 
     def GetCampaign(self, request: api.GetCampaignRequest, context: grpc.ServicerContext) -> pb.Campaign:  # noqa: N802
         row = self._store.get_campaign(names.check_name(request.name, "name", *CAMPAIGN))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return to_campaign(row)
 
     def ListCampaigns(  # noqa: N802
@@ -155,7 +155,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         self, request: api.UpdateCampaignRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
         name = names.check_name(request.campaign.name, "campaign.name", *CAMPAIGN)
-        auth.authorize(self._store.get_campaign(name).dataset_group)
+        auth.authorize(self._store.get_campaign(name).dataset_group, name)
         paths = list(request.update_mask.paths) or [
             "solution_version",
             "exploration_config",
@@ -200,7 +200,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     ) -> api.DeleteCampaignResponse:
         name = names.check_name(request.name, "name", *CAMPAIGN)
         names.check_request_id(request.request_id)
-        auth.authorize(self._store.get_campaign(name).dataset_group)
+        auth.authorize(self._store.get_campaign(name).dataset_group, name)
         self._campaigns.delete(name)
         return api.DeleteCampaignResponse()
 
@@ -227,7 +227,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
 
     def GetFilter(self, request: api.GetFilterRequest, context: grpc.ServicerContext) -> pb.Filter:  # noqa: N802
         row = self._store.get_filter(names.check_name(request.name, "name", *FILTER))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return to_filter(row)
 
     def ListFilters(self, request: api.ListFiltersRequest, context: grpc.ServicerContext) -> api.ListFiltersResponse:  # noqa: N802
@@ -246,7 +246,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     ) -> api.DeleteFilterResponse:
         name = names.check_name(request.name, "name", *FILTER)
         names.check_request_id(request.request_id)
-        auth.authorize(self._store.get_filter(name).dataset_group)
+        auth.authorize(self._store.get_filter(name).dataset_group, name)
         self._store.delete_filter(name)
         return api.DeleteFilterResponse()
 
@@ -264,6 +264,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             return None
         names.check_name(name, field, *FILTER)
         expression, group = self._store.parsed_filter(name)
+        auth.authorize(group, name)  # another tenant's filter answers as an absent one, naming no group
         if group != dataset_group:
             raise invalid(field, f"belongs to {group}; the solution version was trained on {dataset_group}")
         return expression.bind(values, values_field)
@@ -276,9 +277,9 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             deployment = self._campaigns.serving(name)
         except FailedPrecondition:
             # Not loaded here: its state is only for callers of its group.
-            auth.authorize(self._store.get_campaign(name).dataset_group)
+            auth.authorize(self._store.get_campaign(name).dataset_group, name)
             raise
-        auth.authorize(deployment.dataset_group)
+        auth.authorize(deployment.dataset_group, name)
         return deployment
 
     def _metadata_columns(self, deployment: Deployment, columns: Sequence[str]) -> list[str]:
@@ -466,7 +467,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         self, request: api.GetBatchInferenceJobRequest, context: grpc.ServicerContext
     ) -> pb.BatchInferenceJob:
         row = self._store.get_batch_job(names.check_name(request.name, "name", *BATCH))
-        auth.authorize_resource(row.solution_version)
+        auth.authorize_resource(row.solution_version, row.name)
         return to_batch_job(row)
 
     def ListBatchInferenceJobs(  # noqa: N802

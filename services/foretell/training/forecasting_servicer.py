@@ -162,7 +162,7 @@ class ForecastingRpcs:
 
     def GetPredictor(self, request: api.GetPredictorRequest, context: grpc.ServicerContext) -> pb.Predictor:  # noqa: N802
         row = self._store.get_predictor(names.check_name(request.name, "name", *PREDICTOR))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return convert.predictor(row)
 
     def ListPredictors(  # noqa: N802
@@ -192,17 +192,18 @@ class ForecastingRpcs:
     def _authorized_predictor(self, name: str) -> str:
         """`name` of a predictor, once the caller may use its dataset group."""
         if auth.restricted():
-            auth.authorize(self._store.get_predictor(name).dataset_group)
+            auth.authorize(self._store.get_predictor(name).dataset_group, name)
         return name
 
     def _authorized_forecast(self, name: str) -> str:
+        """`name` of a forecast, once the caller may use its predictor's dataset group."""
         if auth.restricted():
-            self._authorized_predictor(self._store.get_forecast(name).predictor)
+            auth.authorize(self._store.get_predictor(self._store.get_forecast(name).predictor).dataset_group, name)
         return name
 
     def _succeeded_predictor(self, name: str) -> Any:
         row = self._store.get_predictor(name)
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"predictor {name!r} is {row.state}; this needs it SUCCEEDED")
         return row

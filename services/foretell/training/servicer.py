@@ -12,7 +12,7 @@ from google.longrunning import operations_pb2
 
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
-from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.errors import FailedPrecondition, Violations, absent, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.recipes.registry import RECIPES, ParamError, parse_params, recipe_class
@@ -126,14 +126,14 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             found = self._datasets.GetDatasetGroup(dataset_service_pb2.GetDatasetGroupRequest(name=group), timeout=10)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(group, "dataset group") from None
+                raise absent(group) from None
             raise
         if found.domain != domain:
             raise invalid(field_name, f"must be a dataset group of domain {dataset_pb2.Domain.Name(domain)}")
 
     def GetSolution(self, request: api.GetSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
         row = self._store.get_solution(names.check_name(request.name, "name", *SOLUTION))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return convert.solution(row)
 
     def ListSolutions(  # noqa: N802
@@ -153,7 +153,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         self, request: api.DeleteSolutionRequest, context: grpc.ServicerContext
     ) -> api.DeleteSolutionResponse:
         name = names.check_name(request.name, "name", *SOLUTION)
-        auth.authorize(self._store.get_solution(name).dataset_group)
+        auth.authorize(self._store.get_solution(name).dataset_group, name)
 
         def delete() -> api.DeleteSolutionResponse:
             for version in self._store.delete_solution(name):
@@ -178,7 +178,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         mode = "UPDATE" if request.training_mode == pb.TRAINING_MODE_UPDATE else "FULL"
         names.check_request_id(request.request_id)
         solution = self._store.get_solution(parent)
-        auth.authorize(solution.dataset_group)
+        auth.authorize(solution.dataset_group, parent)
         if mode == "UPDATE" and self._store.latest_succeeded_version(parent) is None:
             raise FailedPrecondition(
                 f"solution {parent!r} has no trained version to update; train one with TRAINING_MODE_FULL first"
@@ -205,7 +205,8 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     def _authorized_version(self, name: str) -> str:
         """`name` of a solution version, once the caller may use its solution's dataset group."""
         if auth.restricted():
-            auth.authorize(self._store.get_solution(name.rsplit("/versions/", 1)[0]).dataset_group)
+            solution = name.rsplit("/versions/", 1)[0]
+            auth.authorize(self._store.get_solution(solution).dataset_group, solution)
         return name
 
     def _check_interactions(self, group: str) -> None:
@@ -226,7 +227,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         self, request: api.ListSolutionVersionsRequest, context: grpc.ServicerContext
     ) -> api.ListSolutionVersionsResponse:
         parent = names.check_name(request.parent, "parent", *SOLUTION)
-        auth.authorize(self._store.get_solution(parent).dataset_group)
+        auth.authorize(self._store.get_solution(parent).dataset_group, parent)
         rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
         return api.ListSolutionVersionsResponse(
             solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token

@@ -123,7 +123,7 @@ class TrainingStore:
         return insert_row(self.engine, solutions, values, "solution")
 
     def get_solution(self, name: str) -> Row[Any]:
-        return get_row(self.engine, solutions, name, "solution")
+        return get_row(self.engine, solutions, name)
 
     def list_solutions(self, group: str, size: int, after: str | None) -> Page:
         where = [solutions.c.dataset_group == group] if group else []
@@ -157,10 +157,10 @@ class TrainingStore:
         return row
 
     def get_version(self, name: str) -> Row[Any]:
-        return get_row(self.engine, solution_versions, name, "solution version")
+        return get_row(self.engine, solution_versions, name)
 
     def update_version(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(solution_versions, name, "solution version", values)
+        return self._update(solution_versions, name, values)
 
     def list_versions(self, solution: str, size: int, after: str | None) -> Page:
         return page_rows(self.engine, solution_versions, size, after, solution_versions.c.solution == solution)
@@ -191,10 +191,10 @@ class TrainingStore:
         return insert_row(self.engine, predictors, values, "predictor")
 
     def get_predictor(self, name: str) -> Row[Any]:
-        return get_row(self.engine, predictors, name, "predictor")
+        return get_row(self.engine, predictors, name)
 
     def update_predictor(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(predictors, name, "predictor", values)
+        return self._update(predictors, name, values)
 
     def list_predictors(self, group: str, size: int, after: str | None) -> Page:
         where = [predictors.c.dataset_group == group] if group else []
@@ -221,10 +221,10 @@ class TrainingStore:
         return insert_row(self.engine, forecasts, values, "forecast")
 
     def get_forecast(self, name: str) -> Row[Any]:
-        return get_row(self.engine, forecasts, name, "forecast")
+        return get_row(self.engine, forecasts, name)
 
     def update_forecast(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(forecasts, name, "forecast", values)
+        return self._update(forecasts, name, values)
 
     def list_forecasts(self, predictor: str, size: int, after: str | None) -> Page:
         where = [forecasts.c.predictor == predictor] if predictor else []
@@ -240,10 +240,10 @@ class TrainingStore:
             conn.execute(delete(forecasts).where(forecasts.c.name == name))
         return row
 
-    def _update(self, table: Table, name: str, what: str, values: dict[str, Any]) -> Row[Any]:
+    def _update(self, table: Table, name: str, values: dict[str, Any]) -> Row[Any]:
         with transaction(self.engine) as conn:
             conn.execute(update(table).where(table.c.name == name).values(update_time=now(), **values))
-            return get_row(self.engine, table, name, what, conn)
+            return get_row(self.engine, table, name, conn)
 
     # ---- jobs ------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class TrainingStore:
         )
 
     def get_job(self, name: str) -> Row[Any]:
-        return get_row(self.engine, jobs, name, "job")
+        return get_row(self.engine, jobs, name)
 
     def update_job(self, name: str, **values: Any) -> None:
         with transaction(self.engine) as conn:
