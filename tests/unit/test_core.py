@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
@@ -12,14 +14,23 @@ from foretell.core.wire import find_bad_field
 from foretell.v1 import dataset_pb2, dataset_service_pb2
 
 
-def test_page_tokens_are_bound_to_their_request() -> None:
-    token = pagination.encode_token("datasetGroups/a", "scope-1")
-    assert pagination.decode_token(token, "scope-1") == "datasetGroups/a"
-    assert pagination.decode_token("", "scope-1") is None
-    for bad, scope in ((token, "scope-2"), ("%%%", "scope-1"), ("eyJ4IjogMX0", "scope-1")):
+def test_page_tokens_are_opaque_signed_and_bound_to_their_request() -> None:
+    tokens = pagination.PageTokens(b"s" * 32)
+    token = tokens.encode("datasetGroups/a", "scope-1")
+    assert tokens.decode(token, "scope-1") == "datasetGroups/a"
+    assert tokens.decode("", "scope-1") is None
+    assert "datasetGroups" not in base64.urlsafe_b64decode(token + "==").decode("latin-1")
+    assert tokens.encode("datasetGroups/a", "scope-1") != token  # a fresh nonce each time
+    raw = bytearray(base64.urlsafe_b64decode(token + "=="))
+    raw[14] ^= 1  # one bit of the encrypted position
+    edited = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    other_server = pagination.PageTokens(b"t" * 32).encode("datasetGroups/a", "scope-1")
+    for bad, scope in ((token, "scope-2"), ("%%%", "scope-1"), ("eyJ4IjogMX0", "scope-1"), (edited, "scope-1")):
         with pytest.raises(InvalidArgument) as info:
-            pagination.decode_token(bad, scope)
+            tokens.decode(bad, scope)
         assert info.value.violations[0].field == "page_token"
+    with pytest.raises(InvalidArgument):
+        tokens.decode(other_server, "scope-1")
     assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
     assert pagination.page_size(5000) == pagination.MAX_PAGE_SIZE
     with pytest.raises(InvalidArgument):

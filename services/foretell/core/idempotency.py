@@ -54,7 +54,7 @@ def fingerprint(request: Message, *parts: bytes) -> str:
     copy = type(request)()
     copy.CopyFrom(request)
     if "request_id" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("request_id")  # type: ignore[arg-type]
+        copy.ClearField("request_id")
     digest = hashlib.sha256(copy.SerializeToString(deterministic=True))
     for part in parts:
         digest.update(part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,11 @@ def insert_row(engine: Engine, table: Table, values: dict[str, Any], what: str) 
             return get_row(engine, table, values["name"], conn)
     except IntegrityError:
         raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
+
+
+def in_groups(column: Any, groups: Collection[str] | None) -> list[Any]:
+    """The WHERE clause keeping rows of `groups` (None: every group), so lists filter before they page."""
+    return [] if groups is None else [column.in_(sorted(groups))]
 
 
 def page_rows(engine: Engine, table: Table, size: int, after: str | None, *where: Any) -> Page:

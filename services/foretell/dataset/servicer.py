@@ -70,8 +70,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         export_dir: Path,
         max_upload_bytes: int,
         bell: EventBell,
+        tokens: pagination.PageTokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._bell = bell
         self._jobs = jobs
         self._idem = idempotency
@@ -114,9 +116,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasetGroups(
         self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
     ) -> api.ListDatasetGroupsResponse:  # noqa: N802
-        rows, token = pagination.paged(request, "groups", self._store.list_groups)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, "groups", lambda size, after: self._store.list_groups(size, after, groups)
+        )
         return api.ListDatasetGroupsResponse(
-            dataset_groups=[convert.dataset_group(r) for r in rows if auth.visible(r.name)], next_page_token=token
+            dataset_groups=[convert.dataset_group(r) for r in rows], next_page_token=token
         )
 
     def DeleteDatasetGroup(
@@ -145,7 +150,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return convert.schema(self._store.get_schema(names.check_name(request.name, "name", *SCHEMA)))
 
     def ListSchemas(self, request: api.ListSchemasRequest, context: grpc.ServicerContext) -> api.ListSchemasResponse:  # noqa: N802
-        rows, token = pagination.paged(request, "schemas", self._store.list_schemas)
+        rows, token = self._tokens.paged(request, "schemas", self._store.list_schemas)
         return api.ListSchemasResponse(schemas=[convert.schema(r) for r in rows], next_page_token=token)
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
@@ -195,7 +200,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
         parent = auth.allowed(names.check_name(request.parent, "parent", *GROUP))
         self._store.get_group(parent)
-        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
+        rows, token = self._tokens.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
         return api.ListDatasetsResponse(
             datasets=[convert.dataset(r, self._store.row_count(r.name, TABLE_OF[r.dataset_type])) for r in rows],
             next_page_token=token,
@@ -310,7 +315,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListImportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListImportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = pagination.paged(
+        rows, token = self._tokens.paged(
             request, dataset.name, lambda size, after: self._store.list_import_jobs(dataset.name, size, after)
         )
         return api.ListImportJobsResponse(import_jobs=[convert.import_job(r) for r in rows], next_page_token=token)
@@ -346,7 +351,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListExportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListExportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = pagination.paged(
+        rows, token = self._tokens.paged(
             request, dataset.name, lambda size, after: self._store.list_export_jobs(dataset.name, size, after)
         )
         return api.ListExportJobsResponse(export_jobs=[convert.export_job(r) for r in rows], next_page_token=token)

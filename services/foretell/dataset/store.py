@@ -8,7 +8,7 @@ import leaves the dataset exactly as it was while PutEvents keeps writing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
 from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
@@ -197,8 +197,8 @@ class DatasetStore:
     def get_group(self, name: str) -> Row[Any]:
         return self._get(dataset_groups, name)
 
-    def list_groups(self, size: int, after: str | None) -> Page:
-        return self._page(dataset_groups, size, after)
+    def list_groups(self, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
+        return self._page(dataset_groups, size, after, *in_groups(dataset_groups.c.name, groups))
 
     def delete_group(self, name: str, force: bool) -> None:
         self.get_group(name)

@@ -282,7 +282,7 @@ class Campaigns:
                 "state": "PENDING",
             }
         )
-        operation = self._ops.create(name, "deploy")
+        operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
         self._pool.submit(self._deploy, name, operation.name, spec, resolved, True)
         log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
@@ -301,7 +301,7 @@ class Campaigns:
                 raise FailedPrecondition(
                     f"campaign {name!r} is {row.state}; wait for operation {row.operation}", metadata={"resource": name}
                 )
-            operation = self._ops.create(name, "deploy")
+            operation = self._ops.create(name, "deploy", resolved.dataset_group if resolved else row.dataset_group)
             if resolved is not None:
                 self._store.update_campaign(name, state="UPDATING", operation=operation.name, error=None)
                 self._pool.submit(self._deploy, name, operation.name, spec, resolved, False)

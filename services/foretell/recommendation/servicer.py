@@ -105,8 +105,10 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         idempotency: IdempotencyStore,
         dataset_groups: Callable[[str, str], None],
         batch_output: Callable[[str], str],
+        tokens: pagination.PageTokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._campaigns = campaigns
         self._batch = batch
         self._idem = idempotency
@@ -146,10 +148,11 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     def ListCampaigns(  # noqa: N802
         self, request: api.ListCampaignsRequest, context: grpc.ServicerContext
     ) -> api.ListCampaignsResponse:
-        rows, token = pagination.paged(request, "campaigns", self._store.list_campaigns)
-        return api.ListCampaignsResponse(
-            campaigns=[to_campaign(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, "campaigns", lambda size, after: self._store.list_campaigns(size, after, groups)
         )
+        return api.ListCampaignsResponse(campaigns=[to_campaign(r) for r in rows], next_page_token=token)
 
     def UpdateCampaign(  # noqa: N802
         self, request: api.UpdateCampaignRequest, context: grpc.ServicerContext
@@ -234,12 +237,11 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after, groups)
         )
-        return api.ListFiltersResponse(
-            filters=[to_filter(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListFiltersResponse(filters=[to_filter(r) for r in rows], next_page_token=token)
 
     def DeleteFilter(  # noqa: N802
         self, request: api.DeleteFilterRequest, context: grpc.ServicerContext
@@ -476,14 +478,12 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         version = request.solution_version
         if version:
             auth.authorize_resource(names.check_name(version, "solution_version", "solutions", "versions"))
-        rows, token = pagination.paged(
-            request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after, groups)
         )
         return api.ListBatchInferenceJobsResponse(
-            batch_inference_jobs=[
-                to_batch_job(r) for r in rows if version or auth.visible_resource(r.solution_version)
-            ],
-            next_page_token=token,
+            batch_inference_jobs=[to_batch_job(r) for r in rows], next_page_token=token
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +31,17 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import absent
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, status_of, times, timestamp_of
+from foretell.core.resources import (
+    Page,
+    get_row,
+    in_groups,
+    insert_row,
+    now,
+    page_rows,
+    status_of,
+    times,
+    timestamp_of,
+)
 from foretell.recommendation.filters import FilterExpression, parse_filter
 from foretell.v1 import recommendation_pb2 as pb
 
@@ -74,6 +85,8 @@ batch_jobs = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    # That of the solution version, stored so that lists filter by it in SQL. Last: where migration 0002 added it.
+    Column("dataset_group", String(128), nullable=False, default="", index=True),
 )
 
 # Parsed filters are cached this long; filters are immutable, so only a deletion elsewhere can
@@ -96,8 +109,8 @@ class RecommendationStore:
     def get_campaign(self, name: str) -> Row[Any]:
         return get_row(self.engine, campaigns, name)
 
-    def list_campaigns(self, size: int, after: str | None) -> Page:
-        return page_rows(self.engine, campaigns, size, after)
+    def list_campaigns(self, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
+        return page_rows(self.engine, campaigns, size, after, *in_groups(campaigns.c.dataset_group, groups))
 
     def campaigns_in(self, *states: str) -> list[Row[Any]]:
         with self.engine.connect() as conn:
@@ -127,9 +140,11 @@ class RecommendationStore:
     def get_filter(self, name: str) -> Row[Any]:
         return get_row(self.engine, filters, name)
 
-    def list_filters(self, dataset_group: str, size: int, after: str | None) -> Page:
+    def list_filters(
+        self, dataset_group: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [filters.c.dataset_group == dataset_group] if dataset_group else []
-        return page_rows(self.engine, filters, size, after, *where)
+        return page_rows(self.engine, filters, size, after, *where, *in_groups(filters.c.dataset_group, groups))
 
     def delete_filter(self, name: str) -> None:
         with transaction(self.engine) as conn:
@@ -159,9 +174,11 @@ class RecommendationStore:
     def get_batch_job(self, name: str) -> Row[Any]:
         return get_row(self.engine, batch_jobs, name)
 
-    def list_batch_jobs(self, solution_version: str, size: int, after: str | None) -> Page:
+    def list_batch_jobs(
+        self, solution_version: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [batch_jobs.c.solution_version == solution_version] if solution_version else []
-        return page_rows(self.engine, batch_jobs, size, after, *where)
+        return page_rows(self.engine, batch_jobs, size, after, *where, *in_groups(batch_jobs.c.dataset_group, groups))
 
     def batch_jobs_in(self, *states: str) -> list[Row[Any]]:
         with self.engine.connect() as conn:

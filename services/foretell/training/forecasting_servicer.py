@@ -14,7 +14,7 @@ from google.longrunning import operations_pb2
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
-from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.errors import FailedPrecondition, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.forecasting.frequency import Frequency
@@ -114,6 +114,7 @@ class ForecastingRpcs:
     _idem: IdempotencyStore
     _datasets: dataset_service_pb2_grpc.DatasetServiceStub
     _artifacts: Artifacts
+    _tokens: pagination.PageTokens
 
     def _check_group(
         self, group: str, field_name: str, domain: dataset_pb2.Domain.ValueType = dataset_pb2.DOMAIN_RECOMMENDATION
@@ -135,7 +136,7 @@ class ForecastingRpcs:
 
         def start() -> operations_pb2.Operation:
             name = f"predictors/{predictor_id}"
-            operation = self._ops.create(name, "train")
+            operation = self._ops.create(name, "train", group)
             self._store.create_predictor(
                 {
                     "name": name,
@@ -171,12 +172,11 @@ class ForecastingRpcs:
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"predictors:{group}", lambda n, after: self._store.list_predictors(group, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"predictors:{group}", lambda n, after: self._store.list_predictors(group, n, after, groups)
         )
-        return api.ListPredictorsResponse(
-            predictors=[convert.predictor(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListPredictorsResponse(predictors=[convert.predictor(r) for r in rows], next_page_token=token)
 
     def DeletePredictor(  # noqa: N802
         self, request: api.DeletePredictorRequest, context: grpc.ServicerContext
@@ -224,11 +224,11 @@ class ForecastingRpcs:
         parent = names.check_name(request.parent, "parent", *PREDICTOR)
         row = self._succeeded_predictor(parent)
         size = pagination.page_size(request.page_size)
-        start = int(pagination.decode_token(request.page_token, parent) or 0)
+        start = int(self._tokens.decode(request.page_token, parent) or 0)
         # One object, read whole: the item accuracies are one short line per series.
         lines = self._artifacts.read_bytes(row.artifact_uri, ITEM_ACCURACY_FILE).decode("utf-8").splitlines()
         items = [convert.item_accuracy(json.loads(line)) for line in lines[start : start + size]]
-        token = pagination.encode_token(str(start + size), parent) if len(lines) > start + size else ""
+        token = self._tokens.encode(str(start + size), parent) if len(lines) > start + size else ""
         return api.ListItemAccuraciesResponse(item_accuracies=items, next_page_token=token)
 
     # ---- forecasts ---------------------------------------------------------------------
@@ -248,7 +248,7 @@ class ForecastingRpcs:
 
         def start() -> operations_pb2.Operation:
             name = f"forecasts/{forecast_id}"
-            operation = self._ops.create(name, "forecast")
+            operation = self._ops.create(name, "forecast", row.dataset_group)
             self._store.create_forecast(
                 {
                     "name": name,
@@ -273,21 +273,11 @@ class ForecastingRpcs:
         predictor = request.predictor
         if predictor:
             self._authorized_predictor(names.check_name(predictor, "predictor", *PREDICTOR))
-        rows, token = pagination.paged(
-            request, f"forecasts:{predictor}", lambda n, after: self._store.list_forecasts(predictor, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"forecasts:{predictor}", lambda n, after: self._store.list_forecasts(predictor, n, after, groups)
         )
-        return api.ListForecastsResponse(
-            forecasts=[convert.forecast(r) for r in rows if predictor or self._visible_forecast(r.predictor)],
-            next_page_token=token,
-        )
-
-    def _visible_forecast(self, predictor: str) -> bool:
-        if not auth.restricted():
-            return True
-        try:
-            return auth.visible(self._store.get_predictor(predictor).dataset_group)
-        except NotFound:
-            return False
+        return api.ListForecastsResponse(forecasts=[convert.forecast(r) for r in rows], next_page_token=token)
 
     def DeleteForecast(  # noqa: N802
         self, request: api.DeleteForecastRequest, context: grpc.ServicerContext
@@ -318,9 +308,10 @@ class ForecastingRpcs:
         row = self._store.get_forecast(name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"forecast {name!r} is {row.state}; export needs it SUCCEEDED")
+        group = self._store.get_predictor(row.predictor).dataset_group
 
         def start() -> operations_pb2.Operation:
-            operation = self._ops.create(name, "export")
+            operation = self._ops.create(name, "export", group)
             self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": destination})
             return operation
 

@@ -78,8 +78,10 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         idempotency: IdempotencyStore,
         dataset_channel: grpc.Channel,
         artifacts: Artifacts,
+        tokens: pagination.PageTokens,
     ) -> None:
         self._artifacts = artifacts
+        self._tokens = tokens
         self._store = store
         self._jobs = jobs
         self._ops = operations
@@ -142,12 +144,11 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after, groups)
         )
-        return api.ListSolutionsResponse(
-            solutions=[convert.solution(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListSolutionsResponse(solutions=[convert.solution(r) for r in rows], next_page_token=token)
 
     def DeleteSolution(  # noqa: N802
         self, request: api.DeleteSolutionRequest, context: grpc.ServicerContext
@@ -187,7 +188,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
 
         def start() -> operations_pb2.Operation:
             name = f"{parent}/versions/{version_id}"
-            operation = self._ops.create(name, "train")
+            operation = self._ops.create(name, "train", solution.dataset_group)
             self._store.create_version(
                 {
                     "name": name,
@@ -228,7 +229,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     ) -> api.ListSolutionVersionsResponse:
         parent = names.check_name(request.parent, "parent", *SOLUTION)
         auth.authorize(self._store.get_solution(parent).dataset_group, parent)
-        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
+        rows, token = self._tokens.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
         return api.ListSolutionVersionsResponse(
             solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token
         )

@@ -6,6 +6,7 @@ restarted service can re-attach to a worker still running or report one that die
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import FailedPrecondition
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
 
 metadata = MetaData()
 
@@ -125,9 +126,9 @@ class TrainingStore:
     def get_solution(self, name: str) -> Row[Any]:
         return get_row(self.engine, solutions, name)
 
-    def list_solutions(self, group: str, size: int, after: str | None) -> Page:
+    def list_solutions(self, group: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         where = [solutions.c.dataset_group == group] if group else []
-        return page_rows(self.engine, solutions, size, after, *where)
+        return page_rows(self.engine, solutions, size, after, *where, *in_groups(solutions.c.dataset_group, groups))
 
     def delete_solution(self, name: str) -> list[Row[Any]]:
         """Deletes the solution and its versions; returns the deleted versions (for their artifacts)."""
@@ -196,9 +197,9 @@ class TrainingStore:
     def update_predictor(self, name: str, **values: Any) -> Row[Any]:
         return self._update(predictors, name, values)
 
-    def list_predictors(self, group: str, size: int, after: str | None) -> Page:
+    def list_predictors(self, group: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         where = [predictors.c.dataset_group == group] if group else []
-        return page_rows(self.engine, predictors, size, after, *where)
+        return page_rows(self.engine, predictors, size, after, *where, *in_groups(predictors.c.dataset_group, groups))
 
     def delete_predictor(self, name: str) -> Row[Any]:
         row = self.get_predictor(name)
@@ -226,8 +227,13 @@ class TrainingStore:
     def update_forecast(self, name: str, **values: Any) -> Row[Any]:
         return self._update(forecasts, name, values)
 
-    def list_forecasts(self, predictor: str, size: int, after: str | None) -> Page:
+    def list_forecasts(
+        self, predictor: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [forecasts.c.predictor == predictor] if predictor else []
+        if groups is not None:
+            visible = select(predictors.c.name).where(*in_groups(predictors.c.dataset_group, groups))
+            where.append(forecasts.c.predictor.in_(visible))
         return page_rows(self.engine, forecasts, size, after, *where)
 
     def delete_forecast(self, name: str) -> Row[Any]:
