@@ -480,7 +480,7 @@ def test_import_reports_progress_and_can_be_cancelled(stubs: Stubs, group: Group
     )
 
 
-def test_import_request_id_returns_first_operation_for_the_same_upload_only(stubs: Stubs, group: Group) -> None:
+def test_import_request_id_returns_first_operation(stubs: Stubs, group: Group) -> None:
     first = stubs.wait(upload(stubs, group.interactions, interactions_csv(10), request_id="imp-1"))
     again = upload(stubs, group.interactions, interactions_csv(10), request_id="imp-1")
     assert again.name == first.name
