@@ -488,8 +488,14 @@ def test_import_reports_progress_and_can_be_cancelled(stubs: Stubs, group: Group
 
 def test_import_request_id_returns_first_operation(stubs: Stubs, group: Group) -> None:
     first = stubs.wait(upload(stubs, group.interactions, interactions_csv(10), request_id="imp-1"))
-    again = upload(stubs, group.interactions, interactions_csv(20), request_id="imp-1")
+    again = upload(stubs, group.interactions, interactions_csv(10), request_id="imp-1")
     assert again.name == first.name
+    # The upload is part of the request the id is bound to (AIP-155): another upload is refused.
+    status = expect_error(
+        lambda: upload(stubs, group.interactions, interactions_csv(20), request_id="imp-1"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "request_id" in violations_of(status)
     assert rows(stubs, group.interactions) == 10
 
 

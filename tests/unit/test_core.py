@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
@@ -12,14 +14,23 @@ from foretell.core.wire import find_bad_field
 from foretell.v1 import dataset_pb2, dataset_service_pb2
 
 
-def test_page_tokens_are_bound_to_their_request() -> None:
-    token = pagination.encode_token("datasetGroups/a", "scope-1")
-    assert pagination.decode_token(token, "scope-1") == "datasetGroups/a"
-    assert pagination.decode_token("", "scope-1") is None
-    for bad, scope in ((token, "scope-2"), ("%%%", "scope-1"), ("eyJ4IjogMX0", "scope-1")):
+def test_page_tokens_are_opaque_signed_and_bound_to_their_request() -> None:
+    tokens = pagination.PageTokens(b"s" * 32)
+    token = tokens.encode("datasetGroups/a", "scope-1")
+    assert tokens.decode(token, "scope-1") == "datasetGroups/a"
+    assert tokens.decode("", "scope-1") is None
+    assert "datasetGroups" not in base64.urlsafe_b64decode(token + "==").decode("latin-1")
+    assert tokens.encode("datasetGroups/a", "scope-1") != token  # a fresh nonce each time
+    raw = bytearray(base64.urlsafe_b64decode(token + "=="))
+    raw[14] ^= 1  # one bit of the encrypted position
+    edited = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    other_server = pagination.PageTokens(b"t" * 32).encode("datasetGroups/a", "scope-1")
+    for bad, scope in ((token, "scope-2"), ("%%%", "scope-1"), ("eyJ4IjogMX0", "scope-1"), (edited, "scope-1")):
         with pytest.raises(InvalidArgument) as info:
-            pagination.decode_token(bad, scope)
+            tokens.decode(bad, scope)
         assert info.value.violations[0].field == "page_token"
+    with pytest.raises(InvalidArgument):
+        tokens.decode(other_server, "scope-1")
     assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
     assert pagination.page_size(5000) == pagination.MAX_PAGE_SIZE
     with pytest.raises(InvalidArgument):
@@ -68,7 +79,8 @@ def test_rich_status_has_error_info_and_bad_request() -> None:
 
 def test_find_bad_field_names_nested_repeated_strings() -> None:
     good = dataset_service_pb2.PutEventsRequest(
-        dataset_group="datasetGroups/g", session_id="s",
+        dataset_group="datasetGroups/g",
+        session_id="s",
         events=[dataset_pb2.Event(event_type="click"), dataset_pb2.Event(event_type="view", item_id="X")],
     ).SerializeToString()
     assert find_bad_field(dataset_service_pb2.PutEventsRequest.DESCRIPTOR, good) == ""
@@ -98,6 +110,9 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
     store = IdempotencyStore(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
     calls: list[int] = []
 
+    def request(request_id: str) -> dataset_service_pb2.CreateDatasetGroupRequest:
+        return dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id=request_id)
+
     def slow_call() -> dataset_pb2.DatasetGroup:
         calls.append(1)
         time.sleep(0.3)  # long enough for every thread to arrive while the first runs
@@ -106,7 +121,7 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
     answers: list[str] = []
     threads = [
         threading.Thread(
-            target=lambda: answers.append(store.run("M", "req-1", dataset_pb2.DatasetGroup, slow_call).name)
+            target=lambda: answers.append(store.run("M", request("req-1"), dataset_pb2.DatasetGroup, slow_call).name)
         )
         for _ in range(4)
     ]
@@ -121,6 +136,17 @@ def test_concurrent_first_calls_with_one_request_id_run_once(tmp_path) -> None: 
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        store.run("M", "req-2", dataset_pb2.DatasetGroup, failing)
+        store.run("M", request("req-2"), dataset_pb2.DatasetGroup, failing)
     # A failed first call releases the id: the retry runs.
-    assert store.run("M", "req-2", dataset_pb2.DatasetGroup, slow_call).name == "datasetGroups/g2"
+    assert store.run("M", request("req-2"), dataset_pb2.DatasetGroup, slow_call).name == "datasetGroups/g2"
+
+
+def test_request_fingerprints_ignore_the_request_id_only() -> None:
+    from foretell.core.idempotency import fingerprint
+
+    first = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id="r-1")
+    retry = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="g", request_id="r-2")
+    other = dataset_service_pb2.CreateDatasetGroupRequest(dataset_group_id="h", request_id="r-1")
+    assert fingerprint(first) == fingerprint(retry) != fingerprint(other)
+    assert fingerprint(first, b"upload-1") != fingerprint(first, b"upload-2")
+    assert first.request_id == "r-1"  # the caller's message is left as it was

@@ -3,8 +3,13 @@
 `AuthInterceptor` (installed only when FORETELL_API_KEYS_FILE is set) reads `authorization: Bearer <token>`
 or `x-api-key: <key>`, finds the principal whose key hashes to the same SHA-256 digest, and makes it the
 current `Caller` (a contextvar) while the handler runs. Servicers then call `authorize(group)` or
-`authorize_resource(name)` where they know which dataset group a request touches; `visible(group)` filters
-List* answers. With no interceptor there is no caller and every check passes (auth off).
+`authorize_resource(name)` where they know which dataset group a request touches; `visible_groups()` filters
+List* queries. With no interceptor there is no caller and every check passes (auth off).
+
+A resource of a group the caller may not use answers exactly as an absent one (`errors.absent`: NOT_FOUND,
+the same message), so nothing tells a tenant that another tenant's name exists. PERMISSION_DENIED remains
+only where the answer does not depend on anyone's data: a read-only key on a mutating method, a call that
+affects every tenant, creating a group the key does not list.
 
 Keys and tokens are never logged or put in errors: only principals' names are.
 """
@@ -27,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from foretell.core.errors import ForetellError, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from foretell.core.errors import ForetellError, NotFound, PermissionDenied, Unauthenticated, Unavailable, absent
 from foretell.core.interceptors import rewrap
 from foretell.core.settings import Settings
 
@@ -90,15 +95,34 @@ def _denied(principal: Principal) -> PermissionDenied:
     )
 
 
-def authorize(group: str) -> None:
-    """PERMISSION_DENIED unless the caller may use dataset group `group` ("datasetGroups/{g}")."""
+def authorize(group: str, name: str = "") -> None:
+    """`absent(name)` (default: the group's) unless the caller may use dataset group `group`.
+
+    `name` is the resource the request asked for: the one an absent resource's NOT_FOUND would name.
+    """
+    caller = _caller.get()
+    if caller is not None and not caller.principal.may_access(group):
+        raise absent(name or group)
+
+
+def authorize_new_group(group: str) -> None:
+    """PERMISSION_DENIED unless the caller's key lists `group`: decided by the key alone, so it leaks nothing."""
     caller = _caller.get()
     if caller is not None and not caller.principal.may_access(group):
         raise _denied(caller.principal)
 
 
-def authorize_resource(name: str) -> None:
-    """`authorize` for the dataset group that resource `name` belongs to (resolved only when it matters)."""
+def _owner(name: str) -> str:
+    """The resource whose dataset group decides access to `name`: its group, else its top-level resource."""
+    return name if name.startswith("datasetGroups/") else "/".join(name.split("/", 2)[:2])
+
+
+def authorize_resource(name: str, shown: str = "") -> None:
+    """`authorize` for the dataset group that resource `name` belongs to (resolved only when it matters).
+
+    Refused or unknown, the answer is `absent(shown)`, by default the resource that owns `name` (`name`
+    itself under a dataset group, else its top-level resource, as the lookup of an absent one reports).
+    """
     caller = _caller.get()
     if caller is None or caller.principal.dataset_groups is None:
         return
@@ -108,9 +132,14 @@ def authorize_resource(name: str) -> None:
     if group is None:
         if caller.resolver is None:
             raise _denied(caller.principal)
-        group = caller.resolver.group_of(name)
+        try:
+            group = caller.resolver.group_of(name)
+        except NotFound:
+            raise absent(shown or _owner(name)) from None
+        if group == UNRESOLVED:
+            raise _denied(caller.principal)  # the owner cannot be asked here, whether or not it exists
     if group is not None and not caller.principal.may_access(group):
-        raise _denied(caller.principal)
+        raise absent(shown or _owner(name))
 
 
 def allowed(name: str) -> str:
@@ -130,6 +159,12 @@ def visible(group: str) -> bool:
     """Whether a List* answer may show a resource of `group` to the caller."""
     principal = current()
     return principal is None or principal.may_access(group)
+
+
+def visible_groups() -> frozenset[str] | None:
+    """The dataset groups whose resources List* queries may return to the caller; None: every group."""
+    principal = current()
+    return None if principal is None else principal.dataset_groups
 
 
 def visible_resource(name: str) -> bool:
@@ -325,7 +360,7 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
             return call()
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(name) from None
+                raise absent(name) from None
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return UNRESOLVED  # the owning service does not run behind this channel
             raise Unavailable(f"cannot check access to {name!r} now; retry") from None

@@ -112,6 +112,33 @@ class NotFound(ForetellError):
         super().__init__(f"{what} {resource!r} not found", metadata={"resource": resource})
 
 
+# What a resource is called in messages, by the collection id its name ends in (AIP-122).
+_KINDS = {
+    "datasetGroups": "dataset group",
+    "datasets": "dataset",
+    "importJobs": "import job",
+    "exportJobs": "export job",
+    "schemas": "schema",
+    "solutions": "solution",
+    "versions": "solution version",
+    "predictors": "predictor",
+    "forecasts": "forecast",
+    "campaigns": "campaign",
+    "filters": "filter",
+    "batchInferenceJobs": "batch inference job",
+    "operations": "operation",
+}
+
+
+def absent(name: str) -> NotFound:
+    """The one answer for a resource the caller cannot see: it does not exist, or another tenant owns it.
+
+    Built from the name alone, so the two cases cannot differ in code, message or details.
+    """
+    parts = name.split("/")
+    return NotFound(name, _KINDS.get(parts[-2] if len(parts) >= 2 else "", "resource"))
+
+
 class AlreadyExists(ForetellError):
     code = code_pb2.ALREADY_EXISTS
     reason = "RESOURCE_ALREADY_EXISTS"

@@ -34,7 +34,7 @@ class SchemaNotCurrent(RuntimeError):
 def target_metadata() -> MetaData:
     """Every service's tables in one MetaData: what migrations must produce."""
     # Imported here: the stores import foretell.core, so a module-level import would be circular.
-    from foretell.core import idempotency, operations
+    from foretell.core import idempotency, operations, server_secrets
     from foretell.dataset import store as dataset_store
     from foretell.recommendation import store as recommendation_store
     from foretell.training import store as training_store
@@ -43,6 +43,7 @@ def target_metadata() -> MetaData:
     for metadata in (
         operations.metadata,
         idempotency.metadata,
+        server_secrets.metadata,
         dataset_store.metadata,
         training_store.metadata,
         recommendation_store.metadata,

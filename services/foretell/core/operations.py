@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import grpc
@@ -20,7 +21,8 @@ from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData,
 
 from foretell.core import auth, pagination
 from foretell.core.db import transaction
-from foretell.core.errors import NotFound, invalid
+from foretell.core.errors import absent, invalid
+from foretell.core.resources import Page, in_groups
 from foretell.v1 import common_pb2
 
 metadata = MetaData()
@@ -37,6 +39,9 @@ operations_table = Table(
     Column("response", LargeBinary, nullable=True),
     Column("error", LargeBinary, nullable=True),
     Column("create_time", DateTime(timezone=True), nullable=False),
+    # The target's dataset group ("" where unknown: only callers of every group see it), for lists filtered
+    # in SQL before they page. Last: where migration 0002 added it.
+    Column("dataset_group", String(128), nullable=False, default="", index=True),
 )
 
 
@@ -55,7 +60,8 @@ class OperationStore:
         self._engine = engine
         metadata.create_all(engine)
 
-    def create(self, target: str, verb: str, job: str = "") -> operations_pb2.Operation:
+    def create(self, target: str, verb: str, dataset_group: str = "", job: str = "") -> operations_pb2.Operation:
+        """A new operation on `target`; `dataset_group` decides who lists it ("": callers of every group only)."""
         now = _now()
         meta = common_pb2.OperationMetadata(target=target, verb=verb, job=job)
         meta.create_time.FromDatetime(now)
@@ -66,6 +72,7 @@ class OperationStore:
                 operations_table.insert().values(
                     name=name,
                     target=target,
+                    dataset_group=dataset_group,
                     verb=verb,
                     done=False,
                     cancel_requested=False,
@@ -79,8 +86,8 @@ class OperationStore:
         with self._engine.connect() as conn:
             row = conn.execute(select(operations_table).where(operations_table.c.name == name)).first()
         if row is None:
-            raise NotFound(name, "operation")
-        return _to_proto(row)
+            raise absent(name)
+        return to_proto(row)
 
     def metadata(self, name: str) -> common_pb2.OperationMetadata:
         meta = common_pb2.OperationMetadata()
@@ -159,8 +166,9 @@ class OperationStore:
             ).scalar()
         return bool(flag)
 
-    def list(self, filter_text: str, size: int, token: str) -> tuple[list[operations_pb2.Operation], str]:
-        query = select(operations_table).order_by(operations_table.c.name)
+    def list(self, filter_text: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
+        """Operations matching `filter_text` (done=, verb=, target=) of `groups`, by name after `after`."""
+        query = select(operations_table).where(*in_groups(operations_table.c.dataset_group, groups))
         for clause in filter(None, (c.strip() for c in filter_text.split(" AND "))):
             key, _, value = (s.strip() for s in clause.partition("="))
             if key == "done" and value in ("true", "false"):
@@ -171,23 +179,20 @@ class OperationStore:
                 query = query.where(operations_table.c.target == value.strip('"'))
             else:
                 raise invalid("filter", f"unsupported clause {clause!r}; use done=true|false, verb=..., target=...")
-        after = pagination.decode_token(token, filter_text)
         if after is not None:
             query = query.where(operations_table.c.name > after)
         with self._engine.connect() as conn:
-            rows = conn.execute(query.limit(size + 1)).fetchall()
-        items = [_to_proto(r) for r in rows[:size]]
-        next_token = pagination.encode_token(items[-1].name, filter_text) if len(rows) > size else ""
-        return items, next_token
+            rows = list(conn.execute(query.order_by(operations_table.c.name).limit(size + 1)).fetchall())
+        return Page(rows[:size], rows[size - 1].name if len(rows) > size else None)
 
     def delete(self, name: str) -> None:
         with transaction(self._engine) as conn:
             deleted = conn.execute(operations_table.delete().where(operations_table.c.name == name)).rowcount
         if not deleted:
-            raise NotFound(name, "operation")
+            raise absent(name)
 
 
-def _to_proto(row: object) -> operations_pb2.Operation:
+def to_proto(row: object) -> operations_pb2.Operation:
     op = operations_pb2.Operation(name=row.name, done=row.done)  # type: ignore[attr-defined]
     op.metadata.ParseFromString(row.metadata)  # type: ignore[attr-defined]
     if row.response is not None:  # type: ignore[attr-defined]
@@ -204,14 +209,15 @@ def error_status(code: int, message: str, details: list[any_pb2.Any] | None = No
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     """google.longrunning.Operations over the shared store (one per process)."""
 
-    def __init__(self, store: OperationStore) -> None:
+    def __init__(self, store: OperationStore, tokens: pagination.PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     def _authorized(self, name: str) -> str:
         """The checked operation name, once the caller may access the resource it works on."""
         name = _op_name(name)
         if auth.restricted():  # one more read, only for callers limited to some dataset groups
-            auth.authorize_resource(self._store.metadata(name).target)
+            auth.authorize_resource(self._store.metadata(name).target, name)
         return name
 
     def GetOperation(self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -220,9 +226,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     def ListOperations(self, request: operations_pb2.ListOperationsRequest, context: grpc.ServicerContext):  # noqa: N802
         if request.name not in ("", "operations"):
             raise invalid("name", 'must be "operations" or empty')
-        items, token = self._store.list(request.filter, pagination.page_size(request.page_size), request.page_token)
-        items = [op for op in items if auth.visible_resource(_target(op))]
-        return operations_pb2.ListOperationsResponse(operations=items, next_page_token=token)
+        rows, token = self._tokens.paged(
+            request,
+            f"operations:{request.filter}",
+            lambda size, after: self._store.list(request.filter, size, after, auth.visible_groups()),
+        )
+        return operations_pb2.ListOperationsResponse(operations=[to_proto(r) for r in rows], next_page_token=token)
 
     def DeleteOperation(self, request: operations_pb2.DeleteOperationRequest, context: grpc.ServicerContext):  # noqa: N802
         self._store.delete(self._authorized(request.name))
@@ -244,12 +253,6 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             time.sleep(0.05)
             operation = self._store.get(name)
         return operation
-
-
-def _target(operation: operations_pb2.Operation) -> str:
-    meta = common_pb2.OperationMetadata()
-    operation.metadata.Unpack(meta)
-    return meta.target
 
 
 def _op_name(name: str) -> str:

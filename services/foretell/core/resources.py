@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from foretell.core.db import transaction
-from foretell.core.errors import AlreadyExists, NotFound
+from foretell.core.errors import AlreadyExists, absent
 
 
 def now() -> datetime:
@@ -46,8 +47,8 @@ class Page:
     last: str | None  # name of the last row when another page follows
 
 
-def get_row(engine: Engine, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
-    """The row named `name`, or NotFound naming it as a `what`."""
+def get_row(engine: Engine, table: Table, name: str, conn: Connection | None = None) -> Row[Any]:
+    """The row named `name`, or `absent(name)` (the answer another tenant's resource gets too)."""
     query = select(table).where(table.c.name == name)
     if conn is not None:
         row = conn.execute(query).first()
@@ -55,7 +56,7 @@ def get_row(engine: Engine, table: Table, name: str, what: str, conn: Connection
         with engine.connect() as c:
             row = c.execute(query).first()
     if row is None:
-        raise NotFound(name, what)
+        raise absent(name)
     return row
 
 
@@ -65,9 +66,14 @@ def insert_row(engine: Engine, table: Table, values: dict[str, Any], what: str) 
     try:
         with transaction(engine) as conn:
             conn.execute(insert(table).values(create_time=stamp, update_time=stamp, **values))
-            return get_row(engine, table, values["name"], what, conn)
+            return get_row(engine, table, values["name"], conn)
     except IntegrityError:
         raise AlreadyExists(values["name"], f"{what} {values['name']!r} already exists") from None
+
+
+def in_groups(column: Any, groups: Collection[str] | None) -> list[Any]:
+    """The WHERE clause keeping rows of `groups` (None: every group), so lists filter before they page."""
+    return [] if groups is None else [column.in_(sorted(groups))]
 
 
 def page_rows(engine: Engine, table: Table, size: int, after: str | None, *where: Any) -> Page:

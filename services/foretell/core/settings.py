@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # The key services send each other on peer channels (allowed everything). Empty: a random key per
     # process, which is enough for the all-in-one server; services in separate processes must share one.
     internal_api_key: SecretStr = SecretStr("")
+    # AIP-155: how long the answer to a call with a request_id is kept (retries within it get that answer,
+    # after it the id is free again); older answers are deleted as calls come in (core/idempotency.py).
+    request_id_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
 
     @model_validator(mode="after")
     def _check_kubernetes(self) -> Settings:

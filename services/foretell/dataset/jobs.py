@@ -81,7 +81,7 @@ class DatasetJobs:
                 )
             self._queued += 1
         try:
-            operation = self._ops.create(job, "import")
+            operation = self._ops.create(job, "import", dataset.dataset_group)
             self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
         except BaseException:
             self._started()
@@ -118,7 +118,7 @@ class DatasetJobs:
         self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, path: Path
     ) -> operations_pb2.Operation:
         job = f"{dataset.name}/exportJobs/{job_id}"
-        operation = self._ops.create(job, "export")
+        operation = self._ops.create(job, "export", dataset.dataset_group)
         self._store.create_export_job(job, dataset.name, path.resolve().as_uri(), operation.name)
 
         def work() -> None:

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
+from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.servicer import DatasetServicer
@@ -44,11 +45,12 @@ def add_dataset_service(
     servicer = DatasetServicer(
         store,
         jobs,
-        IdempotencyStore(engine),
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
         settings.artifacts / "uploads",
         settings.artifacts / "exports",
         settings.max_upload_bytes,
         bell,
+        PageTokens.of_database(engine),
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
     before_stop.append(bell.close)

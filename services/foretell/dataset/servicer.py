@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -69,8 +70,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         export_dir: Path,
         max_upload_bytes: int,
         bell: EventBell,
+        tokens: pagination.PageTokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._bell = bell
         self._jobs = jobs
         self._idem = idempotency
@@ -85,7 +88,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.CreateDatasetGroupRequest, context: grpc.ServicerContext
     ) -> pb.DatasetGroup:  # noqa: N802
         group_id = names.check_id(request.dataset_group_id, "dataset_group_id")
-        auth.authorize(f"datasetGroups/{group_id}")
+        auth.authorize_new_group(f"datasetGroups/{group_id}")
         domain = _domain(request.dataset_group.domain, "dataset_group.domain")
         labels = dict(request.dataset_group.labels)
         if len(labels) > MAX_LABELS or any(len(k) > 63 or len(v) > 256 for k, v in labels.items()):
@@ -96,7 +99,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise invalid("dataset_group.display_name", "is longer than 256 characters")
         return self._idem.run(
             "CreateDatasetGroup",
-            request.request_id,
+            request,
             pb.DatasetGroup,
             lambda: convert.dataset_group(
                 self._store.create_group(
@@ -113,9 +116,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasetGroups(
         self, request: api.ListDatasetGroupsRequest, context: grpc.ServicerContext
     ) -> api.ListDatasetGroupsResponse:  # noqa: N802
-        rows, token = pagination.paged(request, "groups", self._store.list_groups)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, "groups", lambda size, after: self._store.list_groups(size, after, groups)
+        )
         return api.ListDatasetGroupsResponse(
-            dataset_groups=[convert.dataset_group(r) for r in rows if auth.visible(r.name)], next_page_token=token
+            dataset_groups=[convert.dataset_group(r) for r in rows], next_page_token=token
         )
 
     def DeleteDatasetGroup(
@@ -135,7 +141,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         validate_schema(domain, fields, "schema")
         return self._idem.run(
             "CreateSchema",
-            request.request_id,
+            request,
             pb.Schema,
             lambda: convert.schema(self._store.create_schema(f"schemas/{schema_id}", domain, fields)),
         )
@@ -144,7 +150,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         return convert.schema(self._store.get_schema(names.check_name(request.name, "name", *SCHEMA)))
 
     def ListSchemas(self, request: api.ListSchemasRequest, context: grpc.ServicerContext) -> api.ListSchemasResponse:  # noqa: N802
-        rows, token = pagination.paged(request, "schemas", self._store.list_schemas)
+        rows, token = self._tokens.paged(request, "schemas", self._store.list_schemas)
         return api.ListSchemasResponse(schemas=[convert.schema(r) for r in rows], next_page_token=token)
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
@@ -173,7 +179,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         check_fits(dataset_type, group.domain, fields, "dataset")
         return self._idem.run(
             "CreateDataset",
-            request.request_id,
+            request,
             pb.Dataset,
             lambda: convert.dataset(
                 self._store.create_dataset(
@@ -194,7 +200,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
         parent = auth.allowed(names.check_name(request.parent, "parent", *GROUP))
         self._store.get_group(parent)
-        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
+        rows, token = self._tokens.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
         return api.ListDatasetsResponse(
             datasets=[convert.dataset(r, self._store.row_count(r.name, TABLE_OF[r.dataset_type])) for r in rows],
             next_page_token=token,
@@ -222,22 +228,27 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             names.check_id(config.import_job_id, "config.import_job_id") if config.import_job_id else names.new_id()
         )
         names.check_request_id(config.request_id, "config.request_id")
+        # Spooled first: the upload is part of the request a request_id is bound to.
+        path, upload_digest = self._spool(request_iterator, mapper)
+        started: list[bool] = []
 
         def start() -> operations_pb2.Operation:
-            path = self._spool(request_iterator, mapper)
-            try:
-                return self._jobs.start_import(
-                    dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
-                )
-            except BaseException:
+            operation = self._jobs.start_import(
+                dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
+            )
+            started.append(True)
+            return operation
+
+        try:
+            return self._idem.run("ImportData", config, operations_pb2.Operation, start, upload_digest)
+        finally:
+            if not started:  # refused, failed, or a retry answered with the first call's operation
                 path.unlink(missing_ok=True)
-                raise
 
-        return self._idem.run("ImportData", config.request_id, operations_pb2.Operation, start)
-
-    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> Path:
-        """Writes the upload to a file, checking the header as soon as it has arrived."""
+    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> tuple[Path, bytes]:
+        """Writes the upload to a file, checking the header as soon as it has arrived; (file, SHA-256)."""
         path = self._uploads / f"{uuid.uuid4().hex}.csv"
+        digest = hashlib.sha256()
         size = 0
         prefix = b""
         header_checked = False
@@ -250,6 +261,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                     if size > self._max_upload:
                         raise invalid("chunk", f"the upload is larger than {self._max_upload} bytes")
                     out.write(message.chunk)
+                    digest.update(message.chunk)
                     if not header_checked:
                         prefix += message.chunk
                         header = parse_header(prefix)
@@ -263,7 +275,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        return path, digest.digest()
 
     def CreateImportJob(
         self, request: api.CreateImportJobRequest, context: grpc.ServicerContext
@@ -288,7 +300,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             ) from None
         return self._idem.run(
             "CreateImportJob",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._jobs.start_import(
                 dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri=uri, remove_file=False
@@ -303,7 +315,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListImportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListImportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = pagination.paged(
+        rows, token = self._tokens.paged(
             request, dataset.name, lambda size, after: self._store.list_import_jobs(dataset.name, size, after)
         )
         return api.ListImportJobsResponse(import_jobs=[convert.import_job(r) for r in rows], next_page_token=token)
@@ -326,7 +338,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             path = self._exports / dataset.name.replace("/", "_") / f"{job_id}.csv"
         return self._idem.run(
             "ExportDataset",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._jobs.start_export(dataset=dataset, job_id=job_id, mapper=mapper, path=path),
         )
@@ -339,7 +351,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: api.ListExportJobsRequest, context: grpc.ServicerContext
     ) -> api.ListExportJobsResponse:  # noqa: N802
         dataset, _ = self._dataset(request.parent, "parent")
-        rows, token = pagination.paged(
+        rows, token = self._tokens.paged(
             request, dataset.name, lambda size, after: self._store.list_export_jobs(dataset.name, size, after)
         )
         return api.ListExportJobsResponse(export_jobs=[convert.export_job(r) for r in rows], next_page_token=token)

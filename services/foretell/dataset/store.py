@@ -8,7 +8,7 @@ import leaves the dataset exactly as it was while PutEvents keeps writing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
 from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
@@ -176,8 +176,8 @@ class DatasetStore:
 
     # ---- generic helpers -------------------------------------------------------------
 
-    def _get(self, table: Table, name: str, what: str, conn: Connection | None = None) -> Row[Any]:
-        return get_row(self.engine, table, name, what, conn)
+    def _get(self, table: Table, name: str, conn: Connection | None = None) -> Row[Any]:
+        return get_row(self.engine, table, name, conn)
 
     def _insert(self, table: Table, values: dict[str, Any], what: str) -> Row[Any]:
         return insert_row(self.engine, table, values, what)
@@ -195,10 +195,10 @@ class DatasetStore:
         )
 
     def get_group(self, name: str) -> Row[Any]:
-        return self._get(dataset_groups, name, "dataset group")
+        return self._get(dataset_groups, name)
 
-    def list_groups(self, size: int, after: str | None) -> Page:
-        return self._page(dataset_groups, size, after)
+    def list_groups(self, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
+        return self._page(dataset_groups, size, after, *in_groups(dataset_groups.c.name, groups))
 
     def delete_group(self, name: str, force: bool) -> None:
         self.get_group(name)
@@ -220,7 +220,7 @@ class DatasetStore:
         return self._insert(schemas, {"name": name, "domain": domain, "fields": [vars(f) for f in fields]}, "schema")
 
     def get_schema(self, name: str) -> Row[Any]:
-        return self._get(schemas, name, "schema")
+        return self._get(schemas, name)
 
     def list_schemas(self, size: int, after: str | None) -> Page:
         return self._page(schemas, size, after)
@@ -261,7 +261,7 @@ class DatasetStore:
         )
 
     def get_dataset(self, name: str) -> Row[Any]:
-        return self._get(datasets, name, "dataset")
+        return self._get(datasets, name)
 
     def dataset_of_type(self, group: str, dataset_type: str) -> Row[Any] | None:
         with self.engine.connect() as conn:
@@ -316,10 +316,10 @@ class DatasetStore:
     def update_import_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
             conn.execute(update(import_jobs).where(import_jobs.c.name == name).values(update_time=now(), **values))
-            return self._get(import_jobs, name, "import job", conn)
+            return self._get(import_jobs, name, conn)
 
     def get_import_job(self, name: str) -> Row[Any]:
-        return self._get(import_jobs, name, "import job")
+        return self._get(import_jobs, name)
 
     def list_import_jobs(self, dataset_name: str, size: int, after: str | None) -> Page:
         return self._page(import_jobs, size, after, import_jobs.c.dataset == dataset_name)
@@ -341,10 +341,10 @@ class DatasetStore:
     def update_export_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
             conn.execute(update(export_jobs).where(export_jobs.c.name == name).values(update_time=now(), **values))
-            return self._get(export_jobs, name, "export job", conn)
+            return self._get(export_jobs, name, conn)
 
     def get_export_job(self, name: str) -> Row[Any]:
-        return self._get(export_jobs, name, "export job")
+        return self._get(export_jobs, name)
 
     def list_export_jobs(self, dataset_name: str, size: int, after: str | None) -> Page:
         return self._page(export_jobs, size, after, export_jobs.c.dataset == dataset_name)

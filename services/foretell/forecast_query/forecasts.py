@@ -24,7 +24,7 @@ import grpc
 from foretell.core import names
 from foretell.core.artifact_store import ArtifactNotFound, fetch_dir
 from foretell.core.artifacts import path_of
-from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, NotFound, Unavailable, invalid
+from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, Unavailable, absent, invalid
 from foretell.core.settings import Settings
 from foretell.forecast_query.query import ServedForecast
 from foretell.forecasting.table import ForecastTable
@@ -151,7 +151,7 @@ class Forecasts:
 def _peer_error(exc: grpc.RpcError, name: str) -> ForetellError:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(name, "forecast")
+        return absent(name)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return invalid("forecast", f"training rejected it: {exc.details() if isinstance(exc, grpc.Call) else ''}")
     if code == grpc.StatusCode.UNIMPLEMENTED:

@@ -70,9 +70,14 @@ class Filters:
     page_size: int
     after: int  # rows up to this one were sent already (-1: first page)
     scope: str  # what a page token is bound to
+    tokens: pagination.PageTokens  # issues the next page's token
 
 
-def parse_request(request: api.QueryForecastRequest) -> Filters:
+# Page tokens of callers that have no server's (pure uses of the query rules): valid in this process only.
+_LOCAL_TOKENS = pagination.PageTokens.ephemeral()
+
+
+def parse_request(request: api.QueryForecastRequest, tokens: pagination.PageTokens = _LOCAL_TOKENS) -> Filters:
     """Checks what needs no table; INVALID_ARGUMENT naming every bad field."""
     problems = Violations()
     try:
@@ -102,7 +107,7 @@ def parse_request(request: api.QueryForecastRequest) -> Filters:
     scope, after = "", -1
     if request.page_token:
         scope = _scope(request.forecast, item_id, dimensions, start, end, quantiles)
-        token = pagination.decode_token(request.page_token, scope)
+        token = tokens.decode(request.page_token, scope)
         if token is None or not token.isdigit():
             raise invalid("page_token", "is not a token this server issued")
         after = int(token)
@@ -116,6 +121,7 @@ def parse_request(request: api.QueryForecastRequest) -> Filters:
         request.page_size or DEFAULT_PAGE_SIZE,
         after,
         scope,
+        tokens,
     )
 
 
@@ -226,7 +232,7 @@ class ServedForecast:
                 filters.forecast, filters.item_id or "", filters.dimensions, filters.start, filters.end,
                 filters.quantiles,
             )  # fmt: skip
-            out.append(_field(_TOKEN, pagination.encode_token(str(page[-1]), scope).encode()))
+            out.append(_field(_TOKEN, filters.tokens.encode(str(page[-1]), scope).encode()))
         return b"".join(out)
 
     def _lines(self, quantiles: tuple[float, ...]) -> list[int]:

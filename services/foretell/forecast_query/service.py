@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from foretell.core import auth
+from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.forecast_query.forecasts import Forecasts, table_loader
@@ -22,12 +23,13 @@ SERVICE_NAME = api.DESCRIPTOR.services_by_name["ForecastQueryService"].full_name
 
 
 class ForecastQueryServicer:
-    def __init__(self, forecasts: Forecasts) -> None:
+    def __init__(self, forecasts: Forecasts, tokens: PageTokens) -> None:
         self._forecasts = forecasts
+        self._tokens = tokens
 
     def QueryForecast(self, request: api.QueryForecastRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         """An encoded QueryForecastResponse."""
-        filters = parse_request(request)
+        filters = parse_request(request, self._tokens)
         auth.authorize_resource(filters.forecast)
         return self._forecasts.get(filters.forecast).answer(filters)
 
@@ -36,13 +38,13 @@ def _serialize(response: bytes | api.QueryForecastResponse) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 
-def add_forecast_query_service(server: grpc.Server, settings: Settings, peers: Peers) -> None:
+def add_forecast_query_service(server: grpc.Server, settings: Settings, peers: Peers, tokens: PageTokens) -> None:
     """Registers ForecastQueryService; tables load on their first query (nothing to stop)."""
 
     def training() -> grpc.Channel:
         return peers.channel("training")
 
-    servicer = ForecastQueryServicer(Forecasts(training, table_loader(settings)))
+    servicer = ForecastQueryServicer(Forecasts(training, table_loader(settings)), tokens)
     handlers = {
         "QueryForecast": grpc.unary_unary_rpc_method_handler(
             servicer.QueryForecast,

@@ -69,6 +69,7 @@ class BatchJobs:
             {
                 "name": name,
                 "solution_version": spec.version.solution_version,
+                "dataset_group": spec.version.dataset_group,
                 "input_uri": spec.input_uri,
                 "output_uri": spec.output_uri,
                 "num_results": spec.num_results,
@@ -77,7 +78,7 @@ class BatchJobs:
                 "state": "PENDING",
             }
         )
-        operation = self._ops.create(name, "batch-inference")
+        operation = self._ops.create(name, "batch-inference", spec.version.dataset_group)
         self._store.update_batch_job(name, operation=operation.name)
         self._pool.submit(self._guarded, name, operation.name, spec)
         return self._ops.get(operation.name)

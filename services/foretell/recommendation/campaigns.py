@@ -29,7 +29,7 @@ from google.rpc import code_pb2
 
 from foretell.core import metrics, names
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
-from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, invalid
+from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, absent, invalid
 from foretell.core.operations import OperationStore, error_status
 from foretell.recipes.artifact import load_artifact
 from foretell.recommendation.engine import NO_EVENTS, Engine, Exploration, RecentEvents
@@ -184,7 +184,7 @@ class SolutionVersions:
 def _peer_error(exc: grpc.RpcError, version: str, field_name: str) -> ForetellError:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(version, "solution version")
+        return absent(version)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return invalid(field_name, f"training rejected it: {exc.details() if isinstance(exc, grpc.Call) else ''}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -200,7 +200,7 @@ def check_dataset_group(channel: Callable[[], grpc.Channel], name: str, field_na
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.NOT_FOUND:
-            raise NotFound(name, "dataset group") from None
+            raise absent(name) from None
         raise Unavailable(
             f"the dataset service did not answer ({code.name if code else 'error'}); retry later"
         ) from None
@@ -282,7 +282,7 @@ class Campaigns:
                 "state": "PENDING",
             }
         )
-        operation = self._ops.create(name, "deploy")
+        operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
         self._pool.submit(self._deploy, name, operation.name, spec, resolved, True)
         log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
@@ -301,7 +301,7 @@ class Campaigns:
                 raise FailedPrecondition(
                     f"campaign {name!r} is {row.state}; wait for operation {row.operation}", metadata={"resource": name}
                 )
-            operation = self._ops.create(name, "deploy")
+            operation = self._ops.create(name, "deploy", resolved.dataset_group if resolved else row.dataset_group)
             if resolved is not None:
                 self._store.update_campaign(name, state="UPDATING", operation=operation.name, error=None)
                 self._pool.submit(self._deploy, name, operation.name, spec, resolved, False)

@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 from foretell.core.artifact_store import Artifacts
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
+from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.recommendation.batch import BatchJobs
@@ -61,9 +62,10 @@ def add_recommendation_service(
         store,
         campaigns,
         batch,
-        IdempotencyStore(engine),
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
         lambda name, field_name: check_dataset_group(dataset, name, field_name),
         lambda job_id: artifacts.uri("batch-inference", f"{job_id}.jsonl"),
+        PageTokens.of_database(engine),
     )
     recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(servicer, server)
 

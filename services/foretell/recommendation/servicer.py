@@ -105,8 +105,10 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         idempotency: IdempotencyStore,
         dataset_groups: Callable[[str, str], None],
         batch_output: Callable[[str], str],
+        tokens: pagination.PageTokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._campaigns = campaigns
         self._batch = batch
         self._idem = idempotency
@@ -133,29 +135,30 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         names.check_request_id(request.request_id)
         return self._idem.run(
             "CreateCampaign",
-            request.request_id,
+            request,
             operations_pb2.Operation,
             lambda: self._campaigns.create(campaign_id, spec),
         )
 
     def GetCampaign(self, request: api.GetCampaignRequest, context: grpc.ServicerContext) -> pb.Campaign:  # noqa: N802
         row = self._store.get_campaign(names.check_name(request.name, "name", *CAMPAIGN))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return to_campaign(row)
 
     def ListCampaigns(  # noqa: N802
         self, request: api.ListCampaignsRequest, context: grpc.ServicerContext
     ) -> api.ListCampaignsResponse:
-        rows, token = pagination.paged(request, "campaigns", self._store.list_campaigns)
-        return api.ListCampaignsResponse(
-            campaigns=[to_campaign(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, "campaigns", lambda size, after: self._store.list_campaigns(size, after, groups)
         )
+        return api.ListCampaignsResponse(campaigns=[to_campaign(r) for r in rows], next_page_token=token)
 
     def UpdateCampaign(  # noqa: N802
         self, request: api.UpdateCampaignRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
         name = names.check_name(request.campaign.name, "campaign.name", *CAMPAIGN)
-        auth.authorize(self._store.get_campaign(name).dataset_group)
+        auth.authorize(self._store.get_campaign(name).dataset_group, name)
         paths = list(request.update_mask.paths) or [
             "solution_version",
             "exploration_config",
@@ -192,7 +195,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             )
 
         return self._idem.run(
-            "UpdateCampaign", request.request_id, operations_pb2.Operation, lambda: self._campaigns.update(name, change)
+            "UpdateCampaign", request, operations_pb2.Operation, lambda: self._campaigns.update(name, change)
         )
 
     def DeleteCampaign(  # noqa: N802
@@ -200,7 +203,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
     ) -> api.DeleteCampaignResponse:
         name = names.check_name(request.name, "name", *CAMPAIGN)
         names.check_request_id(request.request_id)
-        auth.authorize(self._store.get_campaign(name).dataset_group)
+        auth.authorize(self._store.get_campaign(name).dataset_group, name)
         self._campaigns.delete(name)
         return api.DeleteCampaignResponse()
 
@@ -220,33 +223,32 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         self._check_group(group, "filter.dataset_group")
         return self._idem.run(
             "CreateFilter",
-            request.request_id,
+            request,
             pb.Filter,
             lambda: to_filter(self._store.create_filter(f"filters/{filter_id}", group, expression)),
         )
 
     def GetFilter(self, request: api.GetFilterRequest, context: grpc.ServicerContext) -> pb.Filter:  # noqa: N802
         row = self._store.get_filter(names.check_name(request.name, "name", *FILTER))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return to_filter(row)
 
     def ListFilters(self, request: api.ListFiltersRequest, context: grpc.ServicerContext) -> api.ListFiltersResponse:  # noqa: N802
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"filters:{group}", lambda size, after: self._store.list_filters(group, size, after, groups)
         )
-        return api.ListFiltersResponse(
-            filters=[to_filter(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListFiltersResponse(filters=[to_filter(r) for r in rows], next_page_token=token)
 
     def DeleteFilter(  # noqa: N802
         self, request: api.DeleteFilterRequest, context: grpc.ServicerContext
     ) -> api.DeleteFilterResponse:
         name = names.check_name(request.name, "name", *FILTER)
         names.check_request_id(request.request_id)
-        auth.authorize(self._store.get_filter(name).dataset_group)
+        auth.authorize(self._store.get_filter(name).dataset_group, name)
         self._store.delete_filter(name)
         return api.DeleteFilterResponse()
 
@@ -264,6 +266,7 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             return None
         names.check_name(name, field, *FILTER)
         expression, group = self._store.parsed_filter(name)
+        auth.authorize(group, name)  # another tenant's filter answers as an absent one, naming no group
         if group != dataset_group:
             raise invalid(field, f"belongs to {group}; the solution version was trained on {dataset_group}")
         return expression.bind(values, values_field)
@@ -276,9 +279,9 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
             deployment = self._campaigns.serving(name)
         except FailedPrecondition:
             # Not loaded here: its state is only for callers of its group.
-            auth.authorize(self._store.get_campaign(name).dataset_group)
+            auth.authorize(self._store.get_campaign(name).dataset_group, name)
             raise
-        auth.authorize(deployment.dataset_group)
+        auth.authorize(deployment.dataset_group, name)
         return deployment
 
     def _metadata_columns(self, deployment: Deployment, columns: Sequence[str]) -> list[str]:
@@ -459,14 +462,14 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         )
         spec = BatchSpec(job_id, resolved, input_uri, output_uri, n, job.filter, dict(job.filter_values), item_filter)
         return self._idem.run(
-            "CreateBatchInferenceJob", request.request_id, operations_pb2.Operation, lambda: self._batch.start(spec)
+            "CreateBatchInferenceJob", request, operations_pb2.Operation, lambda: self._batch.start(spec)
         )
 
     def GetBatchInferenceJob(  # noqa: N802
         self, request: api.GetBatchInferenceJobRequest, context: grpc.ServicerContext
     ) -> pb.BatchInferenceJob:
         row = self._store.get_batch_job(names.check_name(request.name, "name", *BATCH))
-        auth.authorize_resource(row.solution_version)
+        auth.authorize_resource(row.solution_version, row.name)
         return to_batch_job(row)
 
     def ListBatchInferenceJobs(  # noqa: N802
@@ -475,14 +478,12 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         version = request.solution_version
         if version:
             auth.authorize_resource(names.check_name(version, "solution_version", "solutions", "versions"))
-        rows, token = pagination.paged(
-            request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"batch:{version}", lambda size, after: self._store.list_batch_jobs(version, size, after, groups)
         )
         return api.ListBatchInferenceJobsResponse(
-            batch_inference_jobs=[
-                to_batch_job(r) for r in rows if version or auth.visible_resource(r.solution_version)
-            ],
-            next_page_token=token,
+            batch_inference_jobs=[to_batch_job(r) for r in rows], next_page_token=token
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import (
@@ -29,8 +30,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
-from foretell.core.errors import NotFound
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, status_of, times, timestamp_of
+from foretell.core.errors import absent
+from foretell.core.resources import (
+    Page,
+    get_row,
+    in_groups,
+    insert_row,
+    now,
+    page_rows,
+    status_of,
+    times,
+    timestamp_of,
+)
 from foretell.recommendation.filters import FilterExpression, parse_filter
 from foretell.v1 import recommendation_pb2 as pb
 
@@ -74,6 +85,8 @@ batch_jobs = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    # That of the solution version, stored so that lists filter by it in SQL. Last: where migration 0002 added it.
+    Column("dataset_group", String(128), nullable=False, default="", index=True),
 )
 
 # Parsed filters are cached this long; filters are immutable, so only a deletion elsewhere can
@@ -94,10 +107,10 @@ class RecommendationStore:
         return insert_row(self.engine, campaigns, values, "campaign")
 
     def get_campaign(self, name: str) -> Row[Any]:
-        return get_row(self.engine, campaigns, name, "campaign")
+        return get_row(self.engine, campaigns, name)
 
-    def list_campaigns(self, size: int, after: str | None) -> Page:
-        return page_rows(self.engine, campaigns, size, after)
+    def list_campaigns(self, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
+        return page_rows(self.engine, campaigns, size, after, *in_groups(campaigns.c.dataset_group, groups))
 
     def campaigns_in(self, *states: str) -> list[Row[Any]]:
         with self.engine.connect() as conn:
@@ -109,13 +122,13 @@ class RecommendationStore:
                 update(campaigns).where(campaigns.c.name == name).values(update_time=now(), **values)
             ).rowcount
             if not changed:
-                raise NotFound(name, "campaign")
-            return get_row(self.engine, campaigns, name, "campaign", conn)
+                raise absent(name)
+            return get_row(self.engine, campaigns, name, conn)
 
     def delete_campaign(self, name: str) -> None:
         with transaction(self.engine) as conn:
             if not conn.execute(delete(campaigns).where(campaigns.c.name == name)).rowcount:
-                raise NotFound(name, "campaign")
+                raise absent(name)
 
     # ---- filters -----------------------------------------------------------------------------
 
@@ -125,16 +138,18 @@ class RecommendationStore:
         )
 
     def get_filter(self, name: str) -> Row[Any]:
-        return get_row(self.engine, filters, name, "filter")
+        return get_row(self.engine, filters, name)
 
-    def list_filters(self, dataset_group: str, size: int, after: str | None) -> Page:
+    def list_filters(
+        self, dataset_group: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [filters.c.dataset_group == dataset_group] if dataset_group else []
-        return page_rows(self.engine, filters, size, after, *where)
+        return page_rows(self.engine, filters, size, after, *where, *in_groups(filters.c.dataset_group, groups))
 
     def delete_filter(self, name: str) -> None:
         with transaction(self.engine) as conn:
             if not conn.execute(delete(filters).where(filters.c.name == name)).rowcount:
-                raise NotFound(name, "filter")
+                raise absent(name)
         with self._filter_lock:
             self._filters.pop(name, None)
 
@@ -157,11 +172,13 @@ class RecommendationStore:
         return insert_row(self.engine, batch_jobs, values, "batch inference job")
 
     def get_batch_job(self, name: str) -> Row[Any]:
-        return get_row(self.engine, batch_jobs, name, "batch inference job")
+        return get_row(self.engine, batch_jobs, name)
 
-    def list_batch_jobs(self, solution_version: str, size: int, after: str | None) -> Page:
+    def list_batch_jobs(
+        self, solution_version: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [batch_jobs.c.solution_version == solution_version] if solution_version else []
-        return page_rows(self.engine, batch_jobs, size, after, *where)
+        return page_rows(self.engine, batch_jobs, size, after, *where, *in_groups(batch_jobs.c.dataset_group, groups))
 
     def batch_jobs_in(self, *states: str) -> list[Row[Any]]:
         with self.engine.connect() as conn:
@@ -170,7 +187,7 @@ class RecommendationStore:
     def update_batch_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
             conn.execute(update(batch_jobs).where(batch_jobs.c.name == name).values(update_time=now(), **values))
-            return get_row(self.engine, batch_jobs, name, "batch inference job", conn)
+            return get_row(self.engine, batch_jobs, name, conn)
 
 
 # ---- rows -> protos ------------------------------------------------------------------------

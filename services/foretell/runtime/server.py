@@ -22,6 +22,7 @@ from foretell.core.interceptors import ErrorInterceptor
 from foretell.core.metrics import MetricsServer, TelemetryInterceptor
 from foretell.core.migrations import SchemaNotCurrent, ensure_schema
 from foretell.core.operations import OperationsServicer, OperationStore
+from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
 from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
 from foretell.dataset import service as dataset_service
@@ -122,11 +123,13 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
             )
             names.append(recommendation_service.SERVICE_NAME)
         elif service == "forecast-query":
-            forecast_query_service.add_forecast_query_service(server, settings, peers)
+            forecast_query_service.add_forecast_query_service(server, settings, peers, PageTokens.of_database(engine))
             names.append(forecast_query_service.SERVICE_NAME)
         else:
             raise ValueError(f"unknown service {service!r}")
-    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(operations), server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(
+        OperationsServicer(operations, PageTokens.of_database(engine)), server
+    )
     names.append(OPERATIONS)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

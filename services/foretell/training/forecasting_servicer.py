@@ -14,7 +14,7 @@ from google.longrunning import operations_pb2
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
 from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
-from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.errors import FailedPrecondition, Violations, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.forecasting.frequency import Frequency
@@ -114,6 +114,7 @@ class ForecastingRpcs:
     _idem: IdempotencyStore
     _datasets: dataset_service_pb2_grpc.DatasetServiceStub
     _artifacts: Artifacts
+    _tokens: pagination.PageTokens
 
     def _check_group(
         self, group: str, field_name: str, domain: dataset_pb2.Domain.ValueType = dataset_pb2.DOMAIN_RECOMMENDATION
@@ -135,7 +136,7 @@ class ForecastingRpcs:
 
         def start() -> operations_pb2.Operation:
             name = f"predictors/{predictor_id}"
-            operation = self._ops.create(name, "train")
+            operation = self._ops.create(name, "train", group)
             self._store.create_predictor(
                 {
                     "name": name,
@@ -148,7 +149,7 @@ class ForecastingRpcs:
             self._jobs.submit(operation.name, "predictor", name)
             return operation
 
-        return self._idem.run("CreatePredictor", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreatePredictor", request, operations_pb2.Operation, start)
 
     def _check_target_series(self, group: str) -> None:
         listed = self._datasets.ListDatasets(
@@ -162,7 +163,7 @@ class ForecastingRpcs:
 
     def GetPredictor(self, request: api.GetPredictorRequest, context: grpc.ServicerContext) -> pb.Predictor:  # noqa: N802
         row = self._store.get_predictor(names.check_name(request.name, "name", *PREDICTOR))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return convert.predictor(row)
 
     def ListPredictors(  # noqa: N802
@@ -171,12 +172,11 @@ class ForecastingRpcs:
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"predictors:{group}", lambda n, after: self._store.list_predictors(group, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"predictors:{group}", lambda n, after: self._store.list_predictors(group, n, after, groups)
         )
-        return api.ListPredictorsResponse(
-            predictors=[convert.predictor(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListPredictorsResponse(predictors=[convert.predictor(r) for r in rows], next_page_token=token)
 
     def DeletePredictor(  # noqa: N802
         self, request: api.DeletePredictorRequest, context: grpc.ServicerContext
@@ -187,22 +187,23 @@ class ForecastingRpcs:
             self._artifacts.delete(self._store.delete_predictor(name).artifact_uri)
             return api.DeletePredictorResponse()
 
-        return self._idem.run("DeletePredictor", request.request_id, api.DeletePredictorResponse, delete)
+        return self._idem.run("DeletePredictor", request, api.DeletePredictorResponse, delete)
 
     def _authorized_predictor(self, name: str) -> str:
         """`name` of a predictor, once the caller may use its dataset group."""
         if auth.restricted():
-            auth.authorize(self._store.get_predictor(name).dataset_group)
+            auth.authorize(self._store.get_predictor(name).dataset_group, name)
         return name
 
     def _authorized_forecast(self, name: str) -> str:
+        """`name` of a forecast, once the caller may use its predictor's dataset group."""
         if auth.restricted():
-            self._authorized_predictor(self._store.get_forecast(name).predictor)
+            auth.authorize(self._store.get_predictor(self._store.get_forecast(name).predictor).dataset_group, name)
         return name
 
     def _succeeded_predictor(self, name: str) -> Any:
         row = self._store.get_predictor(name)
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"predictor {name!r} is {row.state}; this needs it SUCCEEDED")
         return row
@@ -223,11 +224,11 @@ class ForecastingRpcs:
         parent = names.check_name(request.parent, "parent", *PREDICTOR)
         row = self._succeeded_predictor(parent)
         size = pagination.page_size(request.page_size)
-        start = int(pagination.decode_token(request.page_token, parent) or 0)
+        start = int(self._tokens.decode(request.page_token, parent) or 0)
         # One object, read whole: the item accuracies are one short line per series.
         lines = self._artifacts.read_bytes(row.artifact_uri, ITEM_ACCURACY_FILE).decode("utf-8").splitlines()
         items = [convert.item_accuracy(json.loads(line)) for line in lines[start : start + size]]
-        token = pagination.encode_token(str(start + size), parent) if len(lines) > start + size else ""
+        token = self._tokens.encode(str(start + size), parent) if len(lines) > start + size else ""
         return api.ListItemAccuraciesResponse(item_accuracies=items, next_page_token=token)
 
     # ---- forecasts ---------------------------------------------------------------------
@@ -247,7 +248,7 @@ class ForecastingRpcs:
 
         def start() -> operations_pb2.Operation:
             name = f"forecasts/{forecast_id}"
-            operation = self._ops.create(name, "forecast")
+            operation = self._ops.create(name, "forecast", row.dataset_group)
             self._store.create_forecast(
                 {
                     "name": name,
@@ -260,7 +261,7 @@ class ForecastingRpcs:
             self._jobs.submit(operation.name, "forecast", name)
             return operation
 
-        return self._idem.run("CreateForecast", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreateForecast", request, operations_pb2.Operation, start)
 
     def GetForecast(self, request: api.GetForecastRequest, context: grpc.ServicerContext) -> pb.Forecast:  # noqa: N802
         name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
@@ -272,21 +273,11 @@ class ForecastingRpcs:
         predictor = request.predictor
         if predictor:
             self._authorized_predictor(names.check_name(predictor, "predictor", *PREDICTOR))
-        rows, token = pagination.paged(
-            request, f"forecasts:{predictor}", lambda n, after: self._store.list_forecasts(predictor, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"forecasts:{predictor}", lambda n, after: self._store.list_forecasts(predictor, n, after, groups)
         )
-        return api.ListForecastsResponse(
-            forecasts=[convert.forecast(r) for r in rows if predictor or self._visible_forecast(r.predictor)],
-            next_page_token=token,
-        )
-
-    def _visible_forecast(self, predictor: str) -> bool:
-        if not auth.restricted():
-            return True
-        try:
-            return auth.visible(self._store.get_predictor(predictor).dataset_group)
-        except NotFound:
-            return False
+        return api.ListForecastsResponse(forecasts=[convert.forecast(r) for r in rows], next_page_token=token)
 
     def DeleteForecast(  # noqa: N802
         self, request: api.DeleteForecastRequest, context: grpc.ServicerContext
@@ -297,7 +288,7 @@ class ForecastingRpcs:
             self._artifacts.delete(self._store.delete_forecast(name).artifact_uri)
             return api.DeleteForecastResponse()
 
-        return self._idem.run("DeleteForecast", request.request_id, api.DeleteForecastResponse, delete)
+        return self._idem.run("DeleteForecast", request, api.DeleteForecastResponse, delete)
 
     def ExportForecast(  # noqa: N802
         self, request: api.ExportForecastRequest, context: grpc.ServicerContext
@@ -317,10 +308,11 @@ class ForecastingRpcs:
         row = self._store.get_forecast(name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"forecast {name!r} is {row.state}; export needs it SUCCEEDED")
+        group = self._store.get_predictor(row.predictor).dataset_group
 
         def start() -> operations_pb2.Operation:
-            operation = self._ops.create(name, "export")
+            operation = self._ops.create(name, "export", group)
             self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": destination})
             return operation
 
-        return self._idem.run("ExportForecast", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("ExportForecast", request, operations_pb2.Operation, start)

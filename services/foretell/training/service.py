@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from foretell.core.artifact_store import Artifacts
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
+from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
 from foretell.core.settings import Settings
 from foretell.training.jobs import JobKind, TrainingJobs
@@ -45,7 +46,15 @@ def add_training_service(
         settings.training_workers,
         settings.training_timeout_seconds,
     )
-    servicer = TrainingServicer(store, jobs, operations, IdempotencyStore(engine), dataset_channel, artifacts)
+    servicer = TrainingServicer(
+        store,
+        jobs,
+        operations,
+        IdempotencyStore(engine, settings.request_id_retention_seconds),
+        dataset_channel,
+        artifacts,
+        PageTokens.of_database(engine),
+    )
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
     return jobs.close

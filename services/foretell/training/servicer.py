@@ -12,7 +12,7 @@ from google.longrunning import operations_pb2
 
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
-from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.errors import FailedPrecondition, Violations, absent, invalid
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.recipes.registry import RECIPES, ParamError, parse_params, recipe_class
@@ -78,8 +78,10 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         idempotency: IdempotencyStore,
         dataset_channel: grpc.Channel,
         artifacts: Artifacts,
+        tokens: pagination.PageTokens,
     ) -> None:
         self._artifacts = artifacts
+        self._tokens = tokens
         self._store = store
         self._jobs = jobs
         self._ops = operations
@@ -114,7 +116,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         }
         return self._idem.run(
             "CreateSolution",
-            request.request_id,
+            request,
             pb.Solution,
             lambda: convert.solution(self._store.create_solution(values)),
         )
@@ -126,14 +128,14 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             found = self._datasets.GetDatasetGroup(dataset_service_pb2.GetDatasetGroupRequest(name=group), timeout=10)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(group, "dataset group") from None
+                raise absent(group) from None
             raise
         if found.domain != domain:
             raise invalid(field_name, f"must be a dataset group of domain {dataset_pb2.Domain.Name(domain)}")
 
     def GetSolution(self, request: api.GetSolutionRequest, context: grpc.ServicerContext) -> pb.Solution:  # noqa: N802
         row = self._store.get_solution(names.check_name(request.name, "name", *SOLUTION))
-        auth.authorize(row.dataset_group)
+        auth.authorize(row.dataset_group, row.name)
         return convert.solution(row)
 
     def ListSolutions(  # noqa: N802
@@ -142,25 +144,24 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         group = request.dataset_group
         if group:
             auth.authorize(names.check_name(group, "dataset_group", "datasetGroups"))
-        rows, token = pagination.paged(
-            request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after)
+        groups = auth.visible_groups()
+        rows, token = self._tokens.paged(
+            request, f"solutions:{group}", lambda n, after: self._store.list_solutions(group, n, after, groups)
         )
-        return api.ListSolutionsResponse(
-            solutions=[convert.solution(r) for r in rows if auth.visible(r.dataset_group)], next_page_token=token
-        )
+        return api.ListSolutionsResponse(solutions=[convert.solution(r) for r in rows], next_page_token=token)
 
     def DeleteSolution(  # noqa: N802
         self, request: api.DeleteSolutionRequest, context: grpc.ServicerContext
     ) -> api.DeleteSolutionResponse:
         name = names.check_name(request.name, "name", *SOLUTION)
-        auth.authorize(self._store.get_solution(name).dataset_group)
+        auth.authorize(self._store.get_solution(name).dataset_group, name)
 
         def delete() -> api.DeleteSolutionResponse:
             for version in self._store.delete_solution(name):
                 self._artifacts.delete(version.artifact_uri)
             return api.DeleteSolutionResponse()
 
-        return self._idem.run("DeleteSolution", request.request_id, api.DeleteSolutionResponse, delete)
+        return self._idem.run("DeleteSolution", request, api.DeleteSolutionResponse, delete)
 
     # ---- solution versions -------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         mode = "UPDATE" if request.training_mode == pb.TRAINING_MODE_UPDATE else "FULL"
         names.check_request_id(request.request_id)
         solution = self._store.get_solution(parent)
-        auth.authorize(solution.dataset_group)
+        auth.authorize(solution.dataset_group, parent)
         if mode == "UPDATE" and self._store.latest_succeeded_version(parent) is None:
             raise FailedPrecondition(
                 f"solution {parent!r} has no trained version to update; train one with TRAINING_MODE_FULL first"
@@ -187,7 +188,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
 
         def start() -> operations_pb2.Operation:
             name = f"{parent}/versions/{version_id}"
-            operation = self._ops.create(name, "train")
+            operation = self._ops.create(name, "train", solution.dataset_group)
             self._store.create_version(
                 {
                     "name": name,
@@ -200,12 +201,13 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             self._jobs.submit(operation.name, "solution-version", name)
             return operation
 
-        return self._idem.run("CreateSolutionVersion", request.request_id, operations_pb2.Operation, start)
+        return self._idem.run("CreateSolutionVersion", request, operations_pb2.Operation, start)
 
     def _authorized_version(self, name: str) -> str:
         """`name` of a solution version, once the caller may use its solution's dataset group."""
         if auth.restricted():
-            auth.authorize(self._store.get_solution(name.rsplit("/versions/", 1)[0]).dataset_group)
+            solution = name.rsplit("/versions/", 1)[0]
+            auth.authorize(self._store.get_solution(solution).dataset_group, solution)
         return name
 
     def _check_interactions(self, group: str) -> None:
@@ -226,8 +228,8 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
         self, request: api.ListSolutionVersionsRequest, context: grpc.ServicerContext
     ) -> api.ListSolutionVersionsResponse:
         parent = names.check_name(request.parent, "parent", *SOLUTION)
-        auth.authorize(self._store.get_solution(parent).dataset_group)
-        rows, token = pagination.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
+        auth.authorize(self._store.get_solution(parent).dataset_group, parent)
+        rows, token = self._tokens.paged(request, parent, lambda n, after: self._store.list_versions(parent, n, after))
         return api.ListSolutionVersionsResponse(
             solution_versions=[convert.solution_version(r) for r in rows], next_page_token=token
         )
@@ -241,7 +243,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
             self._artifacts.delete(self._store.delete_version(name).artifact_uri)
             return api.DeleteSolutionVersionResponse()
 
-        return self._idem.run("DeleteSolutionVersion", request.request_id, api.DeleteSolutionVersionResponse, delete)
+        return self._idem.run("DeleteSolutionVersion", request, api.DeleteSolutionVersionResponse, delete)
 
     def GetSolutionMetrics(  # noqa: N802
         self, request: api.GetSolutionMetricsRequest, context: grpc.ServicerContext

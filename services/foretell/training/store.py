@@ -6,6 +6,7 @@ restarted service can re-attach to a worker still running or report one that die
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import FailedPrecondition
-from foretell.core.resources import Page, get_row, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
 
 metadata = MetaData()
 
@@ -123,11 +124,11 @@ class TrainingStore:
         return insert_row(self.engine, solutions, values, "solution")
 
     def get_solution(self, name: str) -> Row[Any]:
-        return get_row(self.engine, solutions, name, "solution")
+        return get_row(self.engine, solutions, name)
 
-    def list_solutions(self, group: str, size: int, after: str | None) -> Page:
+    def list_solutions(self, group: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         where = [solutions.c.dataset_group == group] if group else []
-        return page_rows(self.engine, solutions, size, after, *where)
+        return page_rows(self.engine, solutions, size, after, *where, *in_groups(solutions.c.dataset_group, groups))
 
     def delete_solution(self, name: str) -> list[Row[Any]]:
         """Deletes the solution and its versions; returns the deleted versions (for their artifacts)."""
@@ -157,10 +158,10 @@ class TrainingStore:
         return row
 
     def get_version(self, name: str) -> Row[Any]:
-        return get_row(self.engine, solution_versions, name, "solution version")
+        return get_row(self.engine, solution_versions, name)
 
     def update_version(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(solution_versions, name, "solution version", values)
+        return self._update(solution_versions, name, values)
 
     def list_versions(self, solution: str, size: int, after: str | None) -> Page:
         return page_rows(self.engine, solution_versions, size, after, solution_versions.c.solution == solution)
@@ -191,14 +192,14 @@ class TrainingStore:
         return insert_row(self.engine, predictors, values, "predictor")
 
     def get_predictor(self, name: str) -> Row[Any]:
-        return get_row(self.engine, predictors, name, "predictor")
+        return get_row(self.engine, predictors, name)
 
     def update_predictor(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(predictors, name, "predictor", values)
+        return self._update(predictors, name, values)
 
-    def list_predictors(self, group: str, size: int, after: str | None) -> Page:
+    def list_predictors(self, group: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         where = [predictors.c.dataset_group == group] if group else []
-        return page_rows(self.engine, predictors, size, after, *where)
+        return page_rows(self.engine, predictors, size, after, *where, *in_groups(predictors.c.dataset_group, groups))
 
     def delete_predictor(self, name: str) -> Row[Any]:
         row = self.get_predictor(name)
@@ -221,13 +222,18 @@ class TrainingStore:
         return insert_row(self.engine, forecasts, values, "forecast")
 
     def get_forecast(self, name: str) -> Row[Any]:
-        return get_row(self.engine, forecasts, name, "forecast")
+        return get_row(self.engine, forecasts, name)
 
     def update_forecast(self, name: str, **values: Any) -> Row[Any]:
-        return self._update(forecasts, name, "forecast", values)
+        return self._update(forecasts, name, values)
 
-    def list_forecasts(self, predictor: str, size: int, after: str | None) -> Page:
+    def list_forecasts(
+        self, predictor: str, size: int, after: str | None, groups: Collection[str] | None = None
+    ) -> Page:
         where = [forecasts.c.predictor == predictor] if predictor else []
+        if groups is not None:
+            visible = select(predictors.c.name).where(*in_groups(predictors.c.dataset_group, groups))
+            where.append(forecasts.c.predictor.in_(visible))
         return page_rows(self.engine, forecasts, size, after, *where)
 
     def delete_forecast(self, name: str) -> Row[Any]:
@@ -240,10 +246,10 @@ class TrainingStore:
             conn.execute(delete(forecasts).where(forecasts.c.name == name))
         return row
 
-    def _update(self, table: Table, name: str, what: str, values: dict[str, Any]) -> Row[Any]:
+    def _update(self, table: Table, name: str, values: dict[str, Any]) -> Row[Any]:
         with transaction(self.engine) as conn:
             conn.execute(update(table).where(table.c.name == name).values(update_time=now(), **values))
-            return get_row(self.engine, table, name, what, conn)
+            return get_row(self.engine, table, name, conn)
 
     # ---- jobs ------------------------------------------------------------------------
 
@@ -256,7 +262,7 @@ class TrainingStore:
         )
 
     def get_job(self, name: str) -> Row[Any]:
-        return get_row(self.engine, jobs, name, "job")
+        return get_row(self.engine, jobs, name)
 
     def update_job(self, name: str, **values: Any) -> None:
         with transaction(self.engine) as conn:
