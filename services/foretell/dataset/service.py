@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy import Engine
 
+from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.settings import Settings
@@ -49,6 +50,7 @@ def add_dataset_service(
         settings.artifacts / "exports",
         settings.max_upload_bytes,
         bell,
+        FileRoots(settings),
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
     before_stop.append(bell.close)
