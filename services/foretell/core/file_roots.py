@@ -319,10 +319,11 @@ def _place(absolute: Path | None, segments: list[str], areas: list[_Area], field
         if not relative:
             raise invalid(field, "names no file")
         return Place(str(areas[0].base), (*areas[0].parts, *relative), field), areas[0]
-    for area in areas:
-        for shown in area.shown:
-            if absolute.is_relative_to(shown) and absolute != shown:
-                return Place(str(area.base), (*area.parts, *absolute.relative_to(shown).parts), field), area
+    # The deepest area that holds the path: the snapshot area may lie inside a root that holds the data dir.
+    spellings = sorted(((shown, area) for area in areas for shown in area.shown), key=lambda s: -len(s[0].parts))
+    for shown, area in spellings:
+        if absolute.is_relative_to(shown) and absolute != shown:
+            return Place(str(area.base), (*area.parts, *absolute.relative_to(shown).parts), field), area
     raise invalid(field, f"is outside your file area{_listing([areas[0].shown[0].as_uri()])}")
 
 
