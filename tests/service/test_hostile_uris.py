@@ -393,3 +393,31 @@ def test_forecast_export_and_batch_inference_write_new_files_in_the_area(world: 
     )
     lines = (world.area_a / "batch-out.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"u1"' in lines[0]
+
+
+# ---- authentication off, a root that holds the server's data directory -------------------------------------
+
+
+def test_with_auth_off_a_root_holding_the_data_dir_still_keeps_the_servers_files_out(tmp_path: Path) -> None:
+    from foretell.core.errors import InvalidArgument
+    from foretell.core.file_roots import FileRoots, Place
+
+    data = tmp_path / "data"
+    (data / "artifacts" / "snapshots" / "g" / "s1").mkdir(parents=True)
+    (data / "artifacts" / "jobs").mkdir(parents=True)
+    (data / "foretell.db").write_text(CANARY)
+    (data / "artifacts" / "snapshots" / "g" / "s1" / "interactions.csv").write_text(CANARY)
+    roots = FileRoots(Settings(data_dir=data, import_roots=[tmp_path], export_roots=[tmp_path]))
+    for uri in ("data/foretell.db", str(data / "foretell.db-wal"), "data/artifacts/jobs/spec.json"):
+        with pytest.raises(InvalidArgument, match="server's own files"):
+            roots.destination(uri, "destination_uri")
+    snapshot = data / "artifacts" / "snapshots" / "g" / "s1" / "interactions.csv"
+    for uri in (str(snapshot), "data/artifacts/snapshots/g/s1/interactions.csv"):
+        with pytest.raises(InvalidArgument):
+            roots.source(uri, "import_job.source_uri")
+    # The snapshot area takes new files (training's own exports), never a replacement.
+    with pytest.raises(InvalidArgument, match="already exists"):
+        roots.destination(str(snapshot), "destination_uri", snapshots=True)
+    fresh = roots.destination(str(snapshot.with_name("items.csv")), "destination_uri", snapshots=True)
+    assert isinstance(fresh, Place) and fresh.base == str((data / "artifacts" / "snapshots").resolve())
+    assert (data / "foretell.db").read_text() == CANARY and snapshot.read_text() == CANARY
