@@ -12,6 +12,7 @@ pytestmark = pytest.mark.postgres
 
 # Re-collected here, so they run with this folder's `settings` fixture (PostgreSQL).
 from service.test_dataset_service import (  # noqa: E402,F401
+    files,
     group,
     test_create_get_list_delete_dataset_groups,
     test_create_request_id_is_idempotent,
