@@ -663,18 +663,19 @@ def kill_worker_and_retrain(client: Any, solution: str, campaign: str, serving: 
 # ---- events: acknowledged vs stored ---------------------------------------------------------
 
 
-def count_stored(client: Any, dataset: str, workdir: Path) -> dict[str, Any]:
+def count_stored(client: Any, dataset: str) -> dict[str, Any]:
     from foretell.client import operation_response
     from foretell.v1 import dataset_pb2 as pb
     from foretell.v1 import dataset_service_pb2 as dapi
 
-    destination = workdir / "interactions-export.csv"
-    request = dapi.ExportDatasetRequest(name=dataset, destination_uri=destination.as_uri())
+    # A new file in the caller's file area on the server (a path relative to it; exports never replace a file).
+    name = f"interactions-export-{time.time_ns()}.csv"
+    request = dapi.ExportDatasetRequest(name=dataset, destination_uri=name)
     job = operation_response(
         wait_done(client, client.call(client.datasets.ExportDataset, request), "export"), pb.ExportJob
     )
     refs: Counter[str] = Counter()
-    with destination.open(newline="") as f:
+    with Path(job.destination_uri.removeprefix("file://")).open(newline="") as f:
         for row in csv.DictReader(f):
             if row.get("EVENT_REF"):
                 refs[row["EVENT_REF"]] += 1
@@ -963,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"worker kill: {kill.get('checks')} {kill.get('error', '')}", flush=True)
             run_results = join_load(handles)
             run = summarize(run_results, mix, target)
-            stored = count_stored(client, seeded["interactions_dataset"], workdir)
+            stored = count_stored(client, seeded["interactions_dataset"])
             handled = server_handled(metrics_port)
     finally:
         code = stop_server(server)

@@ -37,6 +37,9 @@ def settings(tmp_path: Path, pg_url: str, endpoint: str, bucket: str) -> Setting
         artifact_uri=f"s3://{bucket}/foretell/",
         s3_endpoint_url=endpoint,
         s3_region="us-east-1",
+        # The caller's file areas (auth off: the roots themselves) are prefixes of the same bucket.
+        import_roots=[f"s3://{bucket}/in"],
+        export_roots=[f"s3://{bucket}/out", f"s3://{bucket}/exports"],
     )
 
 

@@ -143,8 +143,9 @@ def test_put_events_and_export(stubs: Stubs, tmp_path: Path) -> None:
     result = invoke("put-events", "shop", "--session", "s1", "--event", "watch:i2:lots", stubs=stubs)
     assert result.exit_code == 1 and "'lots' is not a number" in result.stderr
 
-    destination = tmp_path / "out.csv"
-    result = invoke("export", "shop/interactions", "--to", str(destination), "-q", stubs=stubs)
+    # A relative path names a file in the caller's area: with auth off, the default root data_dir/files.
+    destination = tmp_path / "data" / "files" / "out.csv"
+    result = invoke("export", "shop/interactions", "--to", "out.csv", "-q", stubs=stubs)
     assert result.exit_code == 0, result.output
     assert f"exported 2 rows to file://{destination}" in result.stdout
     assert destination.read_text().splitlines()[0].startswith("USER_ID,ITEM_ID,TIMESTAMP")
@@ -167,7 +168,7 @@ def test_demo_end_to_end_and_rerunnable(tmp_path: Path) -> None:
     # ROWS (500 imported + 5 events at step 6 + the real-time click at the end), IMPORTED, IMPORT JOB
     assert interactions.split()[-3:] == ["506", "500", "SUCCEEDED"]
     assert "serving as campaigns/movielens-demo" in summary
-    export = data_dir / "exports" / "interactions.csv"  # taken before the click
+    export = data_dir / "files" / "interactions.csv"  # taken before the click, in the default export root
     assert len(export.read_text().splitlines()) == 1 + 505
     assert (data_dir / "input" / "interactions.csv").is_file()
 

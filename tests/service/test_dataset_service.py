@@ -13,6 +13,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from foretell.core.file_roots import Place
+from foretell.core.settings import Settings
 from foretell.dataset import export_worker
 from foretell.dataset import jobs as jobs_module
 from foretell.v1 import dataset_pb2 as pb
@@ -36,6 +38,12 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 def rows(stubs: Stubs, dataset: str) -> int:
     return stubs.datasets.GetDataset(api.GetDatasetRequest(name=dataset), timeout=5).row_count
+
+
+@pytest.fixture
+def files(settings: Settings, stubs: Stubs) -> Path:
+    """The caller's file area with authentication off: the default import and export root, data_dir/files."""
+    return settings.data_dir / "files"
 
 
 @pytest.fixture
@@ -353,10 +361,10 @@ def test_import_stream_protocol_errors(stubs: Stubs, group: Group) -> None:
 
 
 def test_a_large_export_runs_in_a_process_of_its_own_and_writes_what_the_job_thread_writes(
-    stubs: Stubs, group: Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stubs: Stubs, group: Group, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stubs.wait(upload(stubs, group.interactions, interactions_csv(300, seed=4)))
-    in_thread = tmp_path / "thread.csv"
+    in_thread = files / "thread.csv"
     stubs.wait(
         stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_thread)))
     )
@@ -371,7 +379,7 @@ def test_a_large_export_runs_in_a_process_of_its_own_and_writes_what_the_job_thr
 
     monkeypatch.setattr(jobs_module, "PROCESS_ROWS", 100)  # 300 rows now count as large
     monkeypatch.setattr(export_worker.subprocess, "Popen", popen)
-    in_child = tmp_path / "child.csv"
+    in_child = files / "child.csv"
     op = stubs.wait(
         stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_child)))
     )
@@ -385,7 +393,9 @@ def test_a_large_export_runs_in_a_process_of_its_own_and_writes_what_the_job_thr
 def test_an_export_process_passes_on_its_error_with_its_code(tmp_path: Path) -> None:
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(export_worker.ExportFailed) as info:
-        export_worker.ExportProcesses().run(empty, "datasetGroups/g/datasets/d", "operations/o", tmp_path / "o.csv")
+        export_worker.ExportProcesses().run(
+            empty, "datasetGroups/g/datasets/d", "operations/o", Place.server_chosen(tmp_path, ("o.csv",), "uri")
+        )
     assert info.value.to_status().code == code_pb2.NOT_FOUND and "datasetGroups/g/datasets/d" in str(info.value)
     assert not (tmp_path / "o.csv").exists()
     assert not export_worker.shared_with_other_processes("sqlite://")
@@ -394,8 +404,8 @@ def test_an_export_process_passes_on_its_error_with_its_code(tmp_path: Path) -> 
     assert export_worker.shared_with_other_processes("postgresql+psycopg://u:p@db/foretell")
 
 
-def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    source = tmp_path / "in.csv"
+def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, files: Path) -> None:
+    source = files / "in.csv"
     source.write_bytes(interactions_csv(1234, seed=9))
     op = stubs.datasets.CreateImportJob(
         api.CreateImportJobRequest(
@@ -407,7 +417,7 @@ def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_p
     op.response.Unpack(job)
     assert job.name == f"{group.interactions}/importJobs/from-file" and job.rows_imported == 1234
     assert stubs.datasets.GetImportJob(api.GetImportJobRequest(name=job.name)).state == pb.JOB_STATE_SUCCEEDED
-    out = tmp_path / "out.csv"
+    out = files / "out.csv"
     op = stubs.wait(
         stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(out)))
     )
@@ -421,7 +431,7 @@ def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_p
         )
     )
     assert rows(stubs, group.interactions) == 1234
-    out2 = tmp_path / "out2.csv"
+    out2 = files / "out2.csv"
     stubs.wait(
         stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(out2)))
     )
@@ -429,7 +439,7 @@ def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_p
     expect_error(
         lambda: stubs.datasets.CreateImportJob(
             api.CreateImportJobRequest(
-                parent=group.interactions, import_job=pb.ImportJob(source_uri=str(tmp_path / "missing.csv"))
+                parent=group.interactions, import_job=pb.ImportJob(source_uri=str(files / "missing.csv"))
             )
         ),
         INVALID,
@@ -446,7 +456,7 @@ def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, tmp_p
     )
     expect_error(
         lambda: stubs.datasets.ExportDataset(
-            api.ExportDatasetRequest(name=group.interactions, destination_uri=str(tmp_path / "no" / "dir.csv"))
+            api.ExportDatasetRequest(name=group.interactions, destination_uri=str(files / "no" / "dir.csv"))
         ),
         INVALID,
         "destination_uri",

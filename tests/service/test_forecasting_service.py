@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from google.longrunning import operations_pb2
 
 from foretell.core.artifacts import path_of
+from foretell.core.settings import Settings
 from foretell.v1 import common_pb2, forecast_query_service_pb2, forecast_query_service_pb2_grpc, training_pb2
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
@@ -52,7 +52,7 @@ def _meta(op: operations_pb2.Operation) -> common_pb2.OperationMetadata:
 
 @pytest.mark.databases("sqlite", "postgres")
 @pytest.mark.slow
-def test_automl_predictor_accuracy_forecast_query_and_export(stubs: Stubs, tmp_path: Path) -> None:
+def test_automl_predictor_accuracy_forecast_query_and_export(stubs: Stubs, settings: Settings) -> None:
     group = make_forecasting_group(stubs, "sales", daily_csv())
     t = stubs.training
     done = _train(
@@ -126,7 +126,7 @@ def test_automl_predictor_accuracy_forecast_query_and_export(stubs: Stubs, tmp_p
     expected = np.array([50 * (1 + 0.4 * math.sin(2 * math.pi * (120 + d) / 7)) for d in range(7)])
     assert np.abs(mean - expected).mean() < 5
 
-    destination = tmp_path / "export" / "next-week.csv"
+    destination = settings.data_dir / "files" / "next-week.csv"  # the default export root, the caller's area
     done = stubs.wait(
         t.ExportForecast(api.ExportForecastRequest(name=forecast.name, destination_uri=str(destination)), timeout=10)
     )

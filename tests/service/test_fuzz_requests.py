@@ -166,7 +166,12 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
     tmp = tmp_path_factory.mktemp("fuzz")
     for name, data in READABLE.items():
         (tmp / name).write_bytes(data)
-    stubs = start_stubs(Settings(port=0, data_dir=tmp / "data", import_batch_rows=500, training_workers=1))
+    # tmp is the one file root (the caller's area: auth is off); it also holds the server's data directory,
+    # which file_roots must keep out of reach.
+    settings = Settings(
+        port=0, data_dir=tmp / "data", import_batch_rows=500, training_workers=1, import_roots=[tmp], export_roots=[tmp]
+    )
+    stubs = start_stubs(settings)
     try:
         group = make_recommendation_group(stubs, "fuzz-shop")
         _done(stubs, upload(stubs, group.interactions, _interactions()))
@@ -272,6 +277,7 @@ def _uris(tmp: Path, write: bool) -> st.SearchStrategy[str]:
     )
     hostile = st.sampled_from(
         ["", "http://example.invalid/x.csv", "s3://", "s3://b", "s3://a/../x", "file://", "ftp://x", "\x00"]
+        + ["/etc/passwd", "/proc/self/environ", "../x.csv", f"{tmp}/../x.csv", f"{tmp}/data/foretell.db"]
     )
     if write:
         return st.one_of(inside, hostile, st.builds(lambda p: f"file://{tmp}/{p}", st.sampled_from(["a.csv", "../"])))

@@ -561,9 +561,9 @@ def test_update_campaign_hot_swaps_without_failing_requests(stubs: Stubs, traine
     assert campaign.solution_version == second.name and campaign.state == pb.DEPLOYMENT_STATE_ACTIVE
 
 
-def test_batch_inference_writes_json_lines(stubs: Stubs, trained: Group, tmp_path: Path) -> None:
+def test_batch_inference_writes_json_lines(stubs: Stubs, trained: Group, settings: Settings) -> None:
     version = _train(stubs, trained, "pop", "popularity-count")
-    source = tmp_path / "in.jsonl"
+    source = settings.data_dir / "files" / "in.jsonl"  # the default import root, the caller's area
     source.write_text('{"userId": "u1"}\n{"itemId": "i2"}\nnot json\n{"itemId": "nope"}\n')
     operation = stubs.recommendations.CreateBatchInferenceJob(
         api.CreateBatchInferenceJobRequest(

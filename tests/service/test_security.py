@@ -394,21 +394,22 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
         assert done.response.Unpack(import_job)
         exported = stubs.wait(
             a.datasets.ExportDataset(
-                dapi.ExportDatasetRequest(
-                    name=group.interactions, destination_uri=(directory / "a-export.csv").as_uri()
-                ),
+                # Paths are relative to the caller's own file area (docs/security.md).
+                dapi.ExportDatasetRequest(name=group.interactions, destination_uri="a-export.csv"),
                 timeout=10,
             )
         )
         export_job = dpb.ExportJob()
         assert not exported.HasField("error") and exported.response.Unpack(export_job), exported.error
-        (directory / "users.jsonl").write_text('{"userId": "u1"}\n')
+        area = settings.data_dir / "files" / "tenant-a"
+        area.mkdir(parents=True, exist_ok=True)
+        (area / "users.jsonl").write_text('{"userId": "u1"}\n')
         batch = stubs.wait(
             a.recommendations.CreateBatchInferenceJob(
                 rapi.CreateBatchInferenceJobRequest(
                     batch_inference_job_id="batch-a",
                     batch_inference_job=rpb.BatchInferenceJob(
-                        solution_version=version.name, input_uri=(directory / "users.jsonl").as_uri(), num_results=2
+                        solution_version=version.name, input_uri="users.jsonl", num_results=2
                     ),
                 ),
                 timeout=10,
@@ -627,7 +628,7 @@ class _Owner:
         if foretell and name in REFERENCES:
             return self.name(REFERENCES[name])
         if name.endswith("_uri"):
-            return (self.directory / f"b-{self.method}.csv").as_uri()
+            return f"b-{self.method}.csv"  # in B's own file area: refused for naming A's resources, not the path
         if name.endswith("_id") and name not in PLAUSIBLE and name != "request_id":
             return "b-takes"
         value = PLAUSIBLE.get(name)
@@ -702,7 +703,7 @@ def test_after_every_other_tenants_call_the_owner_still_has_everything(tenants: 
     assert a.recommendations.GetFilter(rapi.GetFilterRequest(name=t.filter), timeout=5).name == t.filter
     assert a.get_solution("solutions/pop-a").name == "solutions/pop-a"
     assert a.get_operation(t.train_operation).done
-    assert not list((t.directory).glob("b-*")), "another tenant's call wrote a file"
+    assert not list((t.directory / "data" / "files").rglob("b-*")), "another tenant's call wrote a file"
 
 
 def test_lists_show_only_the_callers_groups(tenants: Tenants) -> None:

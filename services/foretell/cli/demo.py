@@ -460,11 +460,13 @@ def load_data(
     result = client.put_events(group.name, session, [_event(*spec) for spec in specs], user_id=data.sample_user)
     say(f"[6/{STEPS}] PutEvents      {result.accepted} events from user {data.sample_user} (session {session})")
 
-    destination = data_dir / "exports" / "interactions.csv"
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    # Into the caller's file area (auth off: the default export root, data_dir/files), as a relative path. An
+    # export never replaces a file, so a re-run first removes the one it wrote last time (the demo owns data_dir).
+    destination = data_dir / "files" / "interactions.csv"
+    destination.unlink(missing_ok=True)
     operation = client.call(
         client.datasets.ExportDataset,
-        api.ExportDatasetRequest(name=interactions.name, destination_uri=destination.as_uri()),
+        api.ExportDatasetRequest(name=interactions.name, destination_uri=destination.name),
     )
     export = operation_response(wait_with_progress(client, operation, desc="export", show=show_progress), pb.ExportJob)
     say(f"[7/{STEPS}] ExportDataset  {export.rows_exported} rows -> {destination}")

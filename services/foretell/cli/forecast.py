@@ -336,7 +336,12 @@ def forecast_delete(name: str) -> None:
 
 @forecast.command("export")
 @click.argument("name")
-@click.option("--to", "destination", default="", help="A .csv path on the server [default: its artifact store].")
+@click.option(
+    "--to",
+    "destination",
+    default="",
+    help="A new .csv file in your file area on the server (relative to it) [default: its artifact store].",
+)
 @quiet_option
 def forecast_export(name: str, destination: str) -> None:
     """Write a forecast as CSV (one row per series and step)."""

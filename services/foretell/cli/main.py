@@ -414,7 +414,8 @@ def dataset_delete(name: str) -> None:
 @click.option("--mode", type=click.Choice(list(out.IMPORT_MODES)), default="full", show_default=True,
               help="full replaces the dataset's rows; incremental appends (items/users by id are replaced).")
 @click.option("--server-path", is_flag=True,
-              help="FILE is a path (or file:// URI) the server reads itself; nothing is uploaded.")
+              help="FILE is in your file area on the server (a path relative to it, or a file:// URI under "
+                   "it) and the server reads it itself; nothing is uploaded.")
 @json_option
 @quiet_option
 def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) -> None:
@@ -438,15 +439,14 @@ def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) ->
 @cli.command("export")
 @click.argument("dataset_ref", metavar="DATASET")
 @click.option("--to", "destination", default="",
-              help="File (on the server) to write; default: the server's artifact store.")
+              help="New file to write in your file area on the server (a path relative to it, or a file:// "
+                   "URI under it); default: the server's artifact store.")
 @json_option
 @quiet_option
 def export_command(dataset_ref: str, destination: str) -> None:
     """Export DATASET's rows as CSV and print where the file went."""
     obj = state()
     client = obj.client
-    if destination and "://" not in destination:
-        destination = str(Path(destination).resolve())
     operation = client.call(client.datasets.ExportDataset,
                             api.ExportDatasetRequest(name=out.dataset_name(dataset_ref), destination_uri=destination))
     job = operation_response(wait_with_progress(client, operation, desc="export", show=obj.progress), pb.ExportJob)

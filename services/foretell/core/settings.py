@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["dataset", "training", "recommendation", "forecast-query"]
@@ -123,6 +123,29 @@ class Settings(BaseSettings):
     # AIP-155: how long the answer to a call with a request_id is kept (retries within it get that answer,
     # after it the id is free again); older answers are deleted as calls come in (core/idempotency.py).
     request_id_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    # Where caller URIs may point (foretell.core.file_roots; docs/security.md): directories and/or
+    # s3://bucket/prefix, as a JSON list in the environment ('["/srv/foretell/in", "s3://b/in"]'). With
+    # authentication on each principal gets ROOT/<principal>; off, the root itself. Empty: [data_dir/files].
+    import_roots: list[str] = Field(default_factory=list)
+    export_roots: list[str] = Field(default_factory=list)
+
+    @field_validator("import_roots", "export_roots", mode="before")
+    @classmethod
+    def _roots_as_text(cls, value: Any) -> Any:
+        # Tests and callers pass Paths; the environment passes a JSON list of strings.
+        return [str(v) for v in value] if isinstance(value, list | tuple) else value
+
+    @model_validator(mode="after")
+    def _check_roots(self) -> Settings:
+        for root in (*self.import_roots, *self.export_roots):
+            if root.startswith("s3://"):
+                continue
+            if "://" in root:
+                raise ValueError(f"file roots are directories or s3://bucket/prefix URIs, not {root!r}")
+            real = Path(root).resolve()
+            if real == Path("/") or any(real.is_relative_to(p) for p in ("/proc", "/sys", "/dev")):
+                raise ValueError(f"{root!r} cannot be a file root")
+        return self
 
     @model_validator(mode="after")
     def _check_kubernetes(self) -> Settings:
@@ -158,6 +181,9 @@ class Settings(BaseSettings):
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'foretell.db'}")
         if self.artifact_dir is None:
             object.__setattr__(self, "artifact_dir", self.data_dir / "artifacts")
+        for roots in ("import_roots", "export_roots"):
+            if not getattr(self, roots):
+                object.__setattr__(self, roots, [str(self.data_dir / "files")])
         return self
 
     @property

@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -22,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from foretell.core.db import make_engine
 from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.file_roots import Place
 from foretell.core.operations import OperationStore, error_status
 from foretell.core.priority import lower_priority
 from foretell.dataset import convert
@@ -57,9 +57,14 @@ class ExportProcesses:
         self._running: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
 
-    def run(self, database_url: str, dataset: str, operation: str, path: Path) -> int:
-        """Exports `dataset` to `path` in a child process; the rows written, or the child's error raised."""
-        spec = {"database_url": database_url, "dataset": dataset, "operation": operation, "path": str(path)}
+    def run(self, database_url: str, dataset: str, operation: str, destination: Place) -> int:
+        """Exports `dataset` to `destination` in a child process; the rows written, or the child's error raised."""
+        spec = {
+            "database_url": database_url,
+            "dataset": dataset,
+            "operation": operation,
+            "destination": destination.to_json(),
+        }
         child = subprocess.Popen(
             [sys.executable, "-m", "foretell.dataset.export_worker"],
             stdin=subprocess.PIPE,
@@ -97,14 +102,19 @@ class ExportProcesses:
 
 
 def export_reporting(
-    store: DatasetStore, operations: OperationStore, dataset: str, mapper: RowMapper, path: Path, operation: str
+    store: DatasetStore,
+    operations: OperationStore,
+    dataset: str,
+    mapper: RowMapper,
+    destination: Place,
+    operation: str,
 ) -> int:
     """export_csv with its progress and cancel going through the export's operation, in a job thread or here."""
     return export_csv(
         store,
         dataset,
         mapper,
-        path,
+        destination,
         progress=lambda p, m, c: operations.report_progress(operation, p, m, c),
         cancelled=lambda: operations.cancel_requested(operation),
     )
@@ -120,7 +130,7 @@ def run(spec: dict[str, Any]) -> int:
             OperationStore(engine),
             dataset.name,
             convert.mapper_of(dataset),
-            Path(spec["path"]),
+            Place.from_json(spec["destination"]),
             spec["operation"],
         )
     finally:

@@ -13,11 +13,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
-from foretell.core.artifacts import path_of
 from foretell.core.errors import Cancelled, FieldViolation, InvalidArgument
+from foretell.core.file_roots import Place
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.store import DatasetStore
 
@@ -44,11 +43,6 @@ class CountingReader(io.RawIOBase):
         return n
 
 
-def local_path(uri: str) -> Path:
-    """A filesystem path from "file:///x" or a plain path (INVALID_ARGUMENT for other schemes and NUL)."""
-    return path_of(uri, "source_uri")
-
-
 def _decoded_lines(binary: IO[bytes]) -> Iterator[str]:
     first = True
     for line in binary:
@@ -70,8 +64,8 @@ def parse_header(prefix: bytes) -> list[str] | None:
     return next(csv.reader([line.rstrip("\r")]), [])
 
 
-def read_header(path: Path) -> list[str]:
-    with path.open("rb") as f:
+def read_header(source: IO[bytes]) -> list[str]:
+    with source as f:
         prefix = f.read(1 << 16)
     header = parse_header(prefix if b"\n" in prefix else prefix + b"\n")
     if not header or header == [""]:
@@ -97,20 +91,22 @@ class Importer:
         job: str,
         dataset_name: str,
         mapper: RowMapper,
-        path: Path,
+        source: Callable[[], IO[bytes]],
         mode: str,
         progress: Progress,
         cancelled: Callable[[], bool],
     ) -> ImportOutcome:
-        total = os.path.getsize(path)
-        try:
-            rows = self._stage(job, dataset_name, mapper, path, total, progress, cancelled)
-            self._store.commit_import(
-                mapper.table, dataset_name, job, mode, state="SUCCEEDED", rows_imported=rows, bytes_total=total
-            )
-        except BaseException:
-            self._store.discard_import(mapper.table, job)
-            raise
+        """Imports the CSV that `source()` opens (a spooled upload, or a file in the caller's area)."""
+        with source() as raw:
+            total = os.fstat(raw.fileno()).st_size
+            try:
+                rows = self._stage(job, dataset_name, mapper, raw, total, progress, cancelled)
+                self._store.commit_import(
+                    mapper.table, dataset_name, job, mode, state="SUCCEEDED", rows_imported=rows, bytes_total=total
+                )
+            except BaseException:
+                self._store.discard_import(mapper.table, job)
+                raise
         return ImportOutcome(rows, total)
 
     def _stage(
@@ -118,7 +114,7 @@ class Importer:
         job: str,
         dataset_name: str,
         mapper: RowMapper,
-        path: Path,
+        raw: IO[bytes],
         total: int,
         progress: Progress,
         cancelled: Callable[[], bool],
@@ -127,45 +123,44 @@ class Importer:
         batch: list[dict[str, Any]] = []
         rows = 0
         last_report = time.monotonic()
-        with path.open("rb") as raw:
-            counter = CountingReader(raw)
-            # Decode line by line (not in big blocks) so a UTF-8 error is pinned to its row.
-            reader = csv.reader(_decoded_lines(io.BufferedReader(counter, 1 << 20)))
-            row = 0
-            try:
-                header = next(reader, None)
-                if not header:
-                    raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
-                mapper.bind_header(header)
-                for row, values in enumerate(reader, start=1):
-                    if not values:
-                        continue
-                    parsed = mapper.parse(values, row)
-                    if isinstance(parsed, list):
-                        problems += parsed
-                        if len(problems) >= self._max_violations:
-                            break
-                        continue
-                    if problems:
-                        continue  # keep reading to report more bad rows, but stage nothing
-                    batch.append(parsed)
-                    rows += 1
-                    if len(batch) >= self._batch_rows:
-                        self._store.stage_rows(mapper.table, dataset_name, job, batch)
-                        batch = []
-                        if cancelled():
-                            raise Cancelled("import cancelled by request")
-                        if time.monotonic() - last_report > 0.5:
-                            last_report = time.monotonic()
-                            progress(
-                                95.0 * counter.count / max(total, 1),
-                                f"{rows} rows staged",
-                                {"rows_processed": float(rows), "bytes_read": float(counter.count)},
-                            )
-            except UnicodeDecodeError:
-                problems.append(FieldViolation(f"rows[{row + 1}]", "is not valid UTF-8"))
-            except csv.Error as exc:
-                problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
+        counter = CountingReader(raw)
+        # Decode line by line (not in big blocks) so a UTF-8 error is pinned to its row.
+        reader = csv.reader(_decoded_lines(io.BufferedReader(counter, 1 << 20)))
+        row = 0
+        try:
+            header = next(reader, None)
+            if not header:
+                raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
+            mapper.bind_header(header)
+            for row, values in enumerate(reader, start=1):
+                if not values:
+                    continue
+                parsed = mapper.parse(values, row)
+                if isinstance(parsed, list):
+                    problems += parsed
+                    if len(problems) >= self._max_violations:
+                        break
+                    continue
+                if problems:
+                    continue  # keep reading to report more bad rows, but stage nothing
+                batch.append(parsed)
+                rows += 1
+                if len(batch) >= self._batch_rows:
+                    self._store.stage_rows(mapper.table, dataset_name, job, batch)
+                    batch = []
+                    if cancelled():
+                        raise Cancelled("import cancelled by request")
+                    if time.monotonic() - last_report > 0.5:
+                        last_report = time.monotonic()
+                        progress(
+                            95.0 * counter.count / max(total, 1),
+                            f"{rows} rows staged",
+                            {"rows_processed": float(rows), "bytes_read": float(counter.count)},
+                        )
+        except UnicodeDecodeError:
+            problems.append(FieldViolation(f"rows[{row + 1}]", "is not valid UTF-8"))
+        except csv.Error as exc:
+            problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
         if problems:
             raise InvalidArgument(
                 problems[: self._max_violations],
@@ -183,16 +178,14 @@ def export_csv(
     store: DatasetStore,
     dataset_name: str,
     mapper: RowMapper,
-    path: Path,
+    destination: Place,
     progress: Progress,
     cancelled: Callable[[], bool],
 ) -> int:
-    """Writes the visible rows as CSV (the import format); written to a temp file, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes the visible rows as CSV (the import format) to a new file, complete or not at all."""
     total = max(store.row_count(dataset_name, mapper.table), 1)
-    partial = path.with_name(path.name + ".partial")
     written = 0
-    with partial.open("w", encoding="utf-8", newline="") as out:
+    with destination.writing() as out:
         writer = csv.writer(out)
         writer.writerow([f.name for f in mapper.fields])
         for record in store.iter_rows(dataset_name, mapper.table):
@@ -200,8 +193,6 @@ def export_csv(
             written += 1
             if written % 50_000 == 0:
                 if cancelled():
-                    partial.unlink(missing_ok=True)
                     raise Cancelled("export cancelled by request")
                 progress(100.0 * written / total, f"{written} rows written", {"rows_processed": float(written)})
-    partial.replace(path)
     return written

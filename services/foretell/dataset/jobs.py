@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
@@ -15,6 +15,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
+from foretell.core.file_roots import Place
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
 from foretell.dataset.export_worker import PROCESS_ROWS, ExportProcesses, export_reporting, shared_with_other_processes
@@ -67,11 +68,12 @@ class DatasetJobs:
         dataset: Row[Any],
         job_id: str,
         mapper: RowMapper,
-        path: Path,
+        source: Callable[[], IO[bytes]],
         mode: str,
         source_uri: str,
-        remove_file: bool,
+        remove_file: Path | None,
     ) -> operations_pb2.Operation:
+        """Imports what `source()` opens; `remove_file` (a spooled upload) is deleted when the job ends."""
         job = f"{dataset.name}/importJobs/{job_id}"
         with self._queued_lock:
             if self._queued >= self._max_queued:
@@ -95,7 +97,7 @@ class DatasetJobs:
                     job=job,
                     dataset_name=dataset.name,
                     mapper=mapper,
-                    path=path,
+                    source=source,
                     mode=mode,
                     progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
                     cancelled=lambda: self._ops.cancel_requested(operation.name),
@@ -104,8 +106,8 @@ class DatasetJobs:
                 metrics.rows_imported(mapper.table, outcome.rows)
                 self._ops.finish(operation.name, convert.import_job(self._store.get_import_job(job)))
             finally:
-                if remove_file:
-                    path.unlink(missing_ok=True)
+                if remove_file is not None:
+                    remove_file.unlink(missing_ok=True)
 
         self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v))
         return self._ops.get(operation.name)
@@ -115,18 +117,18 @@ class DatasetJobs:
             self._queued -= 1
 
     def start_export(
-        self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, path: Path
+        self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, destination: Place
     ) -> operations_pb2.Operation:
         job = f"{dataset.name}/exportJobs/{job_id}"
         operation = self._ops.create(job, "export", dataset.dataset_group)
-        self._store.create_export_job(job, dataset.name, path.resolve().as_uri(), operation.name)
+        self._store.create_export_job(job, dataset.name, destination.uri, operation.name)
 
         def work() -> None:
             self._store.update_export_job(job, state="RUNNING")
             if self._database_url and self._store.row_count(dataset.name, mapper.table) >= PROCESS_ROWS:
-                rows = self._exports.run(self._database_url, dataset.name, operation.name, path)
+                rows = self._exports.run(self._database_url, dataset.name, operation.name, destination)
             else:
-                rows = export_reporting(self._store, self._ops, dataset.name, mapper, path, operation.name)
+                rows = export_reporting(self._store, self._ops, dataset.name, mapper, destination, operation.name)
             self._ops.finish(
                 operation.name,
                 convert.export_job(self._store.update_export_job(job, state="SUCCEEDED", rows_exported=rows)),

@@ -6,6 +6,7 @@ values of the table that stores that dataset type (interactions, entities or ser
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -167,6 +168,15 @@ class RowMapper:
         }
         self.field_names = frozenset(self._slots)
         self._order: list[_Slot | None] = []
+        # Whether errors may quote the file's text: yes for bytes the caller sent, no for a file read from a
+        # URI (it might not be the caller's to read; errors name columns by number and fields by schema name).
+        self.quotes_cells = True
+
+    def without_quotes(self) -> RowMapper:
+        """This mapper, with errors that never quote a header or cell."""
+        quiet = copy.copy(self)
+        quiet.quotes_cells = False
+        return quiet
 
     def bind_header(self, header: list[str]) -> None:
         self._order = self.check_header(header)
@@ -177,11 +187,12 @@ class RowMapper:
         seen: set[str] = set()
         for i, column in enumerate(header):
             name = column.strip()
+            shown = repr(name) if self.quotes_cells else str(i + 1)
             if name in seen:
-                problems.append(FieldViolation(f"header[{i}]", f"column {name!r} appears twice"))
+                problems.append(FieldViolation(f"header[{i}]", f"column {shown} appears twice"))
             seen.add(name)
             if name not in self._slots:
-                problems.append(FieldViolation(f"header[{i}]", f"column {name!r} is not in the schema"))
+                problems.append(FieldViolation(f"header[{i}]", f"column {shown} is not in the schema"))
         for name, slot in self._slots.items():
             if name not in seen and not slot.field.nullable:
                 problems.append(FieldViolation("header", f"required column {name!r} is missing"))
@@ -209,7 +220,8 @@ class RowMapper:
             try:
                 value = slot.convert(raw)
             except CellError as exc:
-                problems.append(FieldViolation(f"rows[{row}].{slot.field.name}", str(exc)))
+                why = str(exc) if self.quotes_cells else f"is not a valid {slot.field.type} value for this field"
+                problems.append(FieldViolation(f"rows[{row}].{slot.field.name}", why))
                 continue
             if slot.column:
                 record[slot.column] = value

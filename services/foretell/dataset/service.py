@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy import Engine
 
+from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
@@ -51,6 +52,7 @@ def add_dataset_service(
         settings.max_upload_bytes,
         bell,
         PageTokens.of_database(engine),
+        FileRoots(settings),
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
     before_stop.append(bell.close)

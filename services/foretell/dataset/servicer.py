@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,9 +16,10 @@ from sqlalchemy.engine import Row
 
 from foretell.core import auth, names, pagination
 from foretell.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations, invalid
+from foretell.core.file_roots import FileRoots, Place
 from foretell.core.idempotency import IdempotencyStore
 from foretell.dataset import convert
-from foretell.dataset.importer import local_path, parse_header, read_header
+from foretell.dataset.importer import parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
@@ -71,7 +71,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         max_upload_bytes: int,
         bell: EventBell,
         tokens: pagination.PageTokens,
+        files: FileRoots,
     ) -> None:
+        self._files = files
         self._store = store
         self._tokens = tokens
         self._bell = bell
@@ -81,6 +83,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self._exports = export_dir
         self._max_upload = max_upload_bytes
         self._uploads.mkdir(parents=True, exist_ok=True)
+        self._exports.mkdir(parents=True, exist_ok=True)
 
     # ---- dataset groups ------------------------------------------------------------------
 
@@ -234,7 +237,13 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
         def start() -> operations_pb2.Operation:
             operation = self._jobs.start_import(
-                dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri="", remove_file=True
+                dataset=dataset,
+                job_id=job_id,
+                mapper=mapper,
+                source=lambda: path.open("rb"),
+                mode=mode,
+                source_uri="",
+                remove_file=path,
             )
             started.append(True)
             return operation
@@ -283,27 +292,30 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         dataset, mapper = self._dataset(request.parent, "parent")
         job_id = names.check_id(request.import_job_id, "import_job_id") if request.import_job_id else names.new_id()
         mode = _import_mode(request.import_job.import_mode, "import_job.import_mode")
-        uri = request.import_job.source_uri
-        if not uri:
-            raise invalid("import_job.source_uri", "is required")
+        field = "import_job.source_uri"
+        source = self._files.source(request.import_job.source_uri, field)
+        if not isinstance(source, Place):
+            raise invalid(field, "imports read files only; copy the s3:// object into your file area")
+        # The file may not be the caller's own text to see: errors name columns by number, not by content.
+        mapper = mapper.without_quotes()
         try:
-            path = local_path(uri)
-        except InvalidArgument:
-            raise invalid("import_job.source_uri", "only file:// URIs and server paths are supported") from None
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise invalid("import_job.source_uri", f"{uri!r} is not a readable file on the server")
-        try:
-            mapper.check_header(read_header(path))
+            mapper.check_header(read_header(source.open_read()))
         except InvalidArgument as exc:
             raise InvalidArgument(
-                [FieldViolation(f"import_job.source_uri.{v.field}", v.description) for v in exc.violations]
+                [FieldViolation(f"{field}.{v.field}", v.description) for v in exc.violations]
             ) from None
         return self._idem.run(
             "CreateImportJob",
             request,
             operations_pb2.Operation,
             lambda: self._jobs.start_import(
-                dataset=dataset, job_id=job_id, mapper=mapper, path=path, mode=mode, source_uri=uri, remove_file=False
+                dataset=dataset,
+                job_id=job_id,
+                mapper=mapper,
+                source=source.open_read,
+                mode=mode,
+                source_uri=source.uri,
+                remove_file=None,
             ),
         )
 
@@ -327,21 +339,24 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     ) -> operations_pb2.Operation:  # noqa: N802
         dataset, mapper = self._dataset(request.name, "name")
         job_id = names.check_id(request.export_job_id, "export_job_id") if request.export_job_id else names.new_id()
-        if request.destination_uri:
-            try:
-                path = local_path(request.destination_uri)
-            except InvalidArgument:
-                raise invalid("destination_uri", "only file:// URIs and server paths are supported") from None
-            if path.is_dir() or not path.parent.is_dir():
-                raise invalid("destination_uri", "must name a file in an existing directory")
-        else:
-            path = self._exports / dataset.name.replace("/", "_") / f"{job_id}.csv"
-        return self._idem.run(
-            "ExportDataset",
-            request,
-            operations_pb2.Operation,
-            lambda: self._jobs.start_export(dataset=dataset, job_id=job_id, mapper=mapper, path=path),
-        )
+
+        def start() -> operations_pb2.Operation:
+            # Checked inside the idempotent call: a retry of a finished export finds its file there.
+            return self._jobs.start_export(
+                dataset=dataset, job_id=job_id, mapper=mapper, destination=self._destination(request, dataset, job_id)
+            )
+
+        return self._idem.run("ExportDataset", request, operations_pb2.Operation, start)
+
+    def _destination(self, request: api.ExportDatasetRequest, dataset: Row[Any], job_id: str) -> Place:
+        if not request.destination_uri:
+            parts = (dataset.name.replace("/", "_"), f"{job_id}.csv")
+            return Place.server_chosen(self._exports, parts, "destination_uri")
+        # snapshots: the training service's own snapshot exports (internal principal) land in its directory.
+        place = self._files.destination(request.destination_uri, "destination_uri", snapshots=True)
+        if not isinstance(place, Place):
+            raise invalid("destination_uri", "dataset exports write files only; name a path in your file area")
+        return place
 
     def GetExportJob(self, request: api.GetExportJobRequest, context: grpc.ServicerContext) -> pb.ExportJob:  # noqa: N802
         auth.authorize_resource(names.check_name(request.name, "name", "datasetGroups", "datasets", "exportJobs"))

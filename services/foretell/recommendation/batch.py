@@ -16,17 +16,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
 from foretell.core.artifact_store import Artifacts
-from foretell.core.artifacts import is_s3, path_of
 from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.file_roots import Place
 from foretell.core.operations import OperationStore, error_status
 from foretell.recommendation.campaigns import Campaigns, Resolved
 from foretell.recommendation.engine import Engine, Scored, UnknownItem
@@ -45,6 +46,9 @@ class BatchSpec:
     # s3://bucket/key or file:///path
     input_uri: str
     output_uri: str
+    # The local file in the caller's area behind each URI; None for s3:// and for the server's default output.
+    input: Place | None
+    output: Place | None
     num_results: int
     filter_name: str
     filter_values: dict[str, str]
@@ -106,24 +110,32 @@ class BatchJobs:
             spec.item_filter.check_fields(engine.catalog, "batch_inference_job.filter")
         copies = [self._work / f"{spec.job_id}.input.jsonl", self._work / f"{spec.job_id}.output.jsonl"]
         try:
-            input_path = self._artifacts.download_file(spec.input_uri, copies[0], "batch_inference_job.input_uri")
-            output_path = copies[1] if is_s3(spec.output_uri) else path_of(spec.output_uri)
-            lines = self._answer(operation, spec, engine, input_path, output_path)
-            if is_s3(spec.output_uri):
-                self._artifacts.upload_file(output_path, spec.output_uri, "batch_inference_job.output_uri")
+            if spec.input is None:
+                download = self._artifacts.download_file(spec.input_uri, copies[0], "batch_inference_job.input_uri")
+                source: Callable[[], IO[bytes]] = lambda: download.open("rb")  # noqa: E731
+            else:
+                source = spec.input.open_read
+            lines = self._answer(operation, spec, engine, source, copies[1])
+            # The output is written here first, then copied out: a caller's place only ever gets a whole file.
+            if spec.output is not None:
+                spec.output.deliver(copies[1])
+            else:
+                self._artifacts.upload_file(copies[1], spec.output_uri, "batch_inference_job.output_uri")
         finally:
             for copy in copies:
                 copy.unlink(missing_ok=True)
         return lines
 
-    def _answer(self, operation: str, spec: BatchSpec, engine: Engine, input_path: Path, output_path: Path) -> int:
-        total = max(1, input_path.stat().st_size)
+    def _answer(
+        self, operation: str, spec: BatchSpec, engine: Engine, opened: Callable[[], IO[bytes]], output_path: Path
+    ) -> int:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         partial = output_path.with_name(output_path.name + ".partial")
         lines = 0
         last_report = time.monotonic()
         try:
-            with input_path.open("rb") as source, partial.open("w", encoding="utf-8") as out:
+            with opened() as source, partial.open("w", encoding="utf-8") as out:
+                total = max(1, os.fstat(source.fileno()).st_size)
                 for raw in source:
                     text = raw.decode("utf-8", errors="replace").strip()
                     if not text:

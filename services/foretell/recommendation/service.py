@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
 
 from foretell.core.artifact_store import Artifacts
+from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
@@ -66,6 +67,7 @@ def add_recommendation_service(
         lambda name, field_name: check_dataset_group(dataset, name, field_name),
         lambda job_id: artifacts.uri("batch-inference", f"{job_id}.jsonl"),
         PageTokens.of_database(engine),
+        FileRoots(settings),
     )
     recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(servicer, server)
 

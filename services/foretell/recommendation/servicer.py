@@ -14,7 +14,6 @@ Request rules beyond the proto comments:
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,8 +24,8 @@ from google.longrunning import operations_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from foretell.core import auth, names, pagination
-from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import FailedPrecondition, NotFound, Violations, invalid
+from foretell.core.file_roots import FileRoots, Place
 from foretell.core.idempotency import IdempotencyStore
 from foretell.recommendation.batch import BatchJobs, BatchSpec
 from foretell.recommendation.campaigns import Campaigns, CampaignSpec, Deployment
@@ -106,7 +105,9 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         dataset_groups: Callable[[str, str], None],
         batch_output: Callable[[str], str],
         tokens: pagination.PageTokens,
+        files: FileRoots,
     ) -> None:
+        self._files = files
         self._store = store
         self._tokens = tokens
         self._campaigns = campaigns
@@ -443,27 +444,31 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         auth.authorize_resource(
             names.check_name(job.solution_version, f"{prefix}.solution_version", "solutions", "versions")
         )
-        input_uri = _file_uri(job.input_uri, f"{prefix}.input_uri")
-        if not is_s3(input_uri):
-            input_path = path_of(input_uri)
-            if not input_path.is_file() or not os.access(input_path, os.R_OK):
-                raise invalid(f"{prefix}.input_uri", f"{job.input_uri!r} is not a readable file on the server")
-        if job.output_uri:
-            output_uri = _file_uri(job.output_uri, f"{prefix}.output_uri")
-            output_path = None if is_s3(output_uri) else path_of(output_uri)
-            if output_path is not None and (output_path.is_dir() or not output_path.parent.is_dir()):
-                raise invalid(f"{prefix}.output_uri", "must name a file in an existing directory")
-        else:
-            output_uri = self._batch_output(job_id)
+        source = self._files.source(job.input_uri, f"{prefix}.input_uri")
         names.check_request_id(request.request_id)
         resolved = self._campaigns.resolve(job.solution_version, f"{prefix}.solution_version")
         item_filter = self._filter(
             job.filter, job.filter_values, resolved.dataset_group, f"{prefix}.filter", f"{prefix}.filter_values"
         )
-        spec = BatchSpec(job_id, resolved, input_uri, output_uri, n, job.filter, dict(job.filter_values), item_filter)
-        return self._idem.run(
-            "CreateBatchInferenceJob", request, operations_pb2.Operation, lambda: self._batch.start(spec)
-        )
+
+        def start() -> operations_pb2.Operation:
+            # The output is checked inside the idempotent call: a retry of a finished job finds its file there.
+            output = self._files.destination(job.output_uri, f"{prefix}.output_uri") if job.output_uri else None
+            spec = BatchSpec(
+                job_id,
+                resolved,
+                _uri(source),
+                self._batch_output(job_id) if output is None else _uri(output),
+                source if isinstance(source, Place) else None,
+                output if isinstance(output, Place) else None,
+                n,
+                job.filter,
+                dict(job.filter_values),
+                item_filter,
+            )
+            return self._batch.start(spec)
+
+        return self._idem.run("CreateBatchInferenceJob", request, operations_pb2.Operation, start)
 
     def GetBatchInferenceJob(  # noqa: N802
         self, request: api.GetBatchInferenceJobRequest, context: grpc.ServicerContext
@@ -487,9 +492,5 @@ class RecommendationServicer(recommendation_service_pb2_grpc.RecommendationServi
         )
 
 
-def _file_uri(uri: str, field: str) -> str:
-    """`uri` as s3://bucket/key or file:///absolute/path; anything else is INVALID_ARGUMENT naming `field`."""
-    if is_s3(uri):
-        parse_s3(uri, field)
-        return uri
-    return uri_of(path_of(uri, field))
+def _uri(place: Place | str) -> str:
+    return place.uri if isinstance(place, Place) else place

@@ -13,8 +13,8 @@ from google.longrunning import operations_pb2
 
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
-from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import FailedPrecondition, Violations, invalid
+from foretell.core.file_roots import FileRoots, Place
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.forecasting.frequency import Frequency
@@ -115,6 +115,7 @@ class ForecastingRpcs:
     _datasets: dataset_service_pb2_grpc.DatasetServiceStub
     _artifacts: Artifacts
     _tokens: pagination.PageTokens
+    _files: FileRoots
 
     def _check_group(
         self, group: str, field_name: str, domain: dataset_pb2.Domain.ValueType = dataset_pb2.DOMAIN_RECOMMENDATION
@@ -295,24 +296,33 @@ class ForecastingRpcs:
     ) -> operations_pb2.Operation:
         name = self._authorized_forecast(names.check_name(request.name, "name", *FORECAST))
         names.check_request_id(request.request_id)
-        if request.destination_uri:
-            destination = request.destination_uri
-            if is_s3(destination):
-                parse_s3(destination, "destination_uri")
-            else:
-                destination = uri_of(path_of(destination, "destination_uri"))
-            if not destination.endswith(".csv"):
-                raise invalid("destination_uri", "must name a .csv file")
-        else:
-            destination = self._artifacts.uri("exports", name.rsplit("/", 1)[-1], f"{uuid.uuid4().hex[:12]}.csv")
+        uri = request.destination_uri
+        if uri and (not uri.endswith(".csv") or "\x00" in uri):
+            raise invalid("destination_uri", "must name a .csv file")
         row = self._store.get_forecast(name)
         if row.state != "SUCCEEDED":
             raise FailedPrecondition(f"forecast {name!r} is {row.state}; export needs it SUCCEEDED")
         group = self._store.get_predictor(row.predictor).dataset_group
 
         def start() -> operations_pb2.Operation:
+            # The destination is checked inside the idempotent call: a retry of a finished export finds its file.
+            destination = self._export_destination(request.destination_uri, name)
             operation = self._ops.create(name, "export", group)
-            self._jobs.submit(operation.name, "forecast-export", name, {"destination_uri": destination})
+            self._jobs.submit(operation.name, "forecast-export", name, destination)
             return operation
 
         return self._idem.run("ExportForecast", request, operations_pb2.Operation, start)
+
+    def _export_destination(self, uri: str, name: str) -> dict[str, Any]:
+        """The forecast-export job's request: a new file in the caller's area, an s3:// key in it, or (no URI)
+        the server's own exports directory."""
+        if not uri:
+            return {
+                "destination_uri": self._artifacts.uri(
+                    "exports", name.rsplit("/", 1)[-1], f"{uuid.uuid4().hex[:12]}.csv"
+                )
+            }
+        place = self._files.destination(uri, "destination_uri")
+        if isinstance(place, Place):
+            return {"destination_uri": place.uri, "place": place.to_json()}
+        return {"destination_uri": place}

@@ -12,7 +12,8 @@ from google.rpc import status_pb2
 from sqlalchemy.engine import Row
 
 from foretell.core.artifact_store import Artifacts
-from foretell.core.artifacts import is_s3, path_of, uri_of
+from foretell.core.artifacts import uri_of
+from foretell.core.file_roots import Place
 from foretell.core.resources import now
 from foretell.forecasting.automl import DEFAULT_CANDIDATES, DEFAULT_WINDOWS
 from foretell.training import convert, shards
@@ -40,7 +41,7 @@ METRIC_OF = {
     pb.ACCURACY_METRIC_SMAPE: "smape",
 }
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
-EXPORT_FILE = "export.csv"  # an s3:// export's local copy, in the job directory
+EXPORT_FILE = "export.csv"  # a forecast export as the worker wrote it, in the job directory
 
 
 def predictor_spec(p: pb.Predictor) -> dict[str, Any]:
@@ -185,7 +186,8 @@ class ForecastJobs(_ModelJobs):
 
 class ForecastExportJobs:
     """The JobKind "forecast-export": a forecast's table written as CSV (see ForecastTable.to_csv). The worker
-    writes a local destination in place; an s3:// one is written into the job directory and uploaded after."""
+    writes it into the job directory; the service then copies it to a new file in the caller's area (the worker
+    never opens a caller's path) or uploads it (s3://, or the server's own exports)."""
 
     def __init__(self, store: TrainingStore, artifacts: Artifacts) -> None:
         self._store = store
@@ -200,13 +202,16 @@ class ForecastExportJobs:
             {
                 "kind": "forecast-export",
                 "forecast_dir": str(self._artifacts.fetch(row.artifact_uri)),
-                "destination": str(job_dir / EXPORT_FILE if is_s3(destination) else path_of(destination)),
+                "destination": str(job_dir / EXPORT_FILE),
                 "destination_uri": destination,
             },
         )
 
     def succeeded(self, job: Row[Any], job_dir: Path, result: dict[str, Any]) -> Message:
-        if is_s3(result["destination_uri"]):
+        request = json.loads((job_dir / "request.json").read_text())
+        if "place" in request:  # a file in the caller's area: a new file, reached without following links
+            Place.from_json(request["place"]).deliver(job_dir / EXPORT_FILE)
+        else:
             self._artifacts.upload_file(job_dir / EXPORT_FILE, result["destination_uri"], "destination_uri")
         return api.ExportForecastResponse(
             destination_uri=result["destination_uri"], rows_exported=int(result["rows_exported"])

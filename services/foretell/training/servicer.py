@@ -13,6 +13,7 @@ from google.longrunning import operations_pb2
 from foretell.core import auth, names, pagination
 from foretell.core.artifact_store import Artifacts
 from foretell.core.errors import FailedPrecondition, Violations, absent, invalid
+from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.recipes.registry import RECIPES, ParamError, parse_params, recipe_class
@@ -82,6 +83,7 @@ class TrainingServicer(ForecastingRpcs, training_service_pb2_grpc.TrainingServic
     ) -> None:
         self._artifacts = artifacts
         self._tokens = tokens
+        self._files = FileRoots(artifacts.settings)
         self._store = store
         self._jobs = jobs
         self._ops = operations
