@@ -1,9 +1,10 @@
 """Schema migrations (Alembic, environment in foretell.migrations) and the start-up schema policy.
 
-SQLite (embedded, one process) keeps `create_all` in the stores. On PostgreSQL `ensure_schema` runs at
-start: an empty database is migrated to head, a database at head is used as is, anything else refuses to
-start ("run `foretell db upgrade`"), so changing existing data stays a deliberate step. Both the start-up
-check and `upgrade` hold a PostgreSQL advisory lock, so replicas starting together do not race.
+SQLite (embedded, one writer) is brought to head at start: a new file gets the stores' `create_all` and is stamped
+head; an older file is upgraded in place (one made before migrations existed counts as the initial revision). On
+PostgreSQL `ensure_schema` runs at start: an empty database is migrated to head, a database at head is used as is,
+anything else refuses to start ("run `foretell db upgrade`"), so changing existing data stays a deliberate step.
+Both the start-up check and `upgrade` hold a PostgreSQL advisory lock, so replicas starting together do not race.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def downgrade(engine_or_url: Engine | str, revision: str) -> None:
 def ensure_schema(engine: Engine) -> None:
     """The start-up policy (see the module docstring); raises SchemaNotCurrent with what to run."""
     if engine.dialect.name == "sqlite":
+        _ensure_sqlite(engine)
         return
     with _locked(engine) as conn:
         found, wanted = _current(conn), head()
@@ -104,6 +106,34 @@ def ensure_schema(engine: Engine) -> None:
             f"the database is {where}, this code needs revision {wanted}: run `foretell db upgrade` "
             "(with the same FORETELL_DATABASE_URL), then start again"
         )
+
+
+def _ensure_sqlite(engine: Engine) -> None:
+    with engine.connect() as conn:
+        found, wanted = _current(conn), head()
+        if found == wanted:
+            return
+        if found is None and (not _foretell_tables(conn) or _has_head_columns(conn)):
+            # A new file (the stores' create_all makes head's tables), or one create_all made with this code: say
+            # so, so that a later upgrade starts there.
+            conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": wanted})
+            conn.commit()
+            return
+        _upgrade(conn, "head")
+
+
+def _has_head_columns(conn: Connection) -> bool:
+    """Whether every table that exists has every column of this code's models."""
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    complete = all(
+        {c.name for c in table.columns} <= {c["name"] for c in inspector.get_columns(name)}
+        for name, table in target_metadata().tables.items()
+        if name in present
+    )
+    conn.rollback()
+    return complete
 
 
 def _upgrade(conn: Connection, revision: str) -> None:

@@ -46,34 +46,54 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name"),
     )
     for table in ("batch_inference_jobs", "operations"):
-        # The default fills existing rows, then goes: the stores set every value (as in 0001).
-        op.add_column(table, sa.Column("dataset_group", sa.String(length=128), nullable=False, server_default=""))
-        op.alter_column(table, "dataset_group", server_default=None)
-        op.create_index(op.f(f"ix_{table}_dataset_group"), table, ["dataset_group"], unique=False)
-    for statement in _BACKFILL:
-        op.execute(statement)
+        # Batch mode: SQLite alters a column by copying the table. The default fills existing rows, then goes: the
+        # stores set every value (as in 0001).
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("dataset_group", sa.String(length=128), nullable=False, server_default=""))
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column("dataset_group", server_default=None)
+            batch.create_index(op.f(f"ix_{table}_dataset_group"), ["dataset_group"], unique=False)
+    _backfill(op.get_bind())
 
 
-# Each resource's group, from the tables that hold it (ids are [a-z0-9-]: no LIKE wildcards in names).
-_BACKFILL = (
-    """UPDATE batch_inference_jobs AS b SET dataset_group = s.dataset_group FROM solutions AS s
-       WHERE b.solution_version LIKE s.name || '/versions/%'""",
-    """UPDATE operations SET dataset_group = split_part(target, '/', 1) || '/' || split_part(target, '/', 2)
-       WHERE target LIKE 'datasetGroups/%'""",
-    """UPDATE operations AS o SET dataset_group = s.dataset_group FROM solutions AS s
-       WHERE o.target LIKE s.name || '/versions/%'""",
-    "UPDATE operations AS o SET dataset_group = p.dataset_group FROM predictors AS p WHERE o.target = p.name",
-    """UPDATE operations AS o SET dataset_group = p.dataset_group FROM forecasts AS f, predictors AS p
-       WHERE o.target = f.name AND f.predictor = p.name""",
-    "UPDATE operations AS o SET dataset_group = c.dataset_group FROM campaigns AS c WHERE o.target = c.name",
-    "UPDATE operations AS o SET dataset_group = b.dataset_group FROM batch_inference_jobs AS b WHERE o.target = b.name",
-)
+def _backfill(conn: sa.Connection) -> None:
+    """Each operation's and batch job's group, from the resources they name (in Python: the same on SQLite and
+    PostgreSQL, and these metadata tables are small)."""
+
+    def pairs(sql: str) -> dict[str, str]:
+        return {str(a): str(b) for a, b in conn.execute(sa.text(sql))}
+
+    solutions = pairs("SELECT name, dataset_group FROM solutions")
+    predictors = pairs("SELECT name, dataset_group FROM predictors")
+    forecasts = {f: predictors.get(p, "") for f, p in pairs("SELECT name, predictor FROM forecasts").items()}
+    campaigns = pairs("SELECT name, dataset_group FROM campaigns")
+
+    def group_of(name: str) -> str:
+        if name.startswith("datasetGroups/"):
+            return "/".join(name.split("/")[:2])
+        if name.startswith("solutions/"):
+            return solutions.get("/".join(name.split("/")[:2]), "")
+        return predictors.get(name) or forecasts.get(name) or campaigns.get(name, "")
+
+    batch = {
+        name: group_of(version)
+        for name, version in pairs("SELECT name, solution_version FROM batch_inference_jobs").items()
+    }
+    for name, group in batch.items():
+        conn.execute(
+            sa.text("UPDATE batch_inference_jobs SET dataset_group = :g WHERE name = :n"), {"g": group, "n": name}
+        )
+    for name, target in pairs("SELECT name, target FROM operations").items():
+        group = batch.get(target) or group_of(target)
+        if group:
+            conn.execute(sa.text("UPDATE operations SET dataset_group = :g WHERE name = :n"), {"g": group, "n": name})
 
 
 def downgrade() -> None:
     for table in ("operations", "batch_inference_jobs"):
-        op.drop_index(op.f(f"ix_{table}_dataset_group"), table_name=table)
-        op.drop_column(table, "dataset_group")
+        with op.batch_alter_table(table) as batch:
+            batch.drop_index(op.f(f"ix_{table}_dataset_group"))
+            batch.drop_column("dataset_group")
     op.drop_table("server_secrets")
     op.drop_index(op.f("ix_idempotency_keys_create_time"), table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
