@@ -218,7 +218,11 @@ class TrainingJobs:
         try:
             if outcome.state == "SUCCEEDED":
                 assert outcome.result is not None
-                self._ops.finish(job.name, kind.succeeded(job, Path(job.job_dir), outcome.result))
+                response = kind.succeeded(job, Path(job.job_dir), outcome.result)
+                # Tidied before the operation says done, so whoever sees it done sees the job directory as it stays.
+                shutil.rmtree(Path(job.job_dir) / "scratch", ignore_errors=True)
+                shards.remove_outputs(Path(job.job_dir))
+                self._ops.finish(job.name, response)
             else:
                 kind.ended(job, outcome.state, outcome.error)
                 error = outcome.error or error_status(code_pb2.CANCELLED, "cancelled by request")
@@ -233,9 +237,6 @@ class TrainingJobs:
             extra={"operation": job.name, "target": job.target, "state": outcome.state},
         )
         metrics.training_job_ended(job.kind, outcome.state, job.create_time)
-        if outcome.state == "SUCCEEDED":
-            shutil.rmtree(Path(job.job_dir) / "scratch", ignore_errors=True)
-            shards.remove_outputs(Path(job.job_dir))
 
 
 def _stopped() -> _Outcome:
