@@ -375,6 +375,9 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
     def via(version: str) -> str:
         return resolver.group_of(version) or UNRESOLVED
 
+    # Filters are named by nothing that needs a lookup (no operation works on one, a filter's calls name its
+    # group), so none is asked for: every lookup here is a method the internal key may call
+    # (core/internal_calls.py).
     lookups: dict[str, Callable[[str], str]] = {
         "solutions": lambda n: asked(
             n, lambda: training().GetSolution(train.GetSolutionRequest(name=n), timeout=PEER_TIMEOUT).dataset_group
@@ -392,9 +395,6 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
                     recommendation().GetCampaign(rec.GetCampaignRequest(name=n), timeout=PEER_TIMEOUT).solution_version
                 ),
             )
-        ),
-        "filters": lambda n: asked(
-            n, lambda: recommendation().GetFilter(rec.GetFilterRequest(name=n), timeout=PEER_TIMEOUT).dataset_group
         ),
         "batchInferenceJobs": lambda n: via(
             asked(

@@ -38,10 +38,9 @@ INTERNAL_METHODS: frozenset[str] = frozenset(
         # forecast-query -> training: the forecast's table (forecast_query/forecasts.py); also the GroupResolver
         "/foretell.v1.TrainingService/GetForecast",
         # auth GroupResolver (core/auth.py peer_resolver): the dataset group of a resource a restricted
-        # caller names (operations, forecasts, campaigns, batch jobs)
+        # caller names through an operation (training a predictor, deploying a campaign, a batch job)
         "/foretell.v1.TrainingService/GetPredictor",
         "/foretell.v1.RecommendationService/GetCampaign",
-        "/foretell.v1.RecommendationService/GetFilter",
         "/foretell.v1.RecommendationService/GetBatchInferenceJob",
     }
 )
