@@ -34,6 +34,7 @@ import grpc
 
 from foretell.core.errors import ForetellError, NotFound, PermissionDenied, Unauthenticated, Unavailable, absent
 from foretell.core.interceptors import rewrap
+from foretell.core.internal_calls import internal_may_call
 from foretell.core.settings import Settings
 
 log = logging.getLogger("foretell.auth")
@@ -173,6 +174,12 @@ def visible_resource(name: str) -> bool:
     except (PermissionDenied, NotFound):
         return False
     return True
+
+
+def is_internal() -> bool:
+    """Whether this call comes from a Foretell service on a peer channel (the internal key)."""
+    principal = current()
+    return principal is not None and principal.name == INTERNAL_PRINCIPAL
 
 
 def authorize_all_groups() -> None:
@@ -368,6 +375,9 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
     def via(version: str) -> str:
         return resolver.group_of(version) or UNRESOLVED
 
+    # Filters are named by nothing that needs a lookup (no operation works on one, a filter's calls name its
+    # group), so none is asked for: every lookup here is a method the internal key may call
+    # (core/internal_calls.py).
     lookups: dict[str, Callable[[str], str]] = {
         "solutions": lambda n: asked(
             n, lambda: training().GetSolution(train.GetSolutionRequest(name=n), timeout=PEER_TIMEOUT).dataset_group
@@ -385,9 +395,6 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
                     recommendation().GetCampaign(rec.GetCampaignRequest(name=n), timeout=PEER_TIMEOUT).solution_version
                 ),
             )
-        ),
-        "filters": lambda n: asked(
-            n, lambda: recommendation().GetFilter(rec.GetFilterRequest(name=n), timeout=PEER_TIMEOUT).dataset_group
         ),
         "batchInferenceJobs": lambda n: via(
             asked(
@@ -431,21 +438,36 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise Unauthenticated("invalid API key or token")
         return principal
 
+    def permit(self, principal: Principal, full_method: str) -> ForetellError | None:
+        """Why `principal` may not call `full_method` ("/package.Service/Method") at all; None if it may.
+
+        Decided by the key and the method alone: a read-only key calls reads only; the internal key only what
+        the services call on each other (core/internal_calls.py), so it is no admin key.
+        """
+        _, method = _service_and_method(full_method)
+        if principal.read_only and not method.startswith(READ_PREFIXES):
+            return _denied(principal)
+        if principal.name == INTERNAL_PRINCIPAL and not internal_may_call(full_method):
+            return PermissionDenied(
+                f"the internal key may call only what Foretell's services call on each other, not {method}",
+                metadata={"principal": principal.name},
+            )
+        return None
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        service, method = _service_and_method(details.method)
+        service, _ = _service_and_method(details.method)
         if handler is None or service in OPEN_SERVICES:
             return handler
         failure: ForetellError | None = None
         caller: Caller | None = None
         try:
             principal = self.authenticate(details.invocation_metadata)
-            if principal.read_only and not method.startswith(READ_PREFIXES):
-                failure = _denied(principal)
+            failure = self.permit(principal, details.method)
             caller = Caller(principal, self.resolver)
         except Unauthenticated as exc:
             failure = exc

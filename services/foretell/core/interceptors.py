@@ -124,7 +124,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         return _guard_stream(result, context)
                     return result
                 except ForetellError as exc:
-                    log.info("rejected", extra={"code": code_pb2.Code.Name(exc.code), "error": exc.message})
+                    log.info("rejected", extra=rejected(exc))
                     _abort(context, exc.to_status())
                 except NotImplementedError:
                     # Generated base servicers raise this for RPCs a release does not serve yet.
@@ -136,12 +136,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     if not isinstance(exc, grpc.Call):
                         raise
                     # A peer service's answer that the handler did not handle: its code, not UNKNOWN.
-                    log.warning("peer call failed", extra={"code": exc.code().name, "error": exc.details()})
+                    # The code only: the peer's text may name what the peer read.
+                    log.warning("peer call failed", extra={"code": exc.code().name})
                     _abort(context, _peer_status(exc))
                 except Exception as exc:
                     if isinstance(exc, AbortedCall):
                         raise  # context.abort() inside the handler: already a status
-                    log.exception("unhandled error")
+                    log.error("unhandled error", extra=logs.failure(exc))
                     _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
                 finally:
                     log.debug("rpc", extra={"ms": round((time.perf_counter() - start) * 1e3, 3)})
@@ -158,6 +159,20 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 _abort(context, exc.to_status())
 
         return rewrap(handler, guard, _tolerant(handler.request_deserializer))
+
+
+def rejected(exc: ForetellError) -> dict[str, object]:
+    """The "rejected" log line's fields: code, reason, the fields at fault and the ErrorInfo keys.
+
+    Not the message: it may quote the request or a line of the caller's file (a CSV header, a value).
+    """
+    fields: dict[str, object] = {"code": code_pb2.Code.Name(exc.code), "reason": exc.reason}
+    violations = getattr(exc, "violations", None)
+    if violations:
+        fields["fields"] = [v.field for v in violations]
+    if exc.metadata:
+        fields["about"] = sorted(exc.metadata)
+    return fields
 
 
 def _peer_status(call: grpc.Call) -> status_pb2.Status:

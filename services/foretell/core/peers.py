@@ -1,9 +1,10 @@
 """Channels to the other Foretell services, which may be this very process (all-in-one).
 
 With TLS on, peer channels use TLS (and a client certificate under mutual TLS, core/tls.py); with
-authentication on, every peer call carries the internal key (core/auth.py), which is allowed
-everything: services act for the system (jobs snapshot data long after the caller's call ended),
-and each service checks its own caller before it calls a peer.
+authentication on, every peer call carries the internal key (core/auth.py), in metadata only. It passes
+every per-group check (services act for the system: jobs snapshot data long after the caller's call
+ended, and each service checks its own caller before it calls a peer), but calls only the methods listed
+in core/internal_calls.py: it is no admin key.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Row
 from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
 from foretell.core.file_roots import Place
+from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
 from foretell.dataset.export_worker import PROCESS_ROWS, ExportProcesses, export_reporting, shared_with_other_processes
@@ -145,7 +146,7 @@ class DatasetJobs:
                 if isinstance(exc, ForetellError):
                     status = exc.to_status()
                 else:
-                    log.exception("job failed", extra={"operation": operation})
+                    log.error("job failed", extra={"operation": operation, **failure(exc)})
                     status = error_status(code_pb2.INTERNAL, f"job failed: {type(exc).__name__}")
                 state = "CANCELLED" if isinstance(exc, Cancelled) else "FAILED"
                 mark(state=state, error=status.SerializeToString())

@@ -25,6 +25,7 @@ from foretell.core import names
 from foretell.core.artifact_store import ArtifactNotFound, fetch_dir
 from foretell.core.artifacts import path_of
 from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, Unavailable, absent, invalid
+from foretell.core.logs import failure
 from foretell.core.settings import Settings
 from foretell.forecast_query.query import ServedForecast
 from foretell.forecasting.table import ForecastTable
@@ -53,7 +54,7 @@ def load_table(name: str, artifact_uri: str, settings: Settings | None = None) -
             directory = path_of(artifact_uri, "artifact_uri")
         table = ForecastTable.load(directory)
     except (FileNotFoundError, ArtifactNotFound, InvalidArgument, ValueError) as exc:
-        log.warning("cannot load forecast table", extra={"forecast": name, "uri": artifact_uri, "error": str(exc)})
+        log.warning("cannot load forecast table", extra={"forecast": name, "uri": artifact_uri, **failure(exc)})
         raise FailedPrecondition(
             f"forecast {name!r} has no readable table at {artifact_uri!r}", metadata={"resource": name}
         ) from None

@@ -28,6 +28,7 @@ from google.rpc import code_pb2
 from foretell.core.artifact_store import Artifacts
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.file_roots import Place
+from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.recommendation.campaigns import Campaigns, Resolved
 from foretell.recommendation.engine import Engine, Scored, UnknownItem
@@ -97,7 +98,7 @@ class BatchJobs:
             if isinstance(exc, ForetellError):
                 status = exc.to_status()
             else:
-                log.exception("batch inference failed", extra={"job": name})
+                log.error("batch inference failed", extra={"job": name, **failure(exc)})
                 status = error_status(code_pb2.INTERNAL, f"batch inference failed: {type(exc).__name__}")
             state = "CANCELLED" if isinstance(exc, Cancelled) else "FAILED"
             self._store.update_batch_job(name, state=state, error=status.SerializeToString())

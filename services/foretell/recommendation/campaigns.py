@@ -30,6 +30,7 @@ from google.rpc import code_pb2
 from foretell.core import metrics, names
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, absent, invalid
+from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.recipes.artifact import load_artifact
 from foretell.recommendation.engine import NO_EVENTS, Engine, Exploration, RecentEvents
@@ -375,8 +376,8 @@ class Campaigns:
         if isinstance(exc, ForetellError):
             status = exc.to_status()
         else:
-            log.exception("deployment failed", extra={"campaign": name})
-            status = error_status(code_pb2.INTERNAL, f"deployment failed: {type(exc).__name__}: {exc}"[:500])
+            log.error("deployment failed", extra={"campaign": name, **failure(exc)})
+            status = error_status(code_pb2.INTERNAL, f"deployment failed: {type(exc).__name__}")
         with self._lock:
             if self.deployments.get(name) is not None:
                 state = "ACTIVE"  # a failed update leaves the previous version serving
@@ -387,7 +388,7 @@ class Campaigns:
             with contextlib.suppress(NotFound):
                 self._store.update_campaign(name, state=state, error=status.SerializeToString())
         self._ops.fail(operation, status)
-        log.warning("deployment failed", extra={"campaign": name, "error": status.message})
+        log.warning("deployment failed", extra={"campaign": name, "code": code_pb2.Code.Name(status.code)})
 
     def _check_cancel(self, operation: str) -> None:
         if self._ops.cancel_requested(operation):
@@ -421,8 +422,8 @@ class Campaigns:
         def load() -> None:
             try:
                 self._warm(self._activate(row))
-            except Exception:
-                log.exception("loading campaign failed", extra={"campaign": row.name})
+            except Exception as exc:
+                log.error("loading campaign failed", extra={"campaign": row.name, **failure(exc)})
             finally:
                 with self._lock:
                     self._loading.discard(row.name)
@@ -451,9 +452,11 @@ class Campaigns:
                 loaded.append(self._activate(row))
             except Exception as exc:
                 status = (
-                    exc.to_status() if isinstance(exc, ForetellError) else error_status(code_pb2.INTERNAL, str(exc))
+                    exc.to_status()
+                    if isinstance(exc, ForetellError)
+                    else error_status(code_pb2.INTERNAL, f"could not reload: {type(exc).__name__}")
                 )
-                log.exception("could not reload campaign", extra={"campaign": row.name})
+                log.error("could not reload campaign", extra={"campaign": row.name, **failure(exc)})
                 self._store.update_campaign(row.name, state="FAILED", error=status.SerializeToString())
         for deployment in loaded:
             self._pool.submit(self._warm, deployment)

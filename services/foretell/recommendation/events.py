@@ -25,6 +25,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import timestamp_pb2
 
+from foretell.core.logs import failure
 from foretell.recommendation.engine import NO_EVENTS, RecentEvents
 from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 
@@ -139,10 +140,10 @@ class EventFeed:
                     "event stream failed; retrying",
                     extra={"dataset_group": self.dataset_group, "code": str(code), "retry_s": backoff},
                 )
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     break
-                log.exception("event stream broke; retrying", extra={"dataset_group": self.dataset_group})
+                log.error("event stream broke; retrying", extra={"dataset_group": self.dataset_group, **failure(exc)})
             self._stop.wait(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core import metrics
 from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.core.polling import intervals
 from foretell.training import shards
@@ -123,8 +124,8 @@ class TrainingJobs:
         except ForetellError as exc:
             outcome = _Outcome("FAILED", exc.to_status())
         except Exception as exc:  # a bug must still end the job, never leave it RUNNING
-            log.exception("training job crashed", extra={"operation": operation})
-            outcome = _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"training job failed: {exc}"))
+            log.error("training job crashed", extra={"operation": operation, **failure(exc)})
+            outcome = _Outcome("FAILED", error_status(code_pb2.INTERNAL, f"training job failed: {type(exc).__name__}"))
         self._finish(self._store.get_job(operation), outcome)
 
     def _run(self, job: Row[Any]) -> _Outcome:
@@ -227,8 +228,8 @@ class TrainingJobs:
                 kind.ended(job, outcome.state, outcome.error)
                 error = outcome.error or error_status(code_pb2.CANCELLED, "cancelled by request")
                 self._ops.fail(job.name, error)
-        except Exception:
-            log.exception("could not record the end of a training job", extra={"operation": job.name})
+        except Exception as exc:
+            log.error("could not record the end of a training job", extra={"operation": job.name, **failure(exc)})
             kind.ended(job, "FAILED", error_status(code_pb2.INTERNAL, "could not store the trained model"))
             self._ops.fail(job.name, error_status(code_pb2.INTERNAL, "could not store the trained model"))
         self._store.update_job(job.name, state="DONE")

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from foretell.core.logs import configure_logging
+from foretell.core.logs import configure_logging, failure
 from foretell.core.priority import lower_priority
 from foretell.training import shards
 
@@ -121,11 +121,11 @@ def run(job_dir: Path) -> int:
     try:
         output = _job(spec["kind"])({**spec, "output_dir": str(out)}, progress)
     except WorkerError as exc:
-        log.warning("training failed", extra={"code": exc.code, "error": str(exc)})
+        log.warning("training failed", extra={"code": exc.code})
         _write_result(out, {"ok": False, "error": _error(exc)})
         return 1
     except Exception as exc:
-        log.exception("training crashed")
+        log.error("training crashed", extra=failure(exc))
         _write_result(out, {"ok": False, "error": _error(exc)})
         return 1
     progress(1.0, "done")
@@ -220,14 +220,14 @@ def _record_failure(job_dir: Path, ctx: distributed.Context, exc: BaseException)
     """Rank 0 writes result.json (its own error, or the peer's it saw the fallout of); another rank writes
     JOB_DIR/rank-N.error.json for rank 0 to find."""
     if not ctx.is_main:
-        log.exception("training failed on rank %d", ctx.rank)
+        log.error("training failed on rank %d", ctx.rank, extra=failure(exc))
         path = rank_error_path(job_dir, ctx.rank)
         path.with_suffix(".partial").write_text(json.dumps(_error(exc)))
         os.replace(path.with_suffix(".partial"), path)
         return 1
     own = _error(exc)
     error = own if isinstance(exc, WorkerError) else _peer_error(job_dir) or own
-    log.warning("training failed", extra={"code": error["code"], "error": error["message"]})
+    log.warning("training failed", extra={"code": error["code"]})
     _write_result(job_dir, {"ok": False, "error": error})
     return 1
 

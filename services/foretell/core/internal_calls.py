@@ -1,0 +1,51 @@
+"""What the internal key may call: the RPCs the services make on each other, and nothing else.
+
+The internal key (FORETELL_INTERNAL_API_KEY, or a per-process random one) is what peer channels
+(core/peers.py) send. It is a credential for services, not for people: it passes every per-group check
+(jobs act for the system long after the caller's call ended), so it must not be an admin key. The
+AuthInterceptor (core/auth.py) answers PERMISSION_DENIED to the internal principal on any method not listed
+here, whatever the request says.
+
+Full gRPC method names ("/package.Service/Method"), each with who calls it. A new peer call adds its method
+here; tests/service/test_internal_key.py checks both ways that this set is exactly what the peers call.
+"""
+
+from __future__ import annotations
+
+INTERNAL_METHODS: frozenset[str] = frozenset(
+    {
+        # training (CreateSolution/CreatePredictor: the group exists and has the right domain,
+        # training/servicer.py) and recommendation (CreateFilter: recommendation/campaigns.py
+        # check_dataset_group) -> dataset
+        "/foretell.v1.DatasetService/GetDatasetGroup",
+        # training -> dataset: interactions present (CreateSolutionVersion) and the datasets a snapshot
+        # exports (training/snapshot.py)
+        "/foretell.v1.DatasetService/ListDatasets",
+        # training -> dataset: the snapshot of a group, written into artifacts/snapshots only (the internal
+        # principal has no other file area, core/file_roots.py)
+        "/foretell.v1.DatasetService/ExportDataset",
+        # training -> dataset: polls and cancels those snapshot exports (core/operations.py refuses the
+        # internal principal any other operation)
+        "/google.longrunning.Operations/GetOperation",
+        "/google.longrunning.Operations/CancelOperation",
+        # recommendation -> dataset: the event feed of a deployed campaign (recommendation/events.py).
+        # Moving to an internal service: replace the name here.
+        "/foretell.v1.DatasetService/WatchEvents",
+        # recommendation -> training: the artifact and group of a version a campaign or batch job serves
+        # (recommendation/campaigns.py SolutionVersions); GetSolution also for the auth GroupResolver
+        "/foretell.v1.TrainingService/GetSolutionVersion",
+        "/foretell.v1.TrainingService/GetSolution",
+        # forecast-query -> training: the forecast's table (forecast_query/forecasts.py); also the GroupResolver
+        "/foretell.v1.TrainingService/GetForecast",
+        # auth GroupResolver (core/auth.py peer_resolver): the dataset group of a resource a restricted
+        # caller names through an operation (training a predictor, deploying a campaign, a batch job)
+        "/foretell.v1.TrainingService/GetPredictor",
+        "/foretell.v1.RecommendationService/GetCampaign",
+        "/foretell.v1.RecommendationService/GetBatchInferenceJob",
+    }
+)
+
+
+def internal_may_call(method: str) -> bool:
+    """Whether the internal principal may call full method name `method` ("/package.Service/Method")."""
+    return method in INTERNAL_METHODS
