@@ -27,6 +27,7 @@ from foretell.v1 import (
     common_pb2,
     dataset_pb2,
     dataset_service_pb2,
+    event_feed_service_pb2,
     forecast_query_service_pb2,
     recommendation_pb2,
     recommendation_service_pb2,
@@ -36,7 +37,13 @@ from foretell.v1 import (
 
 from support import Stubs, daily_csv, interactions_csv, make_forecasting_group, make_recommendation_group, start_stubs
 
-FILES = (dataset_service_pb2, recommendation_service_pb2, training_service_pb2, forecast_query_service_pb2)
+FILES = (
+    dataset_service_pb2,
+    event_feed_service_pb2,
+    recommendation_service_pb2,
+    training_service_pb2,
+    forecast_query_service_pb2,
+)
 OPERATION = operations_pb2.Operation.DESCRIPTOR.full_name
 LONG_RUNNING = [
     m

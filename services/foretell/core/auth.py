@@ -45,6 +45,9 @@ OPEN_SERVICES = frozenset(
 #: Method name prefixes that change nothing; the only ones a read-only key may call.
 READ_PREFIXES = ("Get", "List", "Query", "Watch", "Wait")
 INTERNAL_PRINCIPAL = "foretell-internal"
+#: Methods only the internal principal may call (services' peer calls): PERMISSION_DENIED for every key handed to
+#: people, all-groups ones included. The event feed, and its deprecated public twin kept for wire compatibility.
+INTERNAL_METHODS = frozenset(["/foretell.v1.EventFeedService/WatchEvents", "/foretell.v1.DatasetService/WatchEvents"])
 _GROUP_NAME = re.compile(r"datasetGroups/[a-z][a-z0-9-]{0,62}")
 # Shared by every tenant: schemas hold field definitions, no data.
 _GLOBAL = ("schemas/",)
@@ -173,6 +176,16 @@ def visible_resource(name: str) -> bool:
     except (PermissionDenied, NotFound):
         return False
     return True
+
+
+def authorize_internal() -> None:
+    """For internal methods (INTERNAL_METHODS): PERMISSION_DENIED for any principal but the internal one.
+
+    Decided by the key alone, so it leaks nothing; the interceptor refuses these calls before the handler runs,
+    and handlers check again in case a method is added without its line there. Auth off: every caller passes."""
+    principal = current()
+    if principal is not None and principal.name != INTERNAL_PRINCIPAL:
+        raise _denied(principal)
 
 
 def authorize_all_groups() -> None:
@@ -444,7 +457,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         caller: Caller | None = None
         try:
             principal = self.authenticate(details.invocation_metadata)
-            if principal.read_only and not method.startswith(READ_PREFIXES):
+            if (principal.read_only and not method.startswith(READ_PREFIXES)) or (
+                details.method in INTERNAL_METHODS and principal.name != INTERNAL_PRINCIPAL
+            ):
                 failure = _denied(principal)
             caller = Caller(principal, self.resolver)
         except Unauthenticated as exc:
