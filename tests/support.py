@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import math
+import pkgutil
 import random
 import time
 from collections.abc import Iterator
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf.descriptor import MethodDescriptor
 
+import foretell.v1
 from foretell.core.settings import Settings
 from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as pb
@@ -209,3 +213,21 @@ def make_forecasting_group(stubs: Stubs, group_id: str, data: bytes) -> str:
     done = stubs.wait(upload(stubs, dataset.name, data, chunk=1 << 16))
     assert not done.HasField("error"), done.error
     return str(group.name)
+
+
+# ---- the contract -----------------------------------------------------------------------
+
+
+def rpc_methods() -> dict[str, MethodDescriptor]:
+    """Every RPC of every generated foretell.v1 module and of google.longrunning.Operations, by full name
+    ("/package.Service/Method"): tests generated from it cover a new RPC or service without being touched."""
+    files = [operations_pb2.DESCRIPTOR]
+    for module in pkgutil.iter_modules(foretell.v1.__path__):
+        if module.name.endswith("_pb2"):
+            files.append(importlib.import_module(f"foretell.v1.{module.name}").DESCRIPTOR)
+    return {
+        f"/{service.full_name}/{method.name}": method
+        for file in files
+        for service in file.services_by_name.values()
+        for method in service.methods
+    }

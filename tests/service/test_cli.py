@@ -218,7 +218,11 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
             entry = json.loads(line) if line.startswith("{") else {}
             if entry.get("message") == "serving":
                 port = entry["port"]
-                assert entry["services"] == ["foretell.v1.DatasetService", "google.longrunning.Operations"]
+                assert entry["services"] == [
+                    "foretell.v1.DatasetService",
+                    "foretell.v1.EventFeedService",
+                    "google.longrunning.Operations",
+                ]
         assert port
         result = invoke("--target", f"127.0.0.1:{port}", "dataset-group", "list")
         assert result.exit_code == 0 and "no dataset groups" in result.stdout

@@ -42,6 +42,7 @@ from proto_strategies import INJECTIONS, MessageStrategies, field_path_exists, s
 from foretell.core.settings import Settings
 from foretell.v1 import (
     dataset_service_pb2,
+    event_feed_service_pb2,
     forecast_query_service_pb2,
     recommendation_pb2,
     recommendation_service_pb2,
@@ -53,7 +54,13 @@ from errors import reason_of, violations_of
 from support import Stubs, daily_csv, make_forecasting_group, make_recommendation_group, start_stubs, upload
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "protos" / "foretell" / "v1"
-FILES = (dataset_service_pb2, recommendation_service_pb2, training_service_pb2, forecast_query_service_pb2)
+FILES = (
+    dataset_service_pb2,
+    event_feed_service_pb2,
+    recommendation_service_pb2,
+    training_service_pb2,
+    forecast_query_service_pb2,
+)
 SERVICES = [s for f in FILES for s in f.DESCRIPTOR.services_by_name.values()]
 SERVICES.append(operations_pb2.DESCRIPTOR.services_by_name["Operations"])
 METHODS = [m for s in SERVICES for m in s.methods]

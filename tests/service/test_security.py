@@ -34,17 +34,14 @@ from foretell.core import auth
 from foretell.core.settings import ServiceName, Settings
 from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as dpb
+from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import (
-    dataset_service_pb2,
     dataset_service_pb2_grpc,
     forecast_query_service_pb2,
-    recommendation_service_pb2,
     recommendation_service_pb2_grpc,
     training_pb2,
-    training_service_pb2,
     training_service_pb2_grpc,
 )
-from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
 from foretell.v1 import training_service_pb2 as tapi
@@ -56,6 +53,7 @@ from support import (
     interactions_csv,
     make_forecasting_group,
     make_recommendation_group,
+    rpc_methods,
     upload,
 )
 
@@ -505,10 +503,7 @@ def test_health_and_reflection_stay_open(tenants: Tenants) -> None:
 # names tenant A's resources wherever a field refers to a resource (by the field's name, or for `name`/`parent`
 # by the method's resource), with plausible values elsewhere, and is sent with tenant B's key.
 
-FILES = (dataset_service_pb2, recommendation_service_pb2, training_service_pb2, forecast_query_service_pb2)
-SERVICES = [s for f in FILES for s in f.DESCRIPTOR.services_by_name.values()]
-SERVICES.append(operations_pb2.DESCRIPTOR.services_by_name["Operations"])
-METHODS = {f"{s.name}.{m.name}": m for s in SERVICES for m in s.methods}
+METHODS = {f"{m.containing_service.name}.{m.name}": m for m in rpc_methods().values()}
 VERBS = ("Create", "Get", "List", "Delete", "Update", "Cancel", "Wait", "Export", "Import", "Put", "Watch", "Query")
 READS = ("Get", "List", "Query", "Watch", "Wait")
 # Reference fields of foretell.v1 messages -> the kind of resource they name.

@@ -46,6 +46,11 @@ OPEN_SERVICES = frozenset(
 #: Method name prefixes that change nothing; the only ones a read-only key may call.
 READ_PREFIXES = ("Get", "List", "Query", "Watch", "Wait")
 INTERNAL_PRINCIPAL = "foretell-internal"
+#: Methods only the internal principal may call (services' peer calls): PERMISSION_DENIED for every key handed to
+#: people, all-groups ones included. The event feed, and its deprecated public twin kept for wire compatibility.
+INTERNAL_ONLY_METHODS = frozenset(
+    ["/foretell.v1.EventFeedService/WatchEvents", "/foretell.v1.DatasetService/WatchEvents"]
+)
 _GROUP_NAME = re.compile(r"datasetGroups/[a-z][a-z0-9-]{0,62}")
 # Shared by every tenant: schemas hold field definitions, no data.
 _GLOBAL = ("schemas/",)
@@ -180,6 +185,16 @@ def is_internal() -> bool:
     """Whether this call comes from a Foretell service on a peer channel (the internal key)."""
     principal = current()
     return principal is not None and principal.name == INTERNAL_PRINCIPAL
+
+
+def authorize_internal() -> None:
+    """For internal methods (INTERNAL_ONLY_METHODS): PERMISSION_DENIED for any principal but the internal one.
+
+    Decided by the key alone, so it leaks nothing; the interceptor refuses these calls before the handler runs,
+    and handlers check again in case a method is added without its line there. Auth off: every caller passes."""
+    principal = current()
+    if principal is not None and principal.name != INTERNAL_PRINCIPAL:
+        raise _denied(principal)
 
 
 def authorize_all_groups() -> None:
@@ -350,17 +365,13 @@ PEER_TIMEOUT = 10.0
 
 
 def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
-    """A resolver that asks the training and recommendation services (peer channels, internal key)."""
+    """A resolver that asks the training service (peer channels, internal key)."""
     # Imported here: the generated stubs are only needed once auth is on.
-    from foretell.v1 import recommendation_service_pb2 as rec
-    from foretell.v1 import recommendation_service_pb2_grpc, training_service_pb2_grpc
     from foretell.v1 import training_service_pb2 as train
+    from foretell.v1 import training_service_pb2_grpc
 
     def training() -> training_service_pb2_grpc.TrainingServiceStub:
         return training_service_pb2_grpc.TrainingServiceStub(channel("training"))
-
-    def recommendation() -> recommendation_service_pb2_grpc.RecommendationServiceStub:
-        return recommendation_service_pb2_grpc.RecommendationServiceStub(channel("recommendation"))
 
     def asked(name: str, call: Callable[[], str]) -> str:
         try:
@@ -375,9 +386,9 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
     def via(version: str) -> str:
         return resolver.group_of(version) or UNRESOLVED
 
-    # Filters are named by nothing that needs a lookup (no operation works on one, a filter's calls name its
-    # group), so none is asked for: every lookup here is a method the internal key may call
-    # (core/internal_calls.py).
+    # Only what a service apart from its owner needs: operations carry their group (core/operations.py), and
+    # campaigns, batch jobs and filters are only named to the recommendation service, which looks them up itself.
+    # Every lookup here is a method the internal key may call (core/internal_calls.py).
     lookups: dict[str, Callable[[str], str]] = {
         "solutions": lambda n: asked(
             n, lambda: training().GetSolution(train.GetSolutionRequest(name=n), timeout=PEER_TIMEOUT).dataset_group
@@ -387,24 +398,6 @@ def peer_resolver(channel: Callable[[str], grpc.Channel]) -> GroupResolver:
         ),
         "forecasts": lambda n: via(
             asked(n, lambda: training().GetForecast(train.GetForecastRequest(name=n), timeout=PEER_TIMEOUT).predictor)
-        ),
-        "campaigns": lambda n: via(
-            asked(
-                n,
-                lambda: (
-                    recommendation().GetCampaign(rec.GetCampaignRequest(name=n), timeout=PEER_TIMEOUT).solution_version
-                ),
-            )
-        ),
-        "batchInferenceJobs": lambda n: via(
-            asked(
-                n,
-                lambda: (
-                    recommendation()
-                    .GetBatchInferenceJob(rec.GetBatchInferenceJobRequest(name=n), timeout=PEER_TIMEOUT)
-                    .solution_version
-                ),
-            )
         ),
     }
     resolver = GroupResolver(lookups)
@@ -446,6 +439,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         """
         _, method = _service_and_method(full_method)
         if principal.read_only and not method.startswith(READ_PREFIXES):
+            return _denied(principal)
+        if full_method in INTERNAL_ONLY_METHODS and principal.name != INTERNAL_PRINCIPAL:
             return _denied(principal)
         if principal.name == INTERNAL_PRINCIPAL and not internal_may_call(full_method):
             return PermissionDenied(

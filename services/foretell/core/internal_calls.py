@@ -28,24 +28,28 @@ INTERNAL_METHODS: frozenset[str] = frozenset(
         # internal principal any other operation)
         "/google.longrunning.Operations/GetOperation",
         "/google.longrunning.Operations/CancelOperation",
-        # recommendation -> dataset: the event feed of a deployed campaign (recommendation/events.py).
-        # Moving to an internal service: replace the name here.
-        "/foretell.v1.DatasetService/WatchEvents",
+        # recommendation -> dataset: the event feed of a deployed campaign (recommendation/events.py), on the
+        # internal service (DatasetService.WatchEvents is deprecated: only a recommendation service older than
+        # its dataset service would call it)
+        "/foretell.v1.EventFeedService/WatchEvents",
         # recommendation -> training: the artifact and group of a version a campaign or batch job serves
         # (recommendation/campaigns.py SolutionVersions); GetSolution also for the auth GroupResolver
         "/foretell.v1.TrainingService/GetSolutionVersion",
         "/foretell.v1.TrainingService/GetSolution",
         # forecast-query -> training: the forecast's table (forecast_query/forecasts.py); also the GroupResolver
         "/foretell.v1.TrainingService/GetForecast",
-        # auth GroupResolver (core/auth.py peer_resolver): the dataset group of a resource a restricted
-        # caller names through an operation (training a predictor, deploying a campaign, a batch job)
+        # auth GroupResolver (core/auth.py peer_resolver): a forecast's dataset group is its predictor's, asked when
+        # a restricted caller queries a forecast on a forecast-query service apart
         "/foretell.v1.TrainingService/GetPredictor",
-        "/foretell.v1.RecommendationService/GetCampaign",
-        "/foretell.v1.RecommendationService/GetBatchInferenceJob",
     }
 )
 
 
+# Peer calls of older releases, kept for a rolling upgrade: a recommendation service older than its dataset service
+# still streams events through the deprecated public twin of the event feed. No current service calls these.
+PREVIOUS_RELEASE_METHODS: frozenset[str] = frozenset({"/foretell.v1.DatasetService/WatchEvents"})
+
+
 def internal_may_call(method: str) -> bool:
     """Whether the internal principal may call full method name `method` ("/package.Service/Method")."""
-    return method in INTERNAL_METHODS
+    return method in INTERNAL_METHODS or method in PREVIOUS_RELEASE_METHODS

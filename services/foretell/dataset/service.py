@@ -13,12 +13,19 @@ from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
 from foretell.dataset.jobs import DatasetJobs
-from foretell.dataset.servicer import DatasetServicer
+from foretell.dataset.servicer import DatasetServicer, EventFeedServicer
 from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
-from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc
+from foretell.v1 import (
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    event_feed_service_pb2,
+    event_feed_service_pb2_grpc,
+)
 
 SERVICE_NAME = dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
+#: Internal (core/auth.INTERNAL_ONLY_METHODS): served with DatasetService, whose events it streams.
+EVENT_FEED_SERVICE_NAME = event_feed_service_pb2.DESCRIPTOR.services_by_name["EventFeedService"].full_name
 
 
 def add_dataset_service(
@@ -28,7 +35,7 @@ def add_dataset_service(
     operations: OperationStore,
     before_stop: list[Callable[[], None]],
 ) -> Callable[[bool], None]:
-    """Registers DatasetService; returns the function that stops its background jobs.
+    """Registers DatasetService and the internal EventFeedService; returns the function that stops its background jobs.
 
     Appends to `before_stop` what must end before the server drains (open WatchEvents streams).
     """
@@ -55,5 +62,6 @@ def add_dataset_service(
         FileRoots(settings),
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
+    event_feed_service_pb2_grpc.add_EventFeedServiceServicer_to_server(EventFeedServicer(servicer), server)
     before_stop.append(bell.close)
     return lambda wait: jobs.shutdown(wait)

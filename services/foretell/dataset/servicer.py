@@ -27,7 +27,7 @@ from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
-from foretell.v1 import dataset_service_pb2_grpc
+from foretell.v1 import dataset_service_pb2_grpc, event_feed_service_pb2_grpc
 
 MAX_PUT = 100
 WATCH_BATCH = 500
@@ -454,6 +454,14 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def WatchEvents(  # noqa: N802
         self, request: api.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[api.WatchEventsResponse]:
+        """Deprecated twin of EventFeedService.WatchEvents, kept for wire compatibility: internal callers only."""
+        auth.authorize_internal()
+        return self.watch_events(request, context)
+
+    def watch_events(
+        self, request: api.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[api.WatchEventsResponse]:
+        """The events of a group as PutEvents stores them (EventFeedService.WatchEvents; internal callers only)."""
         group = auth.allowed(names.check_name(request.dataset_group, "dataset_group", *GROUP))
         dataset, _ = self._typed_dataset(group, "INTERACTIONS")
         if request.cursor:
@@ -507,3 +515,16 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def PutUsers(self, request: api.PutUsersRequest, context: grpc.ServicerContext) -> api.PutUsersResponse:  # noqa: N802
         entries = [(user.user_id, user.properties) for user in request.users]
         return api.PutUsersResponse(accepted=self._put_entities(request.dataset, "users", "USERS", entries))
+
+
+class EventFeedServicer(event_feed_service_pb2_grpc.EventFeedServiceServicer):
+    """The internal event feed (recommendation's campaigns follow it): only the internal principal may call it."""
+
+    def __init__(self, datasets: DatasetServicer) -> None:
+        self._datasets = datasets
+
+    def WatchEvents(  # noqa: N802
+        self, request: api.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[api.WatchEventsResponse]:
+        auth.authorize_internal()
+        return self._datasets.watch_events(request, context)

@@ -1,4 +1,4 @@
-"""Recent events per user and per anonymous session, fed by the dataset service's WatchEvents.
+"""Recent events per user and per anonymous session, fed by the dataset service's internal EventFeedService.
 
 One background thread per dataset group consumes the stream (reconnecting with backoff and
 resuming from the last cursor) into a `RecentEventStore`. The store is written by that thread
@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2
 
 from foretell.core.logs import failure
 from foretell.recommendation.engine import NO_EVENTS, RecentEvents
-from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc
+from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc, event_feed_service_pb2_grpc
 
 log = logging.getLogger("foretell.recommendation")
 
@@ -93,6 +93,7 @@ class EventFeed:
         self._channel = channel
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
+        self._legacy = False  # the peer answered UNIMPLEMENTED for EventFeedService
         self._thread = threading.Thread(target=self._run, name=f"events-{dataset_group}", daemon=True)
 
     def start(self) -> None:
@@ -113,13 +114,19 @@ class EventFeed:
             dataset_group=self.dataset_group, start_time=timestamp_pb2.Timestamp(seconds=self.start_time)
         )
 
+    def _watch(self, channel: grpc.Channel) -> Callable[..., grpc.Future]:
+        """EventFeedService.WatchEvents, or during an upgrade from a dataset service that lacks it (UNIMPLEMENTED
+        once) the deprecated DatasetService.WatchEvents, the same stream on the wire."""
+        if self._legacy:
+            return dataset_service_pb2_grpc.DatasetServiceStub(channel).WatchEvents
+        return event_feed_service_pb2_grpc.EventFeedServiceStub(channel).WatchEvents
+
     def _run(self) -> None:
         backoff = 0.5
         failures = 0
         while not self._stop.is_set():
             try:
-                stub = dataset_service_pb2_grpc.DatasetServiceStub(self._channel())
-                call = stub.WatchEvents(self._request(), timeout=STREAM_SECONDS, wait_for_ready=True)
+                call = self._watch(self._channel())(self._request(), timeout=STREAM_SECONDS, wait_for_ready=True)
                 self._call = call
                 if self._stop.is_set():
                     call.cancel()
@@ -134,6 +141,9 @@ class EventFeed:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue  # the periodic re-open: resume at once
+                if code == grpc.StatusCode.UNIMPLEMENTED and not self._legacy:
+                    self._legacy = True  # a dataset service older than EventFeedService: its deprecated twin
+                    continue
                 failures += 1
                 # A single failure is routine (a peer restarting); say so loudly once it persists.
                 (log.warning if failures == 3 else log.debug)(

@@ -113,7 +113,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     for service in wanted:
         if service == "dataset":
             closers.append(dataset_service.add_dataset_service(server, settings, engine, operations, before_stop))
-            names.append(dataset_service.SERVICE_NAME)
+            names += [dataset_service.SERVICE_NAME, dataset_service.EVENT_FEED_SERVICE_NAME]
         elif service == "training":
             closers.append(training_service.add_training_service(server, settings, engine, operations, peers))
             names.append(training_service.SERVICE_NAME)

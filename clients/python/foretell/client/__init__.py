@@ -13,7 +13,15 @@ server's structured ``google.rpc`` error details.
         items = client.get_recommendations(campaign.name, user_id="u1", num_results=10).item_list
 """
 
-from foretell.client._client import Client, operation_response
+from foretell.client._client import Client, OperationTypes, operation_response, operation_types
 from foretell.client.errors import ERROR_DOMAIN, ForetellError, raise_for_operation
 
-__all__ = ["ERROR_DOMAIN", "Client", "ForetellError", "operation_response", "raise_for_operation"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "Client",
+    "ForetellError",
+    "OperationTypes",
+    "operation_response",
+    "operation_types",
+    "raise_for_operation",
+]

@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, NamedTuple, Self, TypeVar, cast, overload
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import descriptor_pool, field_mask_pb2, message_factory, timestamp_pb2
 from google.protobuf import message as _message
+from google.protobuf.descriptor import MethodDescriptor
 
 from foretell.client._auth import MetadataInterceptor, auth_metadata, tls_credentials
 from foretell.client._channel import ChannelOptions, create_channel
@@ -34,7 +35,7 @@ from foretell.v1 import (
     training_service_pb2_grpc,
 )
 
-__all__ = ["Client", "operation_response"]
+__all__ = ["Client", "OperationTypes", "operation_response", "operation_types"]
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=_message.Message)
@@ -114,17 +115,66 @@ def _remaining_size(fileobj: IO[bytes]) -> int:
     return max(end - start, 0)
 
 
-def operation_response(operation: operations_pb2.Operation, message_type: type[_M]) -> _M:
-    """The typed result of a finished operation, e.g. ``operation_response(op, dataset_pb2.ImportJob)``.
+class OperationTypes(NamedTuple):
+    """What a long-running RPC's Operation carries: its ``response`` and ``metadata`` message classes."""
 
-    Raises ForetellError if the operation failed, ValueError if it is still running.
+    response: type[_message.Message]
+    metadata: type[_message.Message]
+
+
+def _message_class(type_name: str, method: MethodDescriptor) -> type[_message.Message]:
+    """The class of an operation_info type name: fully qualified, or relative to the method's package (AIP-151)."""
+    file = method.containing_service.file
+    pool, package = file.pool, file.package
+    for candidate in (type_name, f"{package}.{type_name}"):
+        try:
+            return message_factory.GetMessageClass(pool.FindMessageTypeByName(candidate))
+        except KeyError:
+            continue
+    raise LookupError(f"{method.full_name}: operation_info names {type_name!r}, which is not a known message")
+
+
+def operation_types(method: str | MethodDescriptor) -> OperationTypes:
+    """The response and metadata types of a long-running RPC, read from its ``google.longrunning.operation_info``.
+
+    ``method`` is a method descriptor or a full name: ``foretell.v1.TrainingService.CreateSolutionVersion`` or
+    the gRPC path ``/foretell.v1.TrainingService/CreateSolutionVersion``. Raises LookupError for an unknown
+    method or one that does not return an annotated Operation.
+    """
+    if isinstance(method, str):
+        try:
+            method = descriptor_pool.Default().FindMethodByName(method.lstrip("/").replace("/", "."))
+        except KeyError:
+            raise LookupError(f"unknown RPC {method!r}") from None
+    info = method.GetOptions().Extensions[operations_pb2.operation_info]
+    if not info.response_type or not info.metadata_type:
+        raise LookupError(f"{method.full_name} has no google.longrunning.operation_info")
+    return OperationTypes(_message_class(info.response_type, method), _message_class(info.metadata_type, method))
+
+
+@overload
+def operation_response(operation: operations_pb2.Operation, message_type: type[_M]) -> _M: ...
+@overload
+def operation_response(
+    operation: operations_pb2.Operation, message_type: str | MethodDescriptor
+) -> _message.Message: ...
+def operation_response(
+    operation: operations_pb2.Operation, message_type: type[_M] | str | MethodDescriptor
+) -> _M | _message.Message:
+    """The typed result of a finished operation.
+
+    ``message_type`` is the response class (``operation_response(op, dataset_pb2.ImportJob)``) or the RPC that
+    returned the operation (``operation_response(op, "foretell.v1.DatasetService.ImportData")``), whose
+    ``google.longrunning.operation_info`` names the class. Raises ForetellError if the operation failed,
+    ValueError if it is still running.
     """
     raise_for_operation(operation)
     if not operation.done:
         raise ValueError(f"operation {operation.name!r} is not done")
-    result = message_type()
+    cls = operation_types(message_type).response if isinstance(message_type, str | MethodDescriptor) else message_type
+    result = cls()
     if not operation.response.Unpack(result):
-        raise TypeError(f"operation response is {operation.response.type_url}, not {message_type.__name__}")
+        raise TypeError(f"operation response is {operation.response.type_url}, not {cls.DESCRIPTOR.full_name}")
     return result
 
 
@@ -528,7 +578,9 @@ class Client:
         if not wait:
             return self.get_solution_version(_operation_target(operation))
         done = self.wait_operation(operation, timeout=timeout, poll=poll, on_progress=on_progress)
-        return operation_response(done, training_pb2.SolutionVersion)
+        return cast(
+            training_pb2.SolutionVersion, operation_response(done, "foretell.v1.TrainingService.CreateSolutionVersion")
+        )
 
     def get_solution_metrics(
         self, version: str | training_pb2.SolutionVersion, *, timeout: float | None = None
@@ -568,7 +620,7 @@ class Client:
             request_id=_request_id(request_id),
         )
         operation = self.call(self.recommendations.CreateCampaign, request)
-        return self._campaign_result(operation, f"campaigns/{campaign_id}", wait, timeout)
+        return self._campaign_result(operation, "CreateCampaign", f"campaigns/{campaign_id}", wait, timeout)
 
     def update_campaign(
         self,
@@ -601,15 +653,18 @@ class Client:
             campaign=changed, update_mask=field_mask_pb2.FieldMask(paths=paths), request_id=_request_id(request_id)
         )
         operation = self.call(self.recommendations.UpdateCampaign, request)
-        return self._campaign_result(operation, name, wait, timeout)
+        return self._campaign_result(operation, "UpdateCampaign", name, wait, timeout)
 
     def _campaign_result(
-        self, operation: operations_pb2.Operation, name: str, wait: bool, timeout: float | None
+        self, operation: operations_pb2.Operation, method: str, name: str, wait: bool, timeout: float | None
     ) -> recommendation_pb2.Campaign:
         if not wait:
             return self.get_campaign(name)
         done = self.wait_operation(operation, timeout=timeout, poll=0.1)
-        return operation_response(done, recommendation_pb2.Campaign)
+        # The type comes from the RPC's operation_info; the cast only tells mypy what the contract says.
+        return cast(
+            recommendation_pb2.Campaign, operation_response(done, f"foretell.v1.RecommendationService.{method}")
+        )
 
     def get_campaign(self, name: str, *, timeout: float | None = None) -> recommendation_pb2.Campaign:
         request = recommendation_service_pb2.GetCampaignRequest(name=name)

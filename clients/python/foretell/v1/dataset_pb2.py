@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66oretell/v1/dataset.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb3\x03\n\x0c\x44\x61tasetGroup\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x06\x64omain\x18\x02 \x01(\x0e\x32\x13.foretell.v1.DomainB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32\x1f.foretell.v1.DatasetGroup.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x06labels\x18\x07 \x03(\x0b\x32%.foretell.v1.DatasetGroup.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DELETING\x10\x02\"\x85\x01\n\x0bSchemaField\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x16.foretell.v1.FieldTypeB\x04\xe2\x41\x01\x02\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x13\n\x0b\x63\x61tegorical\x18\x04 \x01(\x08\x12\x0f\n\x07textual\x18\x05 \x01(\x08\"\xe5\x01\n\x06Schema\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x06\x64omain\x18\x02 \x01(\x0e\x32\x13.foretell.v1.DomainB\x04\xe2\x41\x01\x02\x12.\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x18.foretell.v1.SchemaFieldB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xff\x02\n\x07\x44\x61taset\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x34\n\x0c\x64\x61taset_type\x18\x02 \x01(\x0e\x32\x18.foretell.v1.DatasetTypeB\x04\xe2\x41\x01\x02\x12\x14\n\x06schema\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x64\x61ta_frequency\x18\x04 \x01(\t\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x1a.foretell.v1.Dataset.StateB\x04\xe2\x41\x01\x03\x12\x17\n\trow_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DELETING\x10\x02\"\xf5\x02\n\tImportJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12,\n\x0bimport_mode\x18\x03 \x01(\x0e\x32\x17.foretell.v1.ImportMode\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x15.foretell.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rrows_imported\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x62ytes_total\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\n \x01(\tB\x04\xe2\x41\x01\x03\"\xb1\x02\n\tExportJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\x0f\x64\x65stination_uri\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x15.foretell.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rrows_exported\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\"\xfd\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x18\n\nevent_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x0b\x65vent_value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x31\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nimpression\x18\x06 \x03(\t\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_event_value\"J\n\x04Item\x12\x15\n\x07item_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x04User\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct*S\n\x06\x44omain\x12\x16\n\x12\x44OMAIN_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OMAIN_RECOMMENDATION\x10\x01\x12\x16\n\x12\x44OMAIN_FORECASTING\x10\x02*\xe5\x01\n\x0b\x44\x61tasetType\x12\x1c\n\x18\x44\x41TASET_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x41TASET_TYPE_INTERACTIONS\x10\x01\x12\x16\n\x12\x44\x41TASET_TYPE_ITEMS\x10\x02\x12\x16\n\x12\x44\x41TASET_TYPE_USERS\x10\x03\x12#\n\x1f\x44\x41TASET_TYPE_TARGET_TIME_SERIES\x10\x04\x12$\n DATASET_TYPE_RELATED_TIME_SERIES\x10\x05\x12\x1e\n\x1a\x44\x41TASET_TYPE_ITEM_METADATA\x10\x06*\xc6\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x12\n\x0e\x46IELD_TYPE_INT\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_LONG\x10\x03\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x04\x12\x15\n\x11\x46IELD_TYPE_DOUBLE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_BOOLEAN\x10\x06\x12\x18\n\x14\x46IELD_TYPE_TIMESTAMP\x10\x07*\\\n\nImportMode\x12\x1b\n\x17IMPORT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10IMPORT_MODE_FULL\x10\x01\x12\x1b\n\x17IMPORT_MODE_INCREMENTAL\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66oretell/v1/dataset.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8e\x04\n\x0c\x44\x61tasetGroup\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x06\x64omain\x18\x02 \x01(\x0e\x32\x13.foretell.v1.DomainB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32\x1f.foretell.v1.DatasetGroup.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x06labels\x18\x07 \x03(\x0b\x32%.foretell.v1.DatasetGroup.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DELETING\x10\x02:Y\xea\x41V\n\x18\x66oretell.io/DatasetGroup\x12\x1d\x64\x61tasetGroups/{dataset_group}*\rdatasetGroups2\x0c\x64\x61tasetGroup\"\x85\x01\n\x0bSchemaField\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x16.foretell.v1.FieldTypeB\x04\xe2\x41\x01\x02\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x13\n\x0b\x63\x61tegorical\x18\x04 \x01(\x08\x12\x0f\n\x07textual\x18\x05 \x01(\x08\"\xa1\x02\n\x06Schema\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12)\n\x06\x64omain\x18\x02 \x01(\x0e\x32\x13.foretell.v1.DomainB\x04\xe2\x41\x01\x02\x12.\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x18.foretell.v1.SchemaFieldB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03::\xea\x41\x37\n\x12\x66oretell.io/Schema\x12\x10schemas/{schema}*\x07schemas2\x06schema\"\xf5\x03\n\x07\x44\x61taset\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x34\n\x0c\x64\x61taset_type\x18\x02 \x01(\x0e\x32\x18.foretell.v1.DatasetTypeB\x04\xe2\x41\x01\x02\x12+\n\x06schema\x18\x03 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x66oretell.io/Schema\x12\x16\n\x0e\x64\x61ta_frequency\x18\x04 \x01(\t\x12/\n\x05state\x18\x05 \x01(\x0e\x32\x1a.foretell.v1.Dataset.StateB\x04\xe2\x41\x01\x03\x12\x17\n\trow_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DELETING\x10\x02:]\xea\x41Z\n\x13\x66oretell.io/Dataset\x12\x30\x64\x61tasetGroups/{dataset_group}/datasets/{dataset}*\x08\x64\x61tasets2\x07\x64\x61taset\"\xf2\x03\n\tImportJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12,\n\x0bimport_mode\x18\x03 \x01(\x0e\x32\x17.foretell.v1.ImportMode\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x15.foretell.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rrows_imported\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x62ytes_total\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\n \x01(\tB\x04\xe2\x41\x01\x03:{\xea\x41x\n\x15\x66oretell.io/ImportJob\x12HdatasetGroups/{dataset_group}/datasets/{dataset}/importJobs/{import_job}*\nimportJobs2\timportJob\"\xae\x03\n\tExportJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\x0f\x64\x65stination_uri\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x15.foretell.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rrows_exported\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03:{\xea\x41x\n\x15\x66oretell.io/ExportJob\x12HdatasetGroups/{dataset_group}/datasets/{dataset}/exportJobs/{export_job}*\nexportJobs2\texportJob\"\xfd\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x18\n\nevent_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x0b\x65vent_value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x31\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nimpression\x18\x06 \x03(\t\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_event_value\"J\n\x04Item\x12\x15\n\x07item_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x04User\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct*S\n\x06\x44omain\x12\x16\n\x12\x44OMAIN_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OMAIN_RECOMMENDATION\x10\x01\x12\x16\n\x12\x44OMAIN_FORECASTING\x10\x02*\xe5\x01\n\x0b\x44\x61tasetType\x12\x1c\n\x18\x44\x41TASET_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x41TASET_TYPE_INTERACTIONS\x10\x01\x12\x16\n\x12\x44\x41TASET_TYPE_ITEMS\x10\x02\x12\x16\n\x12\x44\x41TASET_TYPE_USERS\x10\x03\x12#\n\x1f\x44\x41TASET_TYPE_TARGET_TIME_SERIES\x10\x04\x12$\n DATASET_TYPE_RELATED_TIME_SERIES\x10\x05\x12\x1e\n\x1a\x44\x41TASET_TYPE_ITEM_METADATA\x10\x06*\xc6\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x12\n\x0e\x46IELD_TYPE_INT\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_LONG\x10\x03\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x04\x12\x15\n\x11\x46IELD_TYPE_DOUBLE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_BOOLEAN\x10\x06\x12\x18\n\x14\x46IELD_TYPE_TIMESTAMP\x10\x07*\\\n\nImportMode\x12\x1b\n\x17IMPORT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10IMPORT_MODE_FULL\x10\x01\x12\x1b\n\x17IMPORT_MODE_INCREMENTAL\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETGROUP'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_DATASETGROUP'].fields_by_name['update_time']._loaded_options = None
   _globals['_DATASETGROUP'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_DATASETGROUP']._loaded_options = None
+  _globals['_DATASETGROUP']._serialized_options = b'\352AV\n\030foretell.io/DatasetGroup\022\035datasetGroups/{dataset_group}*\rdatasetGroups2\014datasetGroup'
   _globals['_SCHEMAFIELD'].fields_by_name['name']._loaded_options = None
   _globals['_SCHEMAFIELD'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_SCHEMAFIELD'].fields_by_name['type']._loaded_options = None
@@ -61,12 +64,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEMA'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_SCHEMA'].fields_by_name['update_time']._loaded_options = None
   _globals['_SCHEMA'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_SCHEMA']._loaded_options = None
+  _globals['_SCHEMA']._serialized_options = b'\352A7\n\022foretell.io/Schema\022\020schemas/{schema}*\007schemas2\006schema'
   _globals['_DATASET'].fields_by_name['name']._loaded_options = None
   _globals['_DATASET'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_DATASET'].fields_by_name['dataset_type']._loaded_options = None
   _globals['_DATASET'].fields_by_name['dataset_type']._serialized_options = b'\342A\001\002'
   _globals['_DATASET'].fields_by_name['schema']._loaded_options = None
-  _globals['_DATASET'].fields_by_name['schema']._serialized_options = b'\342A\001\002'
+  _globals['_DATASET'].fields_by_name['schema']._serialized_options = b'\342A\001\002\372A\024\n\022foretell.io/Schema'
   _globals['_DATASET'].fields_by_name['state']._loaded_options = None
   _globals['_DATASET'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_DATASET'].fields_by_name['row_count']._loaded_options = None
@@ -75,6 +80,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASET'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_DATASET'].fields_by_name['update_time']._loaded_options = None
   _globals['_DATASET'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_DATASET']._loaded_options = None
+  _globals['_DATASET']._serialized_options = b'\352AZ\n\023foretell.io/Dataset\0220datasetGroups/{dataset_group}/datasets/{dataset}*\010datasets2\007dataset'
   _globals['_IMPORTJOB'].fields_by_name['name']._loaded_options = None
   _globals['_IMPORTJOB'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_IMPORTJOB'].fields_by_name['state']._loaded_options = None
@@ -91,6 +98,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPORTJOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_IMPORTJOB'].fields_by_name['operation']._loaded_options = None
   _globals['_IMPORTJOB'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTJOB']._loaded_options = None
+  _globals['_IMPORTJOB']._serialized_options = b'\352Ax\n\025foretell.io/ImportJob\022HdatasetGroups/{dataset_group}/datasets/{dataset}/importJobs/{import_job}*\nimportJobs2\timportJob'
   _globals['_EXPORTJOB'].fields_by_name['name']._loaded_options = None
   _globals['_EXPORTJOB'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_EXPORTJOB'].fields_by_name['state']._loaded_options = None
@@ -105,6 +114,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTJOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_EXPORTJOB'].fields_by_name['operation']._loaded_options = None
   _globals['_EXPORTJOB'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
+  _globals['_EXPORTJOB']._loaded_options = None
+  _globals['_EXPORTJOB']._serialized_options = b'\352Ax\n\025foretell.io/ExportJob\022HdatasetGroups/{dataset_group}/datasets/{dataset}/exportJobs/{export_job}*\nexportJobs2\texportJob'
   _globals['_EVENT'].fields_by_name['event_type']._loaded_options = None
   _globals['_EVENT'].fields_by_name['event_type']._serialized_options = b'\342A\001\002'
   _globals['_EVENT'].fields_by_name['sent_at']._loaded_options = None
@@ -113,38 +124,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM'].fields_by_name['item_id']._serialized_options = b'\342A\001\002'
   _globals['_USER'].fields_by_name['user_id']._loaded_options = None
   _globals['_USER'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
-  _globals['_DOMAIN']._serialized_start=2447
-  _globals['_DOMAIN']._serialized_end=2530
-  _globals['_DATASETTYPE']._serialized_start=2533
-  _globals['_DATASETTYPE']._serialized_end=2762
-  _globals['_FIELDTYPE']._serialized_start=2765
-  _globals['_FIELDTYPE']._serialized_end=2963
-  _globals['_IMPORTMODE']._serialized_start=2965
-  _globals['_IMPORTMODE']._serialized_end=3057
-  _globals['_JOBSTATE']._serialized_start=3060
-  _globals['_JOBSTATE']._serialized_end=3215
-  _globals['_DATASETGROUP']._serialized_start=164
-  _globals['_DATASETGROUP']._serialized_end=599
-  _globals['_DATASETGROUP_LABELSENTRY']._serialized_start=484
-  _globals['_DATASETGROUP_LABELSENTRY']._serialized_end=529
-  _globals['_DATASETGROUP_STATE']._serialized_start=531
-  _globals['_DATASETGROUP_STATE']._serialized_end=599
-  _globals['_SCHEMAFIELD']._serialized_start=602
-  _globals['_SCHEMAFIELD']._serialized_end=735
-  _globals['_SCHEMA']._serialized_start=738
-  _globals['_SCHEMA']._serialized_end=967
-  _globals['_DATASET']._serialized_start=970
-  _globals['_DATASET']._serialized_end=1353
-  _globals['_DATASET_STATE']._serialized_start=531
-  _globals['_DATASET_STATE']._serialized_end=599
-  _globals['_IMPORTJOB']._serialized_start=1356
-  _globals['_IMPORTJOB']._serialized_end=1729
-  _globals['_EXPORTJOB']._serialized_start=1732
-  _globals['_EXPORTJOB']._serialized_end=2037
-  _globals['_EVENT']._serialized_start=2040
-  _globals['_EVENT']._serialized_end=2293
-  _globals['_ITEM']._serialized_start=2295
-  _globals['_ITEM']._serialized_end=2369
-  _globals['_USER']._serialized_start=2371
-  _globals['_USER']._serialized_end=2445
+  _globals['_DOMAIN']._serialized_start=2993
+  _globals['_DOMAIN']._serialized_end=3076
+  _globals['_DATASETTYPE']._serialized_start=3079
+  _globals['_DATASETTYPE']._serialized_end=3308
+  _globals['_FIELDTYPE']._serialized_start=3311
+  _globals['_FIELDTYPE']._serialized_end=3509
+  _globals['_IMPORTMODE']._serialized_start=3511
+  _globals['_IMPORTMODE']._serialized_end=3603
+  _globals['_JOBSTATE']._serialized_start=3606
+  _globals['_JOBSTATE']._serialized_end=3761
+  _globals['_DATASETGROUP']._serialized_start=191
+  _globals['_DATASETGROUP']._serialized_end=717
+  _globals['_DATASETGROUP_LABELSENTRY']._serialized_start=511
+  _globals['_DATASETGROUP_LABELSENTRY']._serialized_end=556
+  _globals['_DATASETGROUP_STATE']._serialized_start=558
+  _globals['_DATASETGROUP_STATE']._serialized_end=626
+  _globals['_SCHEMAFIELD']._serialized_start=720
+  _globals['_SCHEMAFIELD']._serialized_end=853
+  _globals['_SCHEMA']._serialized_start=856
+  _globals['_SCHEMA']._serialized_end=1145
+  _globals['_DATASET']._serialized_start=1148
+  _globals['_DATASET']._serialized_end=1649
+  _globals['_DATASET_STATE']._serialized_start=558
+  _globals['_DATASET_STATE']._serialized_end=626
+  _globals['_IMPORTJOB']._serialized_start=1652
+  _globals['_IMPORTJOB']._serialized_end=2150
+  _globals['_EXPORTJOB']._serialized_start=2153
+  _globals['_EXPORTJOB']._serialized_end=2583
+  _globals['_EVENT']._serialized_start=2586
+  _globals['_EVENT']._serialized_end=2839
+  _globals['_ITEM']._serialized_start=2841
+  _globals['_ITEM']._serialized_end=2915
+  _globals['_USER']._serialized_start=2917
+  _globals['_USER']._serialized_end=2991
 # @@protoc_insertion_point(module_scope)

@@ -156,6 +156,11 @@ Global___JobState: _TypeAlias = JobState  # noqa: Y015
 class DatasetGroup(_message.Message):
     """A container for the datasets, models and campaigns of one use case.
     Name: "datasetGroups/{dataset_group}".
+
+    Resource types are "foretell.io/{Kind}" (AIP-123). Names carry no tenant:
+    the tenant is the caller's credential (an API key lists its dataset groups),
+    as an AWS account scopes ARNs, and another tenant's resource answers as an
+    absent one. See docs/security.md.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -305,9 +305,11 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Streams events stored through PutEvents as they arrive, oldest first, for
-        serving that reacts to the latest events. Delivery is at least once:
-        resume with the last cursor received.
+        """Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so
+        that the change is not breaking on the wire (an older recommendation
+        service still calls it during an upgrade), but like EventFeedService it
+        now refuses every caller but the internal principal: PERMISSION_DENIED for
+        any other key, an all-groups one included. It will go with foretell.v2.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

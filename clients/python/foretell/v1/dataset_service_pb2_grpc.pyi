@@ -9,6 +9,7 @@ from foretell.v1 import dataset_service_pb2 as _dataset_service_pb2
 from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -17,6 +18,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -73,11 +79,15 @@ class DatasetServiceStub:
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]
     """Adds or replaces users of the group's USERS dataset."""
-    WatchEvents: _grpc.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]
-    """Streams events stored through PutEvents as they arrive, oldest first, for
-    serving that reacts to the latest events. Delivery is at least once:
-    resume with the last cursor received.
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def WatchEvents(self) -> _grpc.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]:
+        """Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so
+        that the change is not breaking on the wire (an older recommendation
+        service still calls it during an upgrade), but like EventFeedService it
+        now refuses every caller but the internal principal: PERMISSION_DENIED for
+        any other key, an all-groups one included. It will go with foretell.v2.
+        """
 
 @_typing.type_check_only
 class DatasetServiceAsyncStub(DatasetServiceStub):
@@ -122,11 +132,15 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]  # type: ignore[assignment]
     """Adds or replaces users of the group's USERS dataset."""
-    WatchEvents: _aio.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
-    """Streams events stored through PutEvents as they arrive, oldest first, for
-    serving that reacts to the latest events. Delivery is at least once:
-    resume with the last cursor received.
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def WatchEvents(self) -> _aio.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]:  # type: ignore[override]
+        """Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so
+        that the change is not breaking on the wire (an older recommendation
+        service still calls it during an upgrade), but like EventFeedService it
+        now refuses every caller but the internal principal: PERMISSION_DENIED for
+        any other key, an all-groups one included. It will go with foretell.v2.
+        """
 
 class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns dataset groups, schemas, datasets, bulk import/export and real-time data.
@@ -301,15 +315,18 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dataset_service_pb2.PutUsersResponse, _abc.Awaitable[_dataset_service_pb2.PutUsersResponse]]:
         """Adds or replaces users of the group's USERS dataset."""
 
+    @_deprecated("""Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so\nthat the change is not breaking on the wire (an older recommendation\nservice still calls it during an upgrade), but like EventFeedService it\nnow refuses every caller but the internal principal: PERMISSION_DENIED for\nany other key, an all-groups one included. It will go with foretell.v2.""")
     @_abc_1.abstractmethod
     def WatchEvents(
         self,
         request: _dataset_service_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dataset_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_dataset_service_pb2.WatchEventsResponse]]:
-        """Streams events stored through PutEvents as they arrive, oldest first, for
-        serving that reacts to the latest events. Delivery is at least once:
-        resume with the last cursor received.
+        """Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so
+        that the change is not breaking on the wire (an older recommendation
+        service still calls it during an upgrade), but like EventFeedService it
+        now refuses every caller but the internal principal: PERMISSION_DENIED for
+        any other key, an all-groups one included. It will go with foretell.v2.
         """
 
 def add_DatasetServiceServicer_to_server(servicer: DatasetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(foretell/v1/forecast_query_service.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n\x14QueryForecastRequest\x12\x16\n\x08\x66orecast\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x45\n\ndimensions\x18\x03 \x03(\x0b\x32\x31.foretell.v1.QueryForecastRequest.DimensionsEntry\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tquantiles\x18\x06 \x03(\x01\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\tDataPoint\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\"N\n\x12QuantilePrediction\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.foretell.v1.DataPoint\"\xef\x01\n\x0eSeriesForecast\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12?\n\ndimensions\x18\x02 \x03(\x0b\x32+.foretell.v1.SeriesForecast.DimensionsEntry\x12\x32\n\tquantiles\x18\x03 \x03(\x0b\x32\x1f.foretell.v1.QuantilePrediction\x12$\n\x04mean\x18\x04 \x03(\x0b\x32\x16.foretell.v1.DataPoint\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x15QueryForecastResponse\x12+\n\x06series\x18\x01 \x03(\x0b\x32\x1b.foretell.v1.SeriesForecast\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2n\n\x14\x46orecastQueryService\x12V\n\rQueryForecast\x12!.foretell.v1.QueryForecastRequest\x1a\".foretell.v1.QueryForecastResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(foretell/v1/forecast_query_service.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x02\n\x14QueryForecastRequest\x12/\n\x08\x66orecast\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14\x66oretell.io/Forecast\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x45\n\ndimensions\x18\x03 \x03(\x0b\x32\x31.foretell.v1.QueryForecastRequest.DimensionsEntry\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tquantiles\x18\x06 \x03(\x01\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\tDataPoint\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\"N\n\x12QuantilePrediction\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.foretell.v1.DataPoint\"\xef\x01\n\x0eSeriesForecast\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12?\n\ndimensions\x18\x02 \x03(\x0b\x32+.foretell.v1.SeriesForecast.DimensionsEntry\x12\x32\n\tquantiles\x18\x03 \x03(\x0b\x32\x1f.foretell.v1.QuantilePrediction\x12$\n\x04mean\x18\x04 \x03(\x0b\x32\x16.foretell.v1.DataPoint\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x15QueryForecastResponse\x12+\n\x06series\x18\x01 \x03(\x0b\x32\x1b.foretell.v1.SeriesForecast\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2n\n\x14\x46orecastQueryService\x12V\n\rQueryForecast\x12!.foretell.v1.QueryForecastRequest\x1a\".foretell.v1.QueryForecastResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._loaded_options = None
   _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYFORECASTREQUEST'].fields_by_name['forecast']._loaded_options = None
-  _globals['_QUERYFORECASTREQUEST'].fields_by_name['forecast']._serialized_options = b'\342A\001\002'
+  _globals['_QUERYFORECASTREQUEST'].fields_by_name['forecast']._serialized_options = b'\342A\001\002\372A\026\n\024foretell.io/Forecast'
   _globals['_SERIESFORECAST_DIMENSIONSENTRY']._loaded_options = None
   _globals['_SERIESFORECAST_DIMENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_QUERYFORECASTREQUEST']._serialized_start=124
-  _globals['_QUERYFORECASTREQUEST']._serialized_end=461
-  _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._serialized_start=412
-  _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._serialized_end=461
-  _globals['_DATAPOINT']._serialized_start=463
-  _globals['_DATAPOINT']._serialized_end=536
-  _globals['_QUANTILEPREDICTION']._serialized_start=538
-  _globals['_QUANTILEPREDICTION']._serialized_end=616
-  _globals['_SERIESFORECAST']._serialized_start=619
-  _globals['_SERIESFORECAST']._serialized_end=858
-  _globals['_SERIESFORECAST_DIMENSIONSENTRY']._serialized_start=412
-  _globals['_SERIESFORECAST_DIMENSIONSENTRY']._serialized_end=461
-  _globals['_QUERYFORECASTRESPONSE']._serialized_start=860
-  _globals['_QUERYFORECASTRESPONSE']._serialized_end=953
-  _globals['_FORECASTQUERYSERVICE']._serialized_start=955
-  _globals['_FORECASTQUERYSERVICE']._serialized_end=1065
+  _globals['_QUERYFORECASTREQUEST']._serialized_start=151
+  _globals['_QUERYFORECASTREQUEST']._serialized_end=513
+  _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._serialized_start=464
+  _globals['_QUERYFORECASTREQUEST_DIMENSIONSENTRY']._serialized_end=513
+  _globals['_DATAPOINT']._serialized_start=515
+  _globals['_DATAPOINT']._serialized_end=588
+  _globals['_QUANTILEPREDICTION']._serialized_start=590
+  _globals['_QUANTILEPREDICTION']._serialized_end=668
+  _globals['_SERIESFORECAST']._serialized_start=671
+  _globals['_SERIESFORECAST']._serialized_end=910
+  _globals['_SERIESFORECAST_DIMENSIONSENTRY']._serialized_start=464
+  _globals['_SERIESFORECAST_DIMENSIONSENTRY']._serialized_end=513
+  _globals['_QUERYFORECASTRESPONSE']._serialized_start=912
+  _globals['_QUERYFORECASTRESPONSE']._serialized_end=1005
+  _globals['_FORECASTQUERYSERVICE']._serialized_start=1007
+  _globals['_FORECASTQUERYSERVICE']._serialized_end=1117
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n foretell/v1/recommendation.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"Y\n\x11\x45xplorationConfig\x12\x1a\n\x12\x65xploration_weight\x18\x01 \x01(\x01\x12(\n exploration_item_age_cutoff_days\x18\x02 \x01(\x01\"\xf2\x02\n\x08\x43\x61mpaign\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1e\n\x10solution_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12:\n\x12\x65xploration_config\x18\x03 \x01(\x0b\x32\x1e.foretell.v1.ExplorationConfig\x12,\n$enable_metadata_with_recommendations\x18\x04 \x01(\x08\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\x1c.foretell.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xc8\x01\n\x06\x46ilter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\rdataset_group\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1f\n\x11\x66ilter_expression\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"y\n\rPredictedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06reason\x18\x04 \x01(\tB\x08\n\x06_score\"\xfa\x03\n\x11\x42\x61tchInferenceJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1e\n\x10solution_version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tinput_uri\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\noutput_uri\x18\x04 \x01(\t\x12\x13\n\x0bnum_results\x18\x05 \x01(\x05\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12G\n\rfilter_values\x18\x07 \x03(\x0b\x32\x30.foretell.v1.BatchInferenceJob.FilterValuesEntry\x12\x31\n\x05state\x18\x08 \x01(\x0e\x32\x1c.foretell.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x1a\x33\n\x11\x46ilterValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xea\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_ACTIVE\x10\x02\x12\x1d\n\x19\x44\x45PLOYMENT_STATE_UPDATING\x10\x03\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x04\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_SUCCEEDED\x10\x05\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n foretell/v1/recommendation.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"Y\n\x11\x45xplorationConfig\x12\x1a\n\x12\x65xploration_weight\x18\x01 \x01(\x01\x12(\n exploration_item_age_cutoff_days\x18\x02 \x01(\x01\"\xd8\x03\n\x08\x43\x61mpaign\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12>\n\x10solution_version\x18\x02 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1b\x66oretell.io/SolutionVersion\x12:\n\x12\x65xploration_config\x18\x03 \x01(\x0b\x32\x1e.foretell.v1.ExplorationConfig\x12,\n$enable_metadata_with_recommendations\x18\x04 \x01(\x08\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\x1c.foretell.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:D\xea\x41\x41\n\x14\x66oretell.io/Campaign\x12\x14\x63\x61mpaigns/{campaign}*\tcampaigns2\x08\x63\x61mpaign\"\xa1\x02\n\x06\x46ilter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x38\n\rdataset_group\x18\x02 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x66oretell.io/DatasetGroup\x12\x1f\n\x11\x66ilter_expression\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03::\xea\x41\x37\n\x12\x66oretell.io/Filter\x12\x10\x66ilters/{filter}*\x07\x66ilters2\x06\x66ilter\"y\n\rPredictedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06reason\x18\x04 \x01(\tB\x08\n\x06_score\"\xa8\x05\n\x11\x42\x61tchInferenceJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12>\n\x10solution_version\x18\x02 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1b\x66oretell.io/SolutionVersion\x12\x17\n\tinput_uri\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\noutput_uri\x18\x04 \x01(\t\x12\x13\n\x0bnum_results\x18\x05 \x01(\x05\x12\'\n\x06\x66ilter\x18\x06 \x01(\tB\x17\xfa\x41\x14\n\x12\x66oretell.io/Filter\x12G\n\rfilter_values\x18\x07 \x03(\x0b\x32\x30.foretell.v1.BatchInferenceJob.FilterValuesEntry\x12\x31\n\x05state\x18\x08 \x01(\x0e\x32\x1c.foretell.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x1a\x33\n\x11\x46ilterValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:s\xea\x41p\n\x1d\x66oretell.io/BatchInferenceJob\x12(batchInferenceJobs/{batch_inference_job}*\x12\x62\x61tchInferenceJobs2\x11\x62\x61tchInferenceJob*\xea\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_ACTIVE\x10\x02\x12\x1d\n\x19\x44\x45PLOYMENT_STATE_UPDATING\x10\x03\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x04\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_SUCCEEDED\x10\x05\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMPAIGN'].fields_by_name['name']._loaded_options = None
   _globals['_CAMPAIGN'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_CAMPAIGN'].fields_by_name['solution_version']._loaded_options = None
-  _globals['_CAMPAIGN'].fields_by_name['solution_version']._serialized_options = b'\342A\001\002'
+  _globals['_CAMPAIGN'].fields_by_name['solution_version']._serialized_options = b'\342A\001\002\372A\035\n\033foretell.io/SolutionVersion'
   _globals['_CAMPAIGN'].fields_by_name['state']._loaded_options = None
   _globals['_CAMPAIGN'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_CAMPAIGN'].fields_by_name['error']._loaded_options = None
@@ -47,24 +48,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMPAIGN'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_CAMPAIGN'].fields_by_name['update_time']._loaded_options = None
   _globals['_CAMPAIGN'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CAMPAIGN']._loaded_options = None
+  _globals['_CAMPAIGN']._serialized_options = b'\352AA\n\024foretell.io/Campaign\022\024campaigns/{campaign}*\tcampaigns2\010campaign'
   _globals['_FILTER'].fields_by_name['name']._loaded_options = None
   _globals['_FILTER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_FILTER'].fields_by_name['dataset_group']._loaded_options = None
-  _globals['_FILTER'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002'
+  _globals['_FILTER'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002\372A\032\n\030foretell.io/DatasetGroup'
   _globals['_FILTER'].fields_by_name['filter_expression']._loaded_options = None
   _globals['_FILTER'].fields_by_name['filter_expression']._serialized_options = b'\342A\001\002'
   _globals['_FILTER'].fields_by_name['create_time']._loaded_options = None
   _globals['_FILTER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_FILTER'].fields_by_name['update_time']._loaded_options = None
   _globals['_FILTER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_FILTER']._loaded_options = None
+  _globals['_FILTER']._serialized_options = b'\352A7\n\022foretell.io/Filter\022\020filters/{filter}*\007filters2\006filter'
   _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._loaded_options = None
   _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._serialized_options = b'8\001'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['name']._loaded_options = None
   _globals['_BATCHINFERENCEJOB'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['solution_version']._loaded_options = None
-  _globals['_BATCHINFERENCEJOB'].fields_by_name['solution_version']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHINFERENCEJOB'].fields_by_name['solution_version']._serialized_options = b'\342A\001\002\372A\035\n\033foretell.io/SolutionVersion'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['input_uri']._loaded_options = None
   _globals['_BATCHINFERENCEJOB'].fields_by_name['input_uri']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHINFERENCEJOB'].fields_by_name['filter']._loaded_options = None
+  _globals['_BATCHINFERENCEJOB'].fields_by_name['filter']._serialized_options = b'\372A\024\n\022foretell.io/Filter'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['state']._loaded_options = None
   _globals['_BATCHINFERENCEJOB'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['error']._loaded_options = None
@@ -75,18 +82,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHINFERENCEJOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_BATCHINFERENCEJOB'].fields_by_name['operation']._loaded_options = None
   _globals['_BATCHINFERENCEJOB'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
-  _globals['_DEPLOYMENTSTATE']._serialized_start=1470
-  _globals['_DEPLOYMENTSTATE']._serialized_end=1704
-  _globals['_EXPLORATIONCONFIG']._serialized_start=170
-  _globals['_EXPLORATIONCONFIG']._serialized_end=259
-  _globals['_CAMPAIGN']._serialized_start=262
-  _globals['_CAMPAIGN']._serialized_end=632
-  _globals['_FILTER']._serialized_start=635
-  _globals['_FILTER']._serialized_end=835
-  _globals['_PREDICTEDITEM']._serialized_start=837
-  _globals['_PREDICTEDITEM']._serialized_end=958
-  _globals['_BATCHINFERENCEJOB']._serialized_start=961
-  _globals['_BATCHINFERENCEJOB']._serialized_end=1467
-  _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._serialized_start=1416
-  _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._serialized_end=1467
+  _globals['_BATCHINFERENCEJOB']._loaded_options = None
+  _globals['_BATCHINFERENCEJOB']._serialized_options = b'\352Ap\n\035foretell.io/BatchInferenceJob\022(batchInferenceJobs/{batch_inference_job}*\022batchInferenceJobs2\021batchInferenceJob'
+  _globals['_DEPLOYMENTSTATE']._serialized_start=1862
+  _globals['_DEPLOYMENTSTATE']._serialized_end=2096
+  _globals['_EXPLORATIONCONFIG']._serialized_start=197
+  _globals['_EXPLORATIONCONFIG']._serialized_end=286
+  _globals['_CAMPAIGN']._serialized_start=289
+  _globals['_CAMPAIGN']._serialized_end=761
+  _globals['_FILTER']._serialized_start=764
+  _globals['_FILTER']._serialized_end=1053
+  _globals['_PREDICTEDITEM']._serialized_start=1055
+  _globals['_PREDICTEDITEM']._serialized_end=1176
+  _globals['_BATCHINFERENCEJOB']._serialized_start=1179
+  _globals['_BATCHINFERENCEJOB']._serialized_end=1859
+  _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._serialized_start=1691
+  _globals['_BATCHINFERENCEJOB_FILTERVALUESENTRY']._serialized_end=1742
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66oretell/v1/training.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"Q\n\x15IntegerParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tmin_value\x18\x02 \x01(\x03\x12\x11\n\tmax_value\x18\x03 \x01(\x03\"g\n\x18\x43ontinuousParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tmin_value\x18\x02 \x01(\x01\x12\x11\n\tmax_value\x18\x03 \x01(\x01\x12\x11\n\tlog_scale\x18\x04 \x01(\x08\"?\n\x19\x43\x61tegoricalParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xcc\x02\n\tHpoConfig\x12\x18\n\x10objective_metric\x18\x01 \x01(\t\x12\x32\n\x0eobjective_type\x18\x02 \x01(\x0e\x32\x1a.foretell.v1.ObjectiveType\x12\x12\n\nmax_trials\x18\x03 \x01(\x05\x12\x1b\n\x13max_parallel_trials\x18\x04 \x01(\x05\x12:\n\x0einteger_ranges\x18\x05 \x03(\x0b\x32\".foretell.v1.IntegerParameterRange\x12@\n\x11\x63ontinuous_ranges\x18\x06 \x03(\x0b\x32%.foretell.v1.ContinuousParameterRange\x12\x42\n\x12\x63\x61tegorical_ranges\x18\x07 \x03(\x0b\x32&.foretell.v1.CategoricalParameterRange\"\xb9\x03\n\x08Solution\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\rdataset_group\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06recipe\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x10hyper_parameters\x18\x04 \x03(\x0b\x32*.foretell.v1.Solution.HyperParametersEntry\x12\x13\n\x0bperform_hpo\x18\x05 \x01(\x08\x12*\n\nhpo_config\x18\x06 \x01(\x0b\x32\x16.foretell.v1.HpoConfig\x12\x12\n\nevent_type\x18\x07 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12%\n\x17latest_solution_version\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x1a\x36\n\x14HyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x04\n\x0fSolutionVersion\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x30\n\rtraining_mode\x18\x02 \x01(\x0e\x32\x19.foretell.v1.TrainingMode\x12/\n\x05state\x18\x03 \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\"\n\x14\x64\x61taset_snapshot_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\\\n\x16tuned_hyper_parameters\x18\x06 \x03(\x0b\x32\x36.foretell.v1.SolutionVersion.TunedHyperParametersEntryB\x04\xe2\x41\x01\x03\x12:\n\x11training_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x1a;\n\x19TunedHyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x11RankingMetricsAtK\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0c\n\x04ndcg\x18\x04 \x01(\x01\"\x96\x02\n\x0fSolutionMetrics\x12\x18\n\x10solution_version\x18\x01 \x01(\t\x12,\n\x04\x61t_k\x18\x02 \x03(\x0b\x32\x1e.foretell.v1.RankingMetricsAtK\x12\x1c\n\x14mean_reciprocal_rank\x18\x03 \x01(\x01\x12\x18\n\x10\x63\x61talog_coverage\x18\x04 \x01(\x01\x12\x17\n\x0f\x65valuated_users\x18\x05 \x01(\x03\x12:\n\x07metrics\x18\x06 \x03(\x0b\x32).foretell.v1.SolutionMetrics.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Y\n\nFillPolicy\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06method\x18\x02 \x01(\x0e\x32\x17.foretell.v1.FillMethod\x12\r\n\x05value\x18\x03 \x01(\x01\"x\n\x0c\x41utoMlConfig\x12\x1c\n\x14\x63\x61ndidate_algorithms\x18\x01 \x03(\t\x12\x38\n\x13optimization_metric\x18\x02 \x01(\x0e\x32\x1b.foretell.v1.AccuracyMetric\x12\x10\n\x08\x65nsemble\x18\x03 \x01(\x08\"\xda\x06\n\tPredictor\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\rdataset_group\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x16\n\x0eperform_automl\x18\x04 \x01(\x08\x12\x30\n\rautoml_config\x18\x05 \x01(\x0b\x32\x19.foretell.v1.AutoMlConfig\x12\x1e\n\x10\x66orecast_horizon\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12 \n\x12\x66orecast_frequency\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x12\x66orecast_quantiles\x18\x08 \x03(\x01\x12\x1b\n\x13\x66orecast_dimensions\x18\t \x03(\t\x12\x18\n\x10\x62\x61\x63ktest_windows\x18\n \x01(\x05\x12\x1e\n\x16\x62\x61\x63ktest_window_offset\x18\x0b \x01(\x05\x12.\n\rfill_policies\x18\x0c \x03(\x0b\x32\x17.foretell.v1.FillPolicy\x12\x45\n\x10hyper_parameters\x18\r \x03(\x0b\x32+.foretell.v1.Predictor.HyperParametersEntry\x12/\n\x05state\x18\x0e \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\"\n\x14\x64\x61taset_snapshot_uri\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12:\n\x11training_duration\x18\x12 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x1a\x36\n\x14HyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x14WeightedQuantileLoss\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0c\n\x04loss\x18\x02 \x01(\x01\"\xc2\x01\n\x0c\x45rrorMetrics\x12\x43\n\x18weighted_quantile_losses\x18\x01 \x03(\x0b\x32!.foretell.v1.WeightedQuantileLoss\x12&\n\x1e\x61verage_weighted_quantile_loss\x18\x02 \x01(\x01\x12\x0c\n\x04wape\x18\x03 \x01(\x01\x12\x0c\n\x04rmse\x18\x04 \x01(\x01\x12\x0c\n\x04mape\x18\x05 \x01(\x01\x12\x0c\n\x04mase\x18\x06 \x01(\x01\x12\r\n\x05smape\x18\x07 \x01(\x01\"\x99\x01\n\rWindowMetrics\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07metrics\x18\x03 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\"\x7f\n\x11\x41lgorithmAccuracy\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12+\n\x07windows\x18\x02 \x03(\x0b\x32\x1a.foretell.v1.WindowMetrics\x12*\n\x07overall\x18\x03 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\"\xd0\x01\n\x0cItemAccuracy\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12=\n\ndimensions\x18\x02 \x03(\x0b\x32).foretell.v1.ItemAccuracy.DimensionsEntry\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12*\n\x07metrics\x18\x04 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x02\n\x08\x46orecast\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\tpredictor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12/\n\x05state\x18\x04 \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cseries_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\n \x01(\tB\x04\xe2\x41\x01\x03*_\n\x0cTrainingMode\x12\x1d\n\x19TRAINING_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAINING_MODE_FULL\x10\x01\x12\x18\n\x14TRAINING_MODE_UPDATE\x10\x02*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05*i\n\rObjectiveType\x12\x1e\n\x1aOBJECTIVE_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OBJECTIVE_TYPE_MAXIMIZE\x10\x01\x12\x1b\n\x17OBJECTIVE_TYPE_MINIMIZE\x10\x02*\xb3\x01\n\nFillMethod\x12\x1b\n\x17\x46ILL_METHOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46ILL_METHOD_ZERO\x10\x01\x12\x15\n\x11\x46ILL_METHOD_VALUE\x10\x02\x12\x14\n\x10\x46ILL_METHOD_MEAN\x10\x03\x12\x16\n\x12\x46ILL_METHOD_MEDIAN\x10\x04\x12\x18\n\x14\x46ILL_METHOD_PREVIOUS\x10\x05\x12\x13\n\x0f\x46ILL_METHOD_NAN\x10\x06*\xd5\x01\n\x0e\x41\x63\x63uracyMetric\x12\x1f\n\x1b\x41\x43\x43URACY_METRIC_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43\x43URACY_METRIC_AVERAGE_WQL\x10\x01\x12\x18\n\x14\x41\x43\x43URACY_METRIC_WAPE\x10\x02\x12\x18\n\x14\x41\x43\x43URACY_METRIC_RMSE\x10\x03\x12\x18\n\x14\x41\x43\x43URACY_METRIC_MAPE\x10\x04\x12\x18\n\x14\x41\x43\x43URACY_METRIC_MASE\x10\x05\x12\x19\n\x15\x41\x43\x43URACY_METRIC_SMAPE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66oretell/v1/training.proto\x12\x0b\x66oretell.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"Q\n\x15IntegerParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tmin_value\x18\x02 \x01(\x03\x12\x11\n\tmax_value\x18\x03 \x01(\x03\"g\n\x18\x43ontinuousParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tmin_value\x18\x02 \x01(\x01\x12\x11\n\tmax_value\x18\x03 \x01(\x01\x12\x11\n\tlog_scale\x18\x04 \x01(\x08\"?\n\x19\x43\x61tegoricalParameterRange\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xcc\x02\n\tHpoConfig\x12\x18\n\x10objective_metric\x18\x01 \x01(\t\x12\x32\n\x0eobjective_type\x18\x02 \x01(\x0e\x32\x1a.foretell.v1.ObjectiveType\x12\x12\n\nmax_trials\x18\x03 \x01(\x05\x12\x1b\n\x13max_parallel_trials\x18\x04 \x01(\x05\x12:\n\x0einteger_ranges\x18\x05 \x03(\x0b\x32\".foretell.v1.IntegerParameterRange\x12@\n\x11\x63ontinuous_ranges\x18\x06 \x03(\x0b\x32%.foretell.v1.ContinuousParameterRange\x12\x42\n\x12\x63\x61tegorical_ranges\x18\x07 \x03(\x0b\x32&.foretell.v1.CategoricalParameterRange\"\xbc\x04\n\x08Solution\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x38\n\rdataset_group\x18\x02 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x66oretell.io/DatasetGroup\x12\x14\n\x06recipe\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x10hyper_parameters\x18\x04 \x03(\x0b\x32*.foretell.v1.Solution.HyperParametersEntry\x12\x13\n\x0bperform_hpo\x18\x05 \x01(\x08\x12*\n\nhpo_config\x18\x06 \x01(\x0b\x32\x16.foretell.v1.HpoConfig\x12\x12\n\nevent_type\x18\x07 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x45\n\x17latest_solution_version\x18\n \x01(\tB$\xe2\x41\x01\x03\xfa\x41\x1d\n\x1b\x66oretell.io/SolutionVersion\x1a\x36\n\x14HyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:D\xea\x41\x41\n\x14\x66oretell.io/Solution\x12\x14solutions/{solution}*\tsolutions2\x08solution\"\xbd\x05\n\x0fSolutionVersion\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x30\n\rtraining_mode\x18\x02 \x01(\x0e\x32\x19.foretell.v1.TrainingMode\x12/\n\x05state\x18\x03 \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\"\n\x14\x64\x61taset_snapshot_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\\\n\x16tuned_hyper_parameters\x18\x06 \x03(\x0b\x32\x36.foretell.v1.SolutionVersion.TunedHyperParametersEntryB\x04\xe2\x41\x01\x03\x12:\n\x11training_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x1a;\n\x19TunedHyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:l\xea\x41i\n\x1b\x66oretell.io/SolutionVersion\x12\'solutions/{solution}/versions/{version}*\x10solutionVersions2\x0fsolutionVersion\"O\n\x11RankingMetricsAtK\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0c\n\x04ndcg\x18\x04 \x01(\x01\"\xb8\x02\n\x0fSolutionMetrics\x12:\n\x10solution_version\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1b\x66oretell.io/SolutionVersion\x12,\n\x04\x61t_k\x18\x02 \x03(\x0b\x32\x1e.foretell.v1.RankingMetricsAtK\x12\x1c\n\x14mean_reciprocal_rank\x18\x03 \x01(\x01\x12\x18\n\x10\x63\x61talog_coverage\x18\x04 \x01(\x01\x12\x17\n\x0f\x65valuated_users\x18\x05 \x01(\x03\x12:\n\x07metrics\x18\x06 \x03(\x0b\x32).foretell.v1.SolutionMetrics.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Y\n\nFillPolicy\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06method\x18\x02 \x01(\x0e\x32\x17.foretell.v1.FillMethod\x12\r\n\x05value\x18\x03 \x01(\x01\"x\n\x0c\x41utoMlConfig\x12\x1c\n\x14\x63\x61ndidate_algorithms\x18\x01 \x03(\t\x12\x38\n\x13optimization_metric\x18\x02 \x01(\x0e\x32\x1b.foretell.v1.AccuracyMetric\x12\x10\n\x08\x65nsemble\x18\x03 \x01(\x08\"\xc2\x07\n\tPredictor\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x38\n\rdataset_group\x18\x02 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x66oretell.io/DatasetGroup\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x16\n\x0eperform_automl\x18\x04 \x01(\x08\x12\x30\n\rautoml_config\x18\x05 \x01(\x0b\x32\x19.foretell.v1.AutoMlConfig\x12\x1e\n\x10\x66orecast_horizon\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12 \n\x12\x66orecast_frequency\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x12\x66orecast_quantiles\x18\x08 \x03(\x01\x12\x1b\n\x13\x66orecast_dimensions\x18\t \x03(\t\x12\x18\n\x10\x62\x61\x63ktest_windows\x18\n \x01(\x05\x12\x1e\n\x16\x62\x61\x63ktest_window_offset\x18\x0b \x01(\x05\x12.\n\rfill_policies\x18\x0c \x03(\x0b\x32\x17.foretell.v1.FillPolicy\x12\x45\n\x10hyper_parameters\x18\r \x03(\x0b\x32+.foretell.v1.Predictor.HyperParametersEntry\x12/\n\x05state\x18\x0e \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\"\n\x14\x64\x61taset_snapshot_uri\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12:\n\x11training_duration\x18\x12 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x1a\x36\n\x14HyperParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:I\xea\x41\x46\n\x15\x66oretell.io/Predictor\x12\x16predictors/{predictor}*\npredictors2\tpredictor\"6\n\x14WeightedQuantileLoss\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\x0c\n\x04loss\x18\x02 \x01(\x01\"\xc2\x01\n\x0c\x45rrorMetrics\x12\x43\n\x18weighted_quantile_losses\x18\x01 \x03(\x0b\x32!.foretell.v1.WeightedQuantileLoss\x12&\n\x1e\x61verage_weighted_quantile_loss\x18\x02 \x01(\x01\x12\x0c\n\x04wape\x18\x03 \x01(\x01\x12\x0c\n\x04rmse\x18\x04 \x01(\x01\x12\x0c\n\x04mape\x18\x05 \x01(\x01\x12\x0c\n\x04mase\x18\x06 \x01(\x01\x12\r\n\x05smape\x18\x07 \x01(\x01\"\x99\x01\n\rWindowMetrics\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07metrics\x18\x03 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\"\x7f\n\x11\x41lgorithmAccuracy\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12+\n\x07windows\x18\x02 \x03(\x0b\x32\x1a.foretell.v1.WindowMetrics\x12*\n\x07overall\x18\x03 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\"\xd0\x01\n\x0cItemAccuracy\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12=\n\ndimensions\x18\x02 \x03(\x0b\x32).foretell.v1.ItemAccuracy.DimensionsEntry\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12*\n\x07metrics\x18\x04 \x01(\x0b\x32\x19.foretell.v1.ErrorMetrics\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x03\n\x08\x46orecast\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\tpredictor\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x66oretell.io/Predictor\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12/\n\x05state\x18\x04 \x01(\x0e\x32\x1a.foretell.v1.TrainingStateB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x61rtifact_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cseries_count\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\toperation\x18\n \x01(\tB\x04\xe2\x41\x01\x03:D\xea\x41\x41\n\x14\x66oretell.io/Forecast\x12\x14\x66orecasts/{forecast}*\tforecasts2\x08\x66orecast*_\n\x0cTrainingMode\x12\x1d\n\x19TRAINING_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAINING_MODE_FULL\x10\x01\x12\x18\n\x14TRAINING_MODE_UPDATE\x10\x02*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05*i\n\rObjectiveType\x12\x1e\n\x1aOBJECTIVE_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OBJECTIVE_TYPE_MAXIMIZE\x10\x01\x12\x1b\n\x17OBJECTIVE_TYPE_MINIMIZE\x10\x02*\xb3\x01\n\nFillMethod\x12\x1b\n\x17\x46ILL_METHOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46ILL_METHOD_ZERO\x10\x01\x12\x15\n\x11\x46ILL_METHOD_VALUE\x10\x02\x12\x14\n\x10\x46ILL_METHOD_MEAN\x10\x03\x12\x16\n\x12\x46ILL_METHOD_MEDIAN\x10\x04\x12\x18\n\x14\x46ILL_METHOD_PREVIOUS\x10\x05\x12\x13\n\x0f\x46ILL_METHOD_NAN\x10\x06*\xd5\x01\n\x0e\x41\x63\x63uracyMetric\x12\x1f\n\x1b\x41\x43\x43URACY_METRIC_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43\x43URACY_METRIC_AVERAGE_WQL\x10\x01\x12\x18\n\x14\x41\x43\x43URACY_METRIC_WAPE\x10\x02\x12\x18\n\x14\x41\x43\x43URACY_METRIC_RMSE\x10\x03\x12\x18\n\x14\x41\x43\x43URACY_METRIC_MAPE\x10\x04\x12\x18\n\x14\x41\x43\x43URACY_METRIC_MASE\x10\x05\x12\x19\n\x15\x41\x43\x43URACY_METRIC_SMAPE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,7 +47,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOLUTION'].fields_by_name['name']._loaded_options = None
   _globals['_SOLUTION'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_SOLUTION'].fields_by_name['dataset_group']._loaded_options = None
-  _globals['_SOLUTION'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002'
+  _globals['_SOLUTION'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002\372A\032\n\030foretell.io/DatasetGroup'
   _globals['_SOLUTION'].fields_by_name['recipe']._loaded_options = None
   _globals['_SOLUTION'].fields_by_name['recipe']._serialized_options = b'\342A\001\002'
   _globals['_SOLUTION'].fields_by_name['create_time']._loaded_options = None
@@ -54,7 +55,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOLUTION'].fields_by_name['update_time']._loaded_options = None
   _globals['_SOLUTION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_SOLUTION'].fields_by_name['latest_solution_version']._loaded_options = None
-  _globals['_SOLUTION'].fields_by_name['latest_solution_version']._serialized_options = b'\342A\001\003'
+  _globals['_SOLUTION'].fields_by_name['latest_solution_version']._serialized_options = b'\342A\001\003\372A\035\n\033foretell.io/SolutionVersion'
+  _globals['_SOLUTION']._loaded_options = None
+  _globals['_SOLUTION']._serialized_options = b'\352AA\n\024foretell.io/Solution\022\024solutions/{solution}*\tsolutions2\010solution'
   _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._loaded_options = None
   _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_SOLUTIONVERSION'].fields_by_name['name']._loaded_options = None
@@ -77,8 +80,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOLUTIONVERSION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_SOLUTIONVERSION'].fields_by_name['operation']._loaded_options = None
   _globals['_SOLUTIONVERSION'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
+  _globals['_SOLUTIONVERSION']._loaded_options = None
+  _globals['_SOLUTIONVERSION']._serialized_options = b'\352Ai\n\033foretell.io/SolutionVersion\022\'solutions/{solution}/versions/{version}*\020solutionVersions2\017solutionVersion'
   _globals['_SOLUTIONMETRICS_METRICSENTRY']._loaded_options = None
   _globals['_SOLUTIONMETRICS_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_SOLUTIONMETRICS'].fields_by_name['solution_version']._loaded_options = None
+  _globals['_SOLUTIONMETRICS'].fields_by_name['solution_version']._serialized_options = b'\372A\035\n\033foretell.io/SolutionVersion'
   _globals['_FILLPOLICY'].fields_by_name['field']._loaded_options = None
   _globals['_FILLPOLICY'].fields_by_name['field']._serialized_options = b'\342A\001\002'
   _globals['_PREDICTOR_HYPERPARAMETERSENTRY']._loaded_options = None
@@ -86,7 +93,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTOR'].fields_by_name['name']._loaded_options = None
   _globals['_PREDICTOR'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_PREDICTOR'].fields_by_name['dataset_group']._loaded_options = None
-  _globals['_PREDICTOR'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002'
+  _globals['_PREDICTOR'].fields_by_name['dataset_group']._serialized_options = b'\342A\001\002\372A\032\n\030foretell.io/DatasetGroup'
   _globals['_PREDICTOR'].fields_by_name['forecast_horizon']._loaded_options = None
   _globals['_PREDICTOR'].fields_by_name['forecast_horizon']._serialized_options = b'\342A\001\002'
   _globals['_PREDICTOR'].fields_by_name['forecast_frequency']._loaded_options = None
@@ -107,12 +114,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTOR'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_PREDICTOR'].fields_by_name['operation']._loaded_options = None
   _globals['_PREDICTOR'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
+  _globals['_PREDICTOR']._loaded_options = None
+  _globals['_PREDICTOR']._serialized_options = b'\352AF\n\025foretell.io/Predictor\022\026predictors/{predictor}*\npredictors2\tpredictor'
   _globals['_ITEMACCURACY_DIMENSIONSENTRY']._loaded_options = None
   _globals['_ITEMACCURACY_DIMENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_FORECAST'].fields_by_name['name']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_FORECAST'].fields_by_name['predictor']._loaded_options = None
-  _globals['_FORECAST'].fields_by_name['predictor']._serialized_options = b'\342A\001\002'
+  _globals['_FORECAST'].fields_by_name['predictor']._serialized_options = b'\342A\001\002\372A\027\n\025foretell.io/Predictor'
   _globals['_FORECAST'].fields_by_name['state']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_FORECAST'].fields_by_name['artifact_uri']._loaded_options = None
@@ -127,58 +136,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORECAST'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_FORECAST'].fields_by_name['operation']._loaded_options = None
   _globals['_FORECAST'].fields_by_name['operation']._serialized_options = b'\342A\001\003'
-  _globals['_TRAININGMODE']._serialized_start=4335
-  _globals['_TRAININGMODE']._serialized_end=4430
-  _globals['_TRAININGSTATE']._serialized_start=4433
-  _globals['_TRAININGSTATE']._serialized_end=4623
-  _globals['_OBJECTIVETYPE']._serialized_start=4625
-  _globals['_OBJECTIVETYPE']._serialized_end=4730
-  _globals['_FILLMETHOD']._serialized_start=4733
-  _globals['_FILLMETHOD']._serialized_end=4912
-  _globals['_ACCURACYMETRIC']._serialized_start=4915
-  _globals['_ACCURACYMETRIC']._serialized_end=5128
-  _globals['_INTEGERPARAMETERRANGE']._serialized_start=166
-  _globals['_INTEGERPARAMETERRANGE']._serialized_end=247
-  _globals['_CONTINUOUSPARAMETERRANGE']._serialized_start=249
-  _globals['_CONTINUOUSPARAMETERRANGE']._serialized_end=352
-  _globals['_CATEGORICALPARAMETERRANGE']._serialized_start=354
-  _globals['_CATEGORICALPARAMETERRANGE']._serialized_end=417
-  _globals['_HPOCONFIG']._serialized_start=420
-  _globals['_HPOCONFIG']._serialized_end=752
-  _globals['_SOLUTION']._serialized_start=755
-  _globals['_SOLUTION']._serialized_end=1196
-  _globals['_SOLUTION_HYPERPARAMETERSENTRY']._serialized_start=1142
-  _globals['_SOLUTION_HYPERPARAMETERSENTRY']._serialized_end=1196
-  _globals['_SOLUTIONVERSION']._serialized_start=1199
-  _globals['_SOLUTIONVERSION']._serialized_end=1790
-  _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._serialized_start=1731
-  _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._serialized_end=1790
-  _globals['_RANKINGMETRICSATK']._serialized_start=1792
-  _globals['_RANKINGMETRICSATK']._serialized_end=1871
-  _globals['_SOLUTIONMETRICS']._serialized_start=1874
-  _globals['_SOLUTIONMETRICS']._serialized_end=2152
-  _globals['_SOLUTIONMETRICS_METRICSENTRY']._serialized_start=2106
-  _globals['_SOLUTIONMETRICS_METRICSENTRY']._serialized_end=2152
-  _globals['_FILLPOLICY']._serialized_start=2154
-  _globals['_FILLPOLICY']._serialized_end=2243
-  _globals['_AUTOMLCONFIG']._serialized_start=2245
-  _globals['_AUTOMLCONFIG']._serialized_end=2365
-  _globals['_PREDICTOR']._serialized_start=2368
-  _globals['_PREDICTOR']._serialized_end=3226
-  _globals['_PREDICTOR_HYPERPARAMETERSENTRY']._serialized_start=1142
-  _globals['_PREDICTOR_HYPERPARAMETERSENTRY']._serialized_end=1196
-  _globals['_WEIGHTEDQUANTILELOSS']._serialized_start=3228
-  _globals['_WEIGHTEDQUANTILELOSS']._serialized_end=3282
-  _globals['_ERRORMETRICS']._serialized_start=3285
-  _globals['_ERRORMETRICS']._serialized_end=3479
-  _globals['_WINDOWMETRICS']._serialized_start=3482
-  _globals['_WINDOWMETRICS']._serialized_end=3635
-  _globals['_ALGORITHMACCURACY']._serialized_start=3637
-  _globals['_ALGORITHMACCURACY']._serialized_end=3764
-  _globals['_ITEMACCURACY']._serialized_start=3767
-  _globals['_ITEMACCURACY']._serialized_end=3975
-  _globals['_ITEMACCURACY_DIMENSIONSENTRY']._serialized_start=3926
-  _globals['_ITEMACCURACY_DIMENSIONSENTRY']._serialized_end=3975
-  _globals['_FORECAST']._serialized_start=3978
-  _globals['_FORECAST']._serialized_end=4333
+  _globals['_FORECAST']._loaded_options = None
+  _globals['_FORECAST']._serialized_options = b'\352AA\n\024foretell.io/Forecast\022\024forecasts/{forecast}*\tforecasts2\010forecast'
+  _globals['_TRAININGMODE']._serialized_start=4837
+  _globals['_TRAININGMODE']._serialized_end=4932
+  _globals['_TRAININGSTATE']._serialized_start=4935
+  _globals['_TRAININGSTATE']._serialized_end=5125
+  _globals['_OBJECTIVETYPE']._serialized_start=5127
+  _globals['_OBJECTIVETYPE']._serialized_end=5232
+  _globals['_FILLMETHOD']._serialized_start=5235
+  _globals['_FILLMETHOD']._serialized_end=5414
+  _globals['_ACCURACYMETRIC']._serialized_start=5417
+  _globals['_ACCURACYMETRIC']._serialized_end=5630
+  _globals['_INTEGERPARAMETERRANGE']._serialized_start=193
+  _globals['_INTEGERPARAMETERRANGE']._serialized_end=274
+  _globals['_CONTINUOUSPARAMETERRANGE']._serialized_start=276
+  _globals['_CONTINUOUSPARAMETERRANGE']._serialized_end=379
+  _globals['_CATEGORICALPARAMETERRANGE']._serialized_start=381
+  _globals['_CATEGORICALPARAMETERRANGE']._serialized_end=444
+  _globals['_HPOCONFIG']._serialized_start=447
+  _globals['_HPOCONFIG']._serialized_end=779
+  _globals['_SOLUTION']._serialized_start=782
+  _globals['_SOLUTION']._serialized_end=1354
+  _globals['_SOLUTION_HYPERPARAMETERSENTRY']._serialized_start=1230
+  _globals['_SOLUTION_HYPERPARAMETERSENTRY']._serialized_end=1284
+  _globals['_SOLUTIONVERSION']._serialized_start=1357
+  _globals['_SOLUTIONVERSION']._serialized_end=2058
+  _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._serialized_start=1889
+  _globals['_SOLUTIONVERSION_TUNEDHYPERPARAMETERSENTRY']._serialized_end=1948
+  _globals['_RANKINGMETRICSATK']._serialized_start=2060
+  _globals['_RANKINGMETRICSATK']._serialized_end=2139
+  _globals['_SOLUTIONMETRICS']._serialized_start=2142
+  _globals['_SOLUTIONMETRICS']._serialized_end=2454
+  _globals['_SOLUTIONMETRICS_METRICSENTRY']._serialized_start=2408
+  _globals['_SOLUTIONMETRICS_METRICSENTRY']._serialized_end=2454
+  _globals['_FILLPOLICY']._serialized_start=2456
+  _globals['_FILLPOLICY']._serialized_end=2545
+  _globals['_AUTOMLCONFIG']._serialized_start=2547
+  _globals['_AUTOMLCONFIG']._serialized_end=2667
+  _globals['_PREDICTOR']._serialized_start=2670
+  _globals['_PREDICTOR']._serialized_end=3632
+  _globals['_PREDICTOR_HYPERPARAMETERSENTRY']._serialized_start=1230
+  _globals['_PREDICTOR_HYPERPARAMETERSENTRY']._serialized_end=1284
+  _globals['_WEIGHTEDQUANTILELOSS']._serialized_start=3634
+  _globals['_WEIGHTEDQUANTILELOSS']._serialized_end=3688
+  _globals['_ERRORMETRICS']._serialized_start=3691
+  _globals['_ERRORMETRICS']._serialized_end=3885
+  _globals['_WINDOWMETRICS']._serialized_start=3888
+  _globals['_WINDOWMETRICS']._serialized_end=4041
+  _globals['_ALGORITHMACCURACY']._serialized_start=4043
+  _globals['_ALGORITHMACCURACY']._serialized_end=4170
+  _globals['_ITEMACCURACY']._serialized_start=4173
+  _globals['_ITEMACCURACY']._serialized_end=4381
+  _globals['_ITEMACCURACY_DIMENSIONSENTRY']._serialized_start=4332
+  _globals['_ITEMACCURACY_DIMENSIONSENTRY']._serialized_end=4381
+  _globals['_FORECAST']._serialized_start=4384
+  _globals['_FORECAST']._serialized_end=4835
 # @@protoc_insertion_point(module_scope)
