@@ -8,9 +8,12 @@ import io
 import math
 import pkgutil
 import random
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -55,6 +58,28 @@ def start_stubs(settings: Settings) -> Stubs:
         training_service_pb2_grpc.TrainingServiceStub(channel),
         recommendation_service_pb2_grpc.RecommendationServiceStub(channel),
     )
+
+
+def stopped(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """SIGTERM, then the exit code; a process still running after `timeout` fails the test with its output (a stop
+    that overruns its grace dumps its threads' stacks there, runtime/main.py)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:  # whether SIGTERM is pending, blocked, ignored or caught, and what the process is doing
+            status = [
+                line
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                if line.startswith(("Sig", "ShdPnd", "State", "Threads"))
+            ]
+        except OSError:
+            status = []
+        proc.kill()
+        output = proc.communicate()[0] or ""
+        raise AssertionError(
+            f"still running {timeout:.0f} s after SIGTERM ({status}); its output:\n{output[-20_000:]}"
+        ) from None
 
 
 # ---- synthetic data -------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from foretell.cli.main import cli
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 
-from support import Stubs, interactions_csv, make_recommendation_group
+from support import Stubs, interactions_csv, make_recommendation_group, stopped
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -226,8 +225,7 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         assert port
         result = invoke("--target", f"127.0.0.1:{port}", "dataset-group", "list")
         assert result.exit_code == 0 and "no dataset groups" in result.stdout
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        assert stopped(process) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from foretell.v1 import training_service_pb2, training_service_pb2_grpc
+
+from support import stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +44,29 @@ def start(module: str, data_dir: Path) -> tuple[subprocess.Popen[str], int]:
         if entry["message"] == "serving":
             return proc, int(entry["port"])
     raise AssertionError(f"{module} exited with {proc.wait()} before serving")
+
+
+# SYS_tgkill, the one call that sends a signal to one thread of another process.
+TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or TGKILL is None, reason="tgkill is Linux's (x86-64, arm64)")
+def test_sigterm_delivered_to_any_thread_stops_the_server(tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads; Python runs the handler in the main thread only
+    once that thread wakes, which a plain Event.wait() never did: the server ran on until killed."""
+    proc, _ = start("foretell.dataset", tmp_path)
+    try:
+        threads = [int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir() if int(t.name) != proc.pid]
+        assert threads, "a serving process runs more threads than its main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(TGKILL, proc.pid, threads[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stdout is not None
+    assert '"shutting down"' in proc.stdout.read()
 
 
 def services_of(channel: grpc.Channel) -> set[str]:
@@ -69,8 +95,7 @@ def test_service_runs_alone(module: str, service: str, tmp_path: Path) -> None:
             assert service in found and "grpc.health.v1.Health" in found
             assert not {"foretell.v1.DatasetService", "foretell.v1.TrainingService"} - {service} <= found
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert stopped(proc) == 0
 
 
 def test_the_training_service_alone_serves_predictors(tmp_path: Path) -> None:
@@ -84,8 +109,7 @@ def test_the_training_service_alone_serves_predictors(tmp_path: Path) -> None:
             listed = stub.ListPredictors(training_service_pb2.ListPredictorsRequest(), timeout=5)
             assert not listed.predictors
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        stopped(proc)
 
 
 @pytest.mark.slow
@@ -176,8 +200,7 @@ def test_a_worker_outlives_a_crashed_server_and_the_restarted_server_takes_it_ba
             assert after.error.code == grpc.StatusCode.CANCELLED.value[0]
             assert not _running(worker)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        stopped(proc)
 
 
 def _stubs(channel: grpc.Channel) -> tuple[object, ...]:
