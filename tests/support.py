@@ -256,3 +256,28 @@ def rpc_methods() -> dict[str, MethodDescriptor]:
         for service in file.services_by_name.values()
         for method in service.methods
     }
+
+
+def make_forecast(stubs: Stubs, group: str, predictor_id: str, forecast_id: str) -> tuple[str, str]:
+    """A seasonal-naive daily predictor (horizon 7) on forecasting group `group`, then its forecast: their names."""
+    from foretell.v1 import training_pb2
+    from foretell.v1 import training_service_pb2 as tapi
+
+    predictor = stubs.training.CreatePredictor(
+        tapi.CreatePredictorRequest(
+            predictor_id=predictor_id,
+            predictor=training_pb2.Predictor(
+                dataset_group=group, algorithm="seasonal-naive", forecast_horizon=7, forecast_frequency="D"
+            ),
+        ),
+        timeout=10,
+    )
+    assert not stubs.wait(predictor, timeout=180).HasField("error")
+    forecast = stubs.training.CreateForecast(
+        tapi.CreateForecastRequest(
+            forecast_id=forecast_id, forecast=training_pb2.Forecast(predictor=f"predictors/{predictor_id}")
+        ),
+        timeout=10,
+    )
+    assert not stubs.wait(forecast, timeout=180).HasField("error")
+    return f"predictors/{predictor_id}", f"forecasts/{forecast_id}"

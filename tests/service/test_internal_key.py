@@ -43,12 +43,12 @@ from foretell.v1 import (
 )
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
-from foretell.v1 import training_service_pb2 as tapi
 
 from support import (
     Stubs,
     daily_csv,
     interactions_csv,
+    make_forecast,
     make_forecasting_group,
     make_recommendation_group,
     rpc_methods,
@@ -346,23 +346,7 @@ def test_services_apart_call_exactly_the_allowlist_and_never_show_the_internal_k
         assert rec.get_recommendations(campaign.name, user_id="u1", num_results=3).item_list
         sales = make_forecasting_group(data_stubs, "sales-a", daily_csv(items=2, days=40))
         train_stubs = _stubs(train, apps[1])
-        predictor = train.training.CreatePredictor(
-            tapi.CreatePredictorRequest(
-                predictor_id="naive-a",
-                predictor=training_pb2.Predictor(
-                    dataset_group=sales, algorithm="seasonal-naive", forecast_horizon=7, forecast_frequency="D"
-                ),
-            ),
-            timeout=10,
-        )
-        assert not train_stubs.wait(predictor, timeout=180).HasField("error")
-        forecast = train.training.CreateForecast(
-            tapi.CreateForecastRequest(
-                forecast_id="next-a", forecast=training_pb2.Forecast(predictor="predictors/naive-a")
-            ),
-            timeout=10,
-        )
-        assert not train_stubs.wait(forecast, timeout=180).HasField("error")
+        make_forecast(train_stubs, sales, "naive-a", "next-a")
         with Client(query, api_key=KEY_A, timeout=30) as asker:
             answer = forecast_query_service_pb2_grpc.ForecastQueryServiceStub(asker.channel).QueryForecast(
                 forecast_query_service_pb2.QueryForecastRequest(forecast="forecasts/next-a", item_id="item0"),

@@ -51,6 +51,7 @@ from support import (
     Stubs,
     daily_csv,
     interactions_csv,
+    make_forecast,
     make_forecasting_group,
     make_recommendation_group,
     rpc_methods,
@@ -371,23 +372,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
             timeout=10,
         )
         sales = make_forecasting_group(stubs, "sales-a", daily_csv(items=3, days=60))
-        predictor_op = a.training.CreatePredictor(
-            tapi.CreatePredictorRequest(
-                predictor_id="naive-a",
-                predictor=training_pb2.Predictor(
-                    dataset_group=sales, algorithm="seasonal-naive", forecast_horizon=7, forecast_frequency="D"
-                ),
-            ),
-            timeout=10,
-        )
-        assert not stubs.wait(predictor_op, timeout=180).HasField("error")
-        forecast_op = a.training.CreateForecast(
-            tapi.CreateForecastRequest(
-                forecast_id="next-a", forecast=training_pb2.Forecast(predictor="predictors/naive-a")
-            ),
-            timeout=10,
-        )
-        assert not stubs.wait(forecast_op, timeout=180).HasField("error")
+        make_forecast(stubs, sales, "naive-a", "next-a")
         import_job = dpb.ImportJob()
         assert done.response.Unpack(import_job)
         exported = stubs.wait(

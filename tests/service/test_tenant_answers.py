@@ -40,7 +40,15 @@ from foretell.v1 import recommendation_service_pb2 as rapi
 from foretell.v1 import training_service_pb2 as tapi
 
 from errors import expect_error, violations_of
-from support import Stubs, daily_csv, interactions_csv, make_forecasting_group, make_recommendation_group, upload
+from support import (
+    Stubs,
+    daily_csv,
+    interactions_csv,
+    make_forecast,
+    make_forecasting_group,
+    make_recommendation_group,
+    upload,
+)
 
 KEY_A = "tenant-a-key-0123456789abcdef"
 KEY_B = "tenant-b-key-fedcba9876543210"
@@ -106,23 +114,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
             timeout=10,
         )
         sales = make_forecasting_group(stubs, "sales-a", daily_csv(items=2, days=40))
-        predictor = a.training.CreatePredictor(
-            tapi.CreatePredictorRequest(
-                predictor_id="naive-a",
-                predictor=training_pb2.Predictor(
-                    dataset_group=sales, algorithm="seasonal-naive", forecast_horizon=7, forecast_frequency="D"
-                ),
-            ),
-            timeout=10,
-        )
-        assert not stubs.wait(predictor, timeout=180).HasField("error")
-        forecast = a.training.CreateForecast(
-            tapi.CreateForecastRequest(
-                forecast_id="next-a", forecast=training_pb2.Forecast(predictor="predictors/naive-a")
-            ),
-            timeout=10,
-        )
-        assert not stubs.wait(forecast, timeout=180).HasField("error")
+        make_forecast(stubs, sales, "naive-a", "next-a")
         b_stubs = _stubs(b, app)
         b_group = make_recommendation_group(b_stubs, "shop-b")
         b_stubs.wait(upload(b_stubs, b_group.interactions, interactions_csv(20)))
