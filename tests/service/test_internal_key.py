@@ -193,6 +193,12 @@ def test_a_leaked_internal_key_lists_and_changes_nothing(server: tuple[str, Path
                 timeout=5,
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A relative path lands in the snapshot area, which no snapshot has made yet: refused, not INTERNAL.
+        with pytest.raises(grpc.RpcError) as info:
+            internal.datasets.ExportDataset(
+                dapi.ExportDatasetRequest(name=group.interactions, destination_uri="a/b.csv"), timeout=5
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
 
 
 # ---- a planted secret in a file that fails to import ---------------------------------------------------

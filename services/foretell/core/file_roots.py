@@ -70,7 +70,10 @@ class Place:
     @contextlib.contextmanager
     def _parent(self, make: bool = False) -> Iterator[int]:
         """A descriptor of the directory holding the file, reached without following any link below `base`."""
-        fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # an area's root not made yet (the snapshot area before the first snapshot)
+            raise self._refuse("names a directory that does not exist in your file area") from None
         try:
             for name in self.parts[:-1]:
                 try:
