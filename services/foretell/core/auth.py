@@ -161,24 +161,10 @@ def group_in_name(name: str) -> str | None:
     return "/".join(name.split("/", 2)[:2])
 
 
-def visible(group: str) -> bool:
-    """Whether a List* answer may show a resource of `group` to the caller."""
-    principal = current()
-    return principal is None or principal.may_access(group)
-
-
 def visible_groups() -> frozenset[str] | None:
     """The dataset groups whose resources List* queries may return to the caller; None: every group."""
     principal = current()
     return None if principal is None else principal.dataset_groups
-
-
-def visible_resource(name: str) -> bool:
-    try:
-        authorize_resource(name)
-    except (PermissionDenied, NotFound):
-        return False
-    return True
 
 
 def is_internal() -> bool:

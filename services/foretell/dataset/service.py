@@ -33,6 +33,7 @@ def add_dataset_service(
     settings: Settings,
     engine: Engine,
     operations: OperationStore,
+    tokens: PageTokens,
     before_stop: list[Callable[[], None]],
 ) -> Callable[[bool], None]:
     """Registers DatasetService and the internal EventFeedService; returns the function that stops its background jobs.
@@ -58,7 +59,7 @@ def add_dataset_service(
         settings.artifacts / "exports",
         settings.max_upload_bytes,
         bell,
-        PageTokens.of_database(engine),
+        tokens,
         FileRoots(settings),
     )
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)

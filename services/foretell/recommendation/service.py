@@ -39,7 +39,12 @@ def single_threaded_blas() -> None:
 
 
 def add_recommendation_service(
-    server: grpc.Server, settings: Settings, engine: Engine, operations: OperationStore, peers: Peers
+    server: grpc.Server,
+    settings: Settings,
+    engine: Engine,
+    operations: OperationStore,
+    tokens: PageTokens,
+    peers: Peers,
 ) -> Callable[[bool], None]:
     """Registers RecommendationService; returns the function that stops its background work.
 
@@ -66,7 +71,7 @@ def add_recommendation_service(
         IdempotencyStore(engine, settings.request_id_retention_seconds),
         lambda name, field_name: check_dataset_group(dataset, name, field_name),
         lambda job_id: artifacts.uri("batch-inference", f"{job_id}.jsonl"),
-        PageTokens.of_database(engine),
+        tokens,
         FileRoots(settings),
     )
     recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server(servicer, server)

@@ -107,29 +107,31 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     if guard:
         guard.resolver = peer_resolver(peers.channel)
     operations = OperationStore(engine)
+    # One secret per database, read once: every service's page tokens, and every replica's, agree.
+    tokens = PageTokens.of_database(engine)
     closers: list[Callable[[bool], None]] = []
     before_stop: list[Callable[[], None]] = []
     names: list[str] = []
     for service in wanted:
         if service == "dataset":
-            closers.append(dataset_service.add_dataset_service(server, settings, engine, operations, before_stop))
+            closers.append(
+                dataset_service.add_dataset_service(server, settings, engine, operations, tokens, before_stop)
+            )
             names += [dataset_service.SERVICE_NAME, dataset_service.EVENT_FEED_SERVICE_NAME]
         elif service == "training":
-            closers.append(training_service.add_training_service(server, settings, engine, operations, peers))
+            closers.append(training_service.add_training_service(server, settings, engine, operations, tokens, peers))
             names.append(training_service.SERVICE_NAME)
         elif service == "recommendation":
             closers.append(
-                recommendation_service.add_recommendation_service(server, settings, engine, operations, peers)
+                recommendation_service.add_recommendation_service(server, settings, engine, operations, tokens, peers)
             )
             names.append(recommendation_service.SERVICE_NAME)
         elif service == "forecast-query":
-            forecast_query_service.add_forecast_query_service(server, settings, peers, PageTokens.of_database(engine))
+            forecast_query_service.add_forecast_query_service(server, settings, peers, tokens)
             names.append(forecast_query_service.SERVICE_NAME)
         else:
             raise ValueError(f"unknown service {service!r}")
-    operations_pb2_grpc.add_OperationsServicer_to_server(
-        OperationsServicer(operations, PageTokens.of_database(engine)), server
-    )
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(operations, tokens), server)
     names.append(OPERATIONS)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -25,7 +25,12 @@ SERVICE_NAME = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService
 
 
 def add_training_service(
-    server: grpc.Server, settings: Settings, engine: Engine, operations: OperationStore, peers: Peers
+    server: grpc.Server,
+    settings: Settings,
+    engine: Engine,
+    operations: OperationStore,
+    tokens: PageTokens,
+    peers: Peers,
 ) -> Callable[[bool], None]:
     """Registers TrainingService; returns the function that stops its jobs."""
     store = TrainingStore(engine)
@@ -53,7 +58,7 @@ def add_training_service(
         IdempotencyStore(engine, settings.request_id_retention_seconds),
         dataset_channel,
         artifacts,
-        PageTokens.of_database(engine),
+        tokens,
     )
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
