@@ -14,11 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
 
 import foretell.v1
 from foretell.core.settings import Settings
@@ -44,6 +47,11 @@ class Stubs:
             time.sleep(0.02)
             operation = self.operations.GetOperation(operations_pb2.GetOperationRequest(name=operation.name), timeout=5)
         return operation
+
+
+def stubs_of(client: Any, app: App) -> Stubs:
+    """The stubs of a `foretell.client.Client` (its channel sends its key), as Stubs for the helpers here."""
+    return Stubs(client.channel, client.datasets, client.operations, app, client.training, client.recommendations)
 
 
 def start_stubs(settings: Settings) -> Stubs:
@@ -241,6 +249,26 @@ def make_forecasting_group(stubs: Stubs, group_id: str, data: bytes) -> str:
 
 
 # ---- the contract -----------------------------------------------------------------------
+
+
+def send(channel: grpc.Channel, method: MethodDescriptor, request: Message, timeout: float = 5) -> Message:
+    """Calls any RPC by its descriptor: a client stream sends `request` alone, a server stream's first answer
+    comes back."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    response = message_factory.GetMessageClass(method.output_type).FromString
+    kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary"}[
+        (method.client_streaming, method.server_streaming)
+    ]
+    call = getattr(channel, kind)(path, request_serializer=_serialize, response_deserializer=response)
+    if method.client_streaming:
+        return call(iter([request]), timeout=timeout)
+    if method.server_streaming:
+        return next(iter(call(request, timeout=timeout)))
+    return call(request, timeout=timeout)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 def rpc_methods() -> dict[str, MethodDescriptor]:

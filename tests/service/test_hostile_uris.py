@@ -40,7 +40,14 @@ from foretell.v1 import (
 )
 
 from errors import violations_of
-from support import Stubs, daily_csv, interactions_csv, make_forecasting_group, make_recommendation_group, upload
+from support import (
+    daily_csv,
+    interactions_csv,
+    make_forecasting_group,
+    make_recommendation_group,
+    stubs_of,
+    upload,
+)
 
 KEY_A = "hostile-tenant-a-key-0123456789"
 KEY_B = "hostile-tenant-b-key-9876543210"
@@ -114,10 +121,6 @@ def _keys(path: Path) -> Path:
     return path
 
 
-def _stubs(client: Client, app: App) -> Stubs:
-    return Stubs(client.channel, client.datasets, client.operations, app, client.training, client.recommendations)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("hostile").resolve()
@@ -131,7 +134,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     target = f"127.0.0.1:{app.port}"
     a, b = Client(target, api_key=KEY_A, timeout=20), Client(target, api_key=KEY_B, timeout=20)
     try:
-        stubs = _stubs(a, app)
+        stubs = stubs_of(a, app)
         group = make_recommendation_group(stubs, "shop-a")
         assert not stubs.wait(upload(stubs, group.interactions, interactions_csv(600, users=30, items=40))).error.code
         a.create_solution("pop-a", group.name, "popularity-count")

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.longrunning import operations_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
 from pydantic import SecretStr
 
 from foretell.client import Client, ForetellError, operation_response
@@ -34,24 +32,22 @@ from foretell.training.snapshot import take_snapshot
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import (
-    dataset_service_pb2_grpc,
     forecast_query_service_pb2,
     forecast_query_service_pb2_grpc,
-    recommendation_service_pb2_grpc,
     training_pb2,
-    training_service_pb2_grpc,
 )
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
 
 from support import (
-    Stubs,
     daily_csv,
     interactions_csv,
     make_forecast,
     make_forecasting_group,
     make_recommendation_group,
     rpc_methods,
+    send,
+    stubs_of,
     upload,
 )
 
@@ -78,35 +74,6 @@ def write_keys(path: Path) -> Path:
         )
     )
     return path
-
-
-def _send(channel: grpc.Channel, method: MethodDescriptor, request: Message) -> Message:
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    response = message_factory.GetMessageClass(method.output_type).FromString
-    kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary"}[
-        (method.client_streaming, method.server_streaming)
-    ]
-    call = getattr(channel, kind)(path, request_serializer=_serialize, response_deserializer=response)
-    if method.client_streaming:
-        return call(iter([request]), timeout=5)
-    if method.server_streaming:
-        return next(iter(call(request, timeout=5)))
-    return call(request, timeout=5)
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
-def _stubs(client: Client, app: App) -> Stubs:
-    return Stubs(
-        client.channel,
-        dataset_service_pb2_grpc.DatasetServiceStub(client.channel),
-        operations_pb2_grpc.OperationsStub(client.channel),
-        app,
-        training_service_pb2_grpc.TrainingServiceStub(client.channel),
-        recommendation_service_pb2_grpc.RecommendationServiceStub(client.channel),
-    )
 
 
 # ---- one server, every method --------------------------------------------------------------------------
@@ -140,7 +107,7 @@ def test_the_internal_key_is_refused_every_method_no_service_calls(server: tuple
     request = message_factory.GetMessageClass(method.input_type)()
     with Client(server[0], bearer_token=INTERNAL_KEY, timeout=5) as internal:
         try:
-            _send(internal.channel, method, request)
+            send(internal.channel, method, request)
             code, details = grpc.StatusCode.OK, ""
         except grpc.RpcError as exc:
             code, details = exc.code(), str(exc.details())
@@ -158,8 +125,8 @@ def test_a_leaked_internal_key_lists_and_changes_nothing(server: tuple[str, Path
         Client(target, bearer_token=KEY_ADMIN, timeout=10) as admin,
         Client(target, bearer_token=INTERNAL_KEY, timeout=10) as internal,
     ):
-        group = make_recommendation_group(_stubs(admin, server[2]), "shop-a")
-        imported = upload(_stubs(admin, server[2]), group.interactions, interactions_csv(50))
+        group = make_recommendation_group(stubs_of(admin, server[2]), "shop-a")
+        imported = upload(stubs_of(admin, server[2]), group.interactions, interactions_csv(50))
         refused = [
             lambda: internal.datasets.ListDatasetGroups(dapi.ListDatasetGroupsRequest(), timeout=5),
             lambda: internal.datasets.DeleteDatasetGroup(dapi.DeleteDatasetGroupRequest(name=group.name), timeout=5),
@@ -227,7 +194,7 @@ def test_a_secret_in_a_file_that_fails_to_import_is_in_no_log_line(
     area.mkdir(parents=True, exist_ok=True)
     answers = []
     with Client(target, api_key=KEY_A, timeout=20) as a:
-        stubs = _stubs(a, app)
+        stubs = stubs_of(a, app)
         try:
             dataset = "datasetGroups/shop-a/datasets/interactions"
             a.datasets.GetDataset(dapi.GetDatasetRequest(name=dataset), timeout=5)
@@ -314,7 +281,7 @@ def test_services_apart_call_exactly_the_allowlist_and_never_show_the_internal_k
         recommendation = start("recommendation", ["recommendation"], dataset_target=dataset, training_target=training)
         query = start("query", ["forecast-query"], training_target=training)
         data, train, rec = client(dataset, KEY_A), client(training, KEY_A), client(recommendation, KEY_A)
-        data_stubs = _stubs(data, apps[0])
+        data_stubs = stubs_of(data, apps[0])
         group = make_recommendation_group(data_stubs, "shop-a")
         assert not data_stubs.wait(upload(data_stubs, group.interactions, interactions_csv(400, users=20))).HasField(
             "error"
@@ -335,7 +302,7 @@ def test_services_apart_call_exactly_the_allowlist_and_never_show_the_internal_k
         area = settings["recommendation"].data_dir / "files" / "tenant-a"
         area.mkdir(parents=True, exist_ok=True)
         (area / "users.jsonl").write_text('{"userId": "u1"}\n')
-        rec_stubs = _stubs(rec, apps[2])
+        rec_stubs = stubs_of(rec, apps[2])
         batch = rec_stubs.wait(
             rec.recommendations.CreateBatchInferenceJob(
                 rapi.CreateBatchInferenceJobRequest(
@@ -351,7 +318,7 @@ def test_services_apart_call_exactly_the_allowlist_and_never_show_the_internal_k
         assert not batch.HasField("error"), batch.error
         assert rec.get_recommendations(campaign.name, user_id="u1", num_results=3).item_list
         sales = make_forecasting_group(data_stubs, "sales-a", daily_csv(items=2, days=40))
-        train_stubs = _stubs(train, apps[1])
+        train_stubs = stubs_of(train, apps[1])
         make_forecast(train_stubs, sales, "naive-a", "next-a")
         with Client(query, api_key=KEY_A, timeout=30) as asker:
             answer = forecast_query_service_pb2_grpc.ForecastQueryServiceStub(asker.channel).QueryForecast(

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.longrunning import operations_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -36,11 +36,8 @@ from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import (
-    dataset_service_pb2_grpc,
     forecast_query_service_pb2,
-    recommendation_service_pb2_grpc,
     training_pb2,
-    training_service_pb2_grpc,
 )
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
@@ -48,13 +45,14 @@ from foretell.v1 import training_service_pb2 as tapi
 
 from errors import expect_error, reason_of, violations_of
 from support import (
-    Stubs,
     daily_csv,
     interactions_csv,
     make_forecast,
     make_forecasting_group,
     make_recommendation_group,
     rpc_methods,
+    send,
+    stubs_of,
     upload,
 )
 
@@ -328,17 +326,6 @@ class Tenants:
     directory: Path
 
 
-def _stubs(client: Client, app: App) -> Stubs:
-    return Stubs(
-        client.channel,
-        dataset_service_pb2_grpc.DatasetServiceStub(client.channel),
-        operations_pb2_grpc.OperationsStub(client.channel),
-        app,
-        training_service_pb2_grpc.TrainingServiceStub(client.channel),
-        recommendation_service_pb2_grpc.RecommendationServiceStub(client.channel),
-    )
-
-
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     """Tenant A imports, trains a popularity-count model, deploys it, trains a seasonal-naive predictor
@@ -354,7 +341,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     admin = Client(target, bearer_token=KEY_ADMIN, timeout=20)
     anonymous = Client(target, timeout=20)
     try:
-        stubs = _stubs(a, app)
+        stubs = stubs_of(a, app)
         group = make_recommendation_group(stubs, "shop-a")
         done = stubs.wait(upload(stubs, group.interactions, interactions_csv(800, users=30, items=40)))
         assert not done.HasField("error"), done.error
@@ -619,24 +606,6 @@ class _Owner:
         return {k for k in self.named if k not in SHARED}
 
 
-def _send(client: Client, method: MethodDescriptor, request: Message) -> Message:
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    response = message_factory.GetMessageClass(method.output_type).FromString
-    kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary"}[
-        (method.client_streaming, method.server_streaming)
-    ]
-    call = getattr(client.channel, kind)(path, request_serializer=_serialize, response_deserializer=response)
-    if method.client_streaming:
-        return call(iter([request]), timeout=5)
-    if method.server_streaming:
-        return next(iter(call(request, timeout=5)))
-    return call(request, timeout=5)
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
 def _owners_names(t: Tenants) -> list[str]:
     return [t.shop, t.sales, t.campaign, t.version, t.filter, t.predictor, t.forecast, t.batch_job, "shop-a", "pop-a"]
 
@@ -654,7 +623,7 @@ def test_another_tenant_cannot_read_change_or_use_the_owners_resources(tenants: 
         # an absent twin's byte for byte), or denied where B's key alone decides (a group it does not list, a shared
         # schema only all-group keys delete): nothing says who owns what.
         with pytest.raises(grpc.RpcError) as refused:
-            _send(tenants.b, method, request)
+            send(tenants.b.channel, method, request)
         code, message = refused.value.code(), str(refused.value.details())
         assert code in (ABSENT, DENIED), f"{rpc}: {code} {message}"
         assert "tenant-a" not in message and (code == DENIED or message.endswith(" not found")), f"{rpc}: {message}"
@@ -662,7 +631,7 @@ def test_another_tenant_cannot_read_change_or_use_the_owners_resources(tenants: 
     # Nothing of A's is named (a list of everything, a shared schema): answered (or refused for B's own bad
     # input), without any of A's resources.
     try:
-        text = str(_send(tenants.b, method, request))
+        text = str(send(tenants.b.channel, method, request))
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: {exc.code()} {exc.details()}"
         text = str(exc.details())
@@ -796,7 +765,7 @@ def test_oversized_messages_and_uploads_are_refused_and_the_server_keeps_serving
         running, Settings(port=0, data_dir=tmp_path / "d", max_message_bytes=64 * 1024, max_upload_bytes=4000)
     )
     with Client(target, timeout=10) as client:
-        stubs = _stubs(client, running[0])
+        stubs = stubs_of(client, running[0])
         group = make_recommendation_group(stubs, "small")
         huge = dapi.PutEventsRequest(
             dataset_group=group.name,

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.longrunning import operations_pb2
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 from sqlalchemy import func, select
@@ -27,13 +27,10 @@ from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import (
-    dataset_service_pb2_grpc,
     forecast_query_service_pb2,
     recommendation_service_pb2,
-    recommendation_service_pb2_grpc,
     training_pb2,
     training_service_pb2,
-    training_service_pb2_grpc,
 )
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
@@ -41,12 +38,12 @@ from foretell.v1 import training_service_pb2 as tapi
 
 from errors import expect_error, violations_of
 from support import (
-    Stubs,
     daily_csv,
     interactions_csv,
     make_forecast,
     make_forecasting_group,
     make_recommendation_group,
+    stubs_of,
     upload,
 )
 
@@ -77,17 +74,6 @@ class Tenants:
     names: dict[str, str]  # tenant A's resources by kind
 
 
-def _stubs(client: Client, app: App) -> Stubs:
-    return Stubs(
-        client.channel,
-        dataset_service_pb2_grpc.DatasetServiceStub(client.channel),
-        operations_pb2_grpc.OperationsStub(client.channel),
-        app,
-        training_service_pb2_grpc.TrainingServiceStub(client.channel),
-        recommendation_service_pb2_grpc.RecommendationServiceStub(client.channel),
-    )
-
-
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     directory = tmp_path_factory.mktemp("tenant-answers")
@@ -96,7 +82,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     target = f"127.0.0.1:{app.port}"
     a, b = Client(target, api_key=KEY_A, timeout=20), Client(target, api_key=KEY_B, timeout=20)
     try:
-        stubs = _stubs(a, app)
+        stubs = stubs_of(a, app)
         group = make_recommendation_group(stubs, "shop-a")
         imported = stubs.wait(upload(stubs, group.interactions, interactions_csv(300, users=20, items=30)))
         a.create_solution("pop-a", group.name, "popularity-count")
@@ -115,7 +101,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
         )
         sales = make_forecasting_group(stubs, "sales-a", daily_csv(items=2, days=40))
         make_forecast(stubs, sales, "naive-a", "next-a")
-        b_stubs = _stubs(b, app)
+        b_stubs = stubs_of(b, app)
         b_group = make_recommendation_group(b_stubs, "shop-b")
         b_stubs.wait(upload(b_stubs, b_group.interactions, interactions_csv(20)))
         b.create_dataset_group("sales-b", dpb.DOMAIN_FORECASTING)
