@@ -58,6 +58,21 @@ def test_the_server_runs_on_the_database_asked_for(stubs: Stubs, database: str) 
     assert stubs.app.engine.dialect.name == {"sqlite": "sqlite", "postgres": "postgresql"}[database]
 
 
+def test_hostile_operation_names_are_invalid_on_either_database(stubs: Stubs) -> None:
+    # PostgreSQL refuses a NUL in text, so a name that reached the query was INTERNAL there.
+    for name in ("operations/a\x00b", "operations/../x", "operations/" + "é" * 30, "operations/" + "a" * 70):
+        status = expect_error(
+            lambda name=name: stubs.operations.GetOperation(operations_pb2.GetOperationRequest(name=name), timeout=5),
+            INVALID,
+        )
+        assert "name" in violations_of(status), name
+    missing = expect_error(
+        lambda: stubs.operations.GetOperation(operations_pb2.GetOperationRequest(name="operations/nope"), timeout=5),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert missing.message == "operation 'operations/nope' not found"
+
+
 def test_create_get_list_delete_dataset_groups(stubs: Stubs) -> None:
     d = stubs.datasets
     for i in range(5):

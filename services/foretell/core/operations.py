@@ -7,6 +7,7 @@ in-process threads and for workers in other processes.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Collection
@@ -273,6 +274,11 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
 
 def _op_name(name: str) -> str:
-    if not name.startswith("operations/") or len(name) > 80:
+    # The id's alphabet is checked too: a NUL reaching PostgreSQL is an error there (INTERNAL), not a miss.
+    if not _OPERATION_NAME.fullmatch(name):
         raise invalid("name", "must be an operation name of the form operations/{id}")
     return name
+
+
+# This store makes operations/{32 hex digits}; any id of letters, digits, '-', '_' and '.' is looked up.
+_OPERATION_NAME = re.compile(r"operations/[A-Za-z0-9._-]{1,69}")
