@@ -116,8 +116,14 @@ def _ensure_sqlite(engine: Engine) -> None:
         if found is None and (not _foretell_tables(conn) or _has_head_columns(conn)):
             # A new file (the stores' create_all makes head's tables), or one create_all made with this code: say
             # so, so that a later upgrade starts there.
-            conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
-            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": wanted})
+            # Idempotent: the services of one data directory, started apart at once, may both get here.
+            conn.execute(
+                text("CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+            )
+            conn.execute(
+                text("INSERT INTO alembic_version SELECT :v WHERE NOT EXISTS (SELECT 1 FROM alembic_version)"),
+                {"v": wanted},
+            )
             conn.commit()
             return
         _upgrade(conn, "head")
