@@ -17,12 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.longrunning import operations_pb2
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import message_factory
 from pydantic import SecretStr
 
 from foretell.client import Client, ForetellError, operation_response
-from foretell.core import auth, logs
+from foretell.client._auth import MetadataInterceptor
+from foretell.core import auth, logs, tenancy
 from foretell.core.internal_calls import INTERNAL_METHODS, PREVIOUS_RELEASE_METHODS
 from foretell.core.peers import Peers
 from foretell.core.settings import ServiceName, Settings
@@ -32,9 +33,11 @@ from foretell.training.snapshot import take_snapshot
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import (
+    dataset_service_pb2_grpc,
     forecast_query_service_pb2,
     forecast_query_service_pb2_grpc,
     training_pb2,
+    training_service_pb2_grpc,
 )
 from foretell.v1 import recommendation_pb2 as rpb
 from foretell.v1 import recommendation_service_pb2 as rapi
@@ -68,7 +71,7 @@ def write_keys(path: Path) -> Path:
                 "keys": [
                     {"principal": "tenant-a", "key": KEY_A, "dataset_groups": ["shop-a", "sales-a"]},
                     {"principal": "tenant-b", "key": KEY_B, "dataset_groups": ["shop-b"]},
-                    {"principal": "admin", "key": KEY_ADMIN, "dataset_groups": ["*"]},
+                    {"principal": "admin", "tenant": "tenant-a", "key": KEY_ADMIN, "dataset_groups": ["*"]},
                 ]
             }
         )
@@ -119,11 +122,21 @@ def test_the_internal_key_is_refused_every_method_no_service_calls(server: tuple
         assert code == DENIED, f"{rpc}: the internal key got {code} {details}"
 
 
+def internal_client(target: str, tenant: str) -> Client:
+    """A client with the internal key, acting for `tenant` as a peer service does (core/tenancy.HEADER)."""
+    client = Client(target, bearer_token=INTERNAL_KEY, timeout=10)
+    client.channel = grpc.intercept_channel(client.channel, MetadataInterceptor([(tenancy.HEADER, tenant)]))
+    client.datasets = dataset_service_pb2_grpc.DatasetServiceStub(client.channel)
+    client.training = training_service_pb2_grpc.TrainingServiceStub(client.channel)
+    client.operations = operations_pb2_grpc.OperationsStub(client.channel)
+    return client
+
+
 def test_a_leaked_internal_key_lists_and_changes_nothing(server: tuple[str, Path, App]) -> None:
     target = server[0]
     with (
         Client(target, bearer_token=KEY_ADMIN, timeout=10) as admin,
-        Client(target, bearer_token=INTERNAL_KEY, timeout=10) as internal,
+        internal_client(target, "tenant-a") as internal,
     ):
         group = make_recommendation_group(stubs_of(admin, server[2]), "shop-a")
         imported = upload(stubs_of(admin, server[2]), group.interactions, interactions_csv(50))
@@ -340,7 +353,7 @@ def test_services_apart_call_exactly_the_allowlist_and_never_show_the_internal_k
         monkeypatch.setattr(dataset_jobs, "export_reporting", slowly)
         peers = Peers(settings["training"], training)
         try:
-            with pytest.raises(Exception, match="cancelled"):
+            with pytest.raises(Exception, match="cancelled"), tenancy.acting_as("tenant-a"):
                 take_snapshot(
                     peers.channel("dataset"), group.name, tmp_path / "artifacts" / "snapshots" / "probe", lambda: True
                 )

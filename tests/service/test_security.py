@@ -291,8 +291,14 @@ def write_keys(path: Path) -> Path:
                         "key_sha256": hashlib.sha256(KEY_B.encode()).hexdigest(),
                         "dataset_groups": ["shop-b", "sales-b"],
                     },
-                    {"principal": "reader-a", "key": TOKEN_READER, "dataset_groups": ["shop-a"], "read_only": True},
-                    {"principal": "admin", "key": KEY_ADMIN, "dataset_groups": ["*"]},
+                    {
+                        "principal": "reader-a",
+                        "tenant": "tenant-a",
+                        "key": TOKEN_READER,
+                        "dataset_groups": ["shop-a"],
+                        "read_only": True,
+                    },
+                    {"principal": "admin", "tenant": "tenant-a", "key": KEY_ADMIN, "dataset_groups": ["*"]},
                 ]
             }
         )
@@ -428,8 +434,8 @@ def test_the_owner_works_end_to_end(tenants: Tenants) -> None:
     assert len(series.mean) == 7
     assert a.get_operation(tenants.train_operation).done
     assert set(_list_groups(a)) == {tenants.shop, "datasetGroups/sales-a"}
-    # The admin key sees every tenant.
-    assert set(_list_groups(tenants.admin)) == {tenants.shop, "datasetGroups/sales-a", "datasetGroups/shop-b"}
+    # An all-groups key sees every group of its own tenant, and no other tenant's.
+    assert set(_list_groups(tenants.admin)) == {tenants.shop, "datasetGroups/sales-a"}
 
 
 def test_missing_wrong_and_malformed_credentials_are_unauthenticated(tenants: Tenants) -> None:
@@ -499,7 +505,7 @@ PARENT_OF = {
     "SolutionVersion": "Solution",
     "ItemAccuracy": "Predictor",
 }
-SHARED = {"Schema"}  # schemas hold field definitions only, shared by every tenant (docs/security.md)
+SHARED: set[str] = set()  # nothing is shared between tenants, schemas included (docs/security.md)
 PLAUSIBLE: dict[str, object] = {
     "user_id": "u1",
     "item_id": "i1",
@@ -618,25 +624,23 @@ def test_another_tenant_cannot_read_change_or_use_the_owners_resources(tenants: 
     owner.fill(request, top=True)
     if method.name == "ImportData":  # its first message is the config; a chunk would follow
         request = dapi.ImportDataRequest(config=request.config)
-    if owner.private or (owner.named and not method.name.startswith(READS) and method.name != "CreateSchema"):
+    if owner.private:
         # Refused as if A's resources did not exist (tests/service/test_tenant_answers.py compares each answer with
-        # an absent twin's byte for byte), or denied where B's key alone decides (a group it does not list, a shared
-        # schema only all-group keys delete): nothing says who owns what.
+        # an absent twin's byte for byte), or denied where B's key alone decides (a group it does not list):
+        # nothing says who owns what.
         with pytest.raises(grpc.RpcError) as refused:
             send(tenants.b.channel, method, request)
         code, message = refused.value.code(), str(refused.value.details())
         assert code in (ABSENT, DENIED), f"{rpc}: {code} {message}"
         assert "tenant-a" not in message and (code == DENIED or message.endswith(" not found")), f"{rpc}: {message}"
         return
-    # Nothing of A's is named (a list of everything, a shared schema): answered (or refused for B's own bad
-    # input), without any of A's resources.
+    # Nothing of A's is named (a list of everything): answered (or refused for B's own bad input), without any of
+    # A's resources.
     try:
         text = str(send(tenants.b.channel, method, request))
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: {exc.code()} {exc.details()}"
         text = str(exc.details())
-    if owner.named <= SHARED and method.name.endswith(("Schema", "Schemas")):
-        return
     assert not any(name in text for name in _owners_names(tenants)), f"{rpc} showed tenant A's resources: {text}"
 
 
@@ -691,12 +695,15 @@ def test_read_only_keys_read_but_change_nothing(tenants: Tenants) -> None:
     expect_code(lambda: reader.create_solution("x", tenants.shop, "popularity-count"), DENIED)
 
 
-def test_schemas_are_shared_but_only_all_group_keys_delete_them(tenants: Tenants) -> None:
-    b, admin = tenants.b, tenants.admin
-    assert b.datasets.GetSchema(dapi.GetSchemaRequest(name="schemas/shop-a-items"), timeout=5).name
-    b.create_schema("b-only", dpb.DOMAIN_RECOMMENDATION, [dpb.SchemaField(name="ITEM_ID", type=dpb.FIELD_TYPE_STRING)])
-    expect_error(lambda: b.datasets.DeleteSchema(dapi.DeleteSchemaRequest(name="schemas/b-only"), timeout=5), DENIED)
-    admin.datasets.DeleteSchema(dapi.DeleteSchemaRequest(name="schemas/b-only"), timeout=5)
+def test_schemas_are_per_tenant_and_only_all_group_keys_delete_them(tenants: Tenants) -> None:
+    a, b, admin = tenants.a, tenants.b, tenants.admin
+    expect_error(lambda: b.datasets.GetSchema(dapi.GetSchemaRequest(name="schemas/shop-a-items"), timeout=5), ABSENT)
+    fields = [dpb.SchemaField(name="ITEM_ID", type=dpb.FIELD_TYPE_STRING)]
+    b.create_schema("shop-a-items", dpb.DOMAIN_RECOMMENDATION, fields)  # the same id as A's: another namespace
+    assert len(a.datasets.GetSchema(dapi.GetSchemaRequest(name="schemas/shop-a-items"), timeout=5).fields) > 1
+    a.create_schema("a-only", dpb.DOMAIN_RECOMMENDATION, fields)
+    expect_error(lambda: a.datasets.DeleteSchema(dapi.DeleteSchemaRequest(name="schemas/a-only"), timeout=5), DENIED)
+    admin.datasets.DeleteSchema(dapi.DeleteSchemaRequest(name="schemas/a-only"), timeout=5)  # tenant A's "*" key
 
 
 def test_no_key_or_token_appears_in_the_logs(tenants: Tenants, caplog: pytest.LogCaptureFixture) -> None:

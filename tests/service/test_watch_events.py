@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from foretell.client import Client
-from foretell.core import auth
+from foretell.core import auth, tenancy
 from foretell.core.settings import Settings
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
@@ -99,8 +99,8 @@ def secured(tmp_path: Path) -> Iterator[Stubs]:
     keys = tmp_path / "keys.json"
     entries = [
         {"principal": "tenant", "key": TENANT_KEY, "dataset_groups": ["shop"]},
-        {"principal": "admin", "key": ADMIN_KEY, "dataset_groups": ["*"]},
-        {"principal": "reader", "key": READER_KEY, "dataset_groups": ["*"], "read_only": True},
+        {"principal": "admin", "tenant": "tenant", "key": ADMIN_KEY, "dataset_groups": ["*"]},
+        {"principal": "reader", "tenant": "tenant", "key": READER_KEY, "dataset_groups": ["*"], "read_only": True},
     ]
     keys.write_text(json.dumps({"keys": entries}))
     stubs = start_stubs(Settings(port=0, data_dir=tmp_path / "data", api_keys_file=keys))
@@ -144,7 +144,7 @@ def test_only_the_internal_principal_may_watch_events(secured: Stubs) -> None:
             metadata=_as(TENANT_KEY),
             timeout=5,
         )
-        stream = watch(request, metadata=_as(internal), timeout=5)
+        stream = watch(request, metadata=[*_as(internal), (tenancy.HEADER, "tenant")], timeout=5)
         first = next(iter(stream))
         stream.cancel()
         assert first.events[0].item_id == "EventFeedService", service

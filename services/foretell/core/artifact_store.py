@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from foretell.core import tenancy
 from foretell.core.artifacts import is_s3, parse_s3, path_of, uri_of
 from foretell.core.errors import FailedPrecondition, NotFound, Unavailable
 from foretell.core.settings import Settings
@@ -99,11 +100,14 @@ class Artifacts:
         self.local_root = settings.artifacts
         self.root_uri = settings.artifact_uri.rstrip("/") or uri_of(settings.artifacts)
 
-    def local_dir(self, *parts: str) -> Path:
-        return self.local_root.joinpath(*parts)
+    def local_dir(self, collection: str, *parts: str) -> Path:
+        """`collection/[tenants/<tenant>/]parts`: names are per tenant, so each tenant's artifacts have a
+        directory of their own (the default tenant's are where they were before tenants existed)."""
+        return self.local_root.joinpath(collection, tenancy.prefix(), *parts)
 
-    def uri(self, *parts: str) -> str:
-        return "/".join([self.root_uri, *parts])
+    def uri(self, collection: str, *parts: str) -> str:
+        tenant = tenancy.prefix().rstrip("/")
+        return "/".join([self.root_uri, collection, *([tenant] if tenant else []), *parts])
 
     def publish(self, local_dir: Path, uri: str) -> None:
         store_for(uri, self.settings).put_dir(local_dir, uri)

@@ -2,14 +2,15 @@
 
 `AuthInterceptor` (installed only when FORETELL_API_KEYS_FILE is set) reads `authorization: Bearer <token>`
 or `x-api-key: <key>`, finds the principal whose key hashes to the same SHA-256 digest, and makes it the
-current `Caller` (a contextvar) while the handler runs. Servicers then call `authorize(group)` or
+current `Caller` (a contextvar) while the handler runs, and the key's tenant the current tenant
+(core/tenancy.py: every store query is limited to it, so other tenants' names do not exist for the call). Servicers
+then call `authorize(group)` or
 `authorize_resource(name)` where they know which dataset group a request touches; `visible_groups()` filters
 List* queries. With no interceptor there is no caller and every check passes (auth off).
 
 A resource of a group the caller may not use answers exactly as an absent one (`errors.absent`: NOT_FOUND,
-the same message), so nothing tells a tenant that another tenant's name exists. PERMISSION_DENIED remains
-only where the answer does not depend on anyone's data: a read-only key on a mutating method, a call that
-affects every tenant, creating a group the key does not list.
+the same message). PERMISSION_DENIED remains only where the answer does not depend on anyone's data: a read-only
+key on a mutating method, a call that affects every group of the tenant, creating a group the key does not list.
 
 Keys and tokens are never logged or put in errors: only principals' names are.
 """
@@ -25,6 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,17 @@ from typing import Any
 
 import grpc
 
-from foretell.core.errors import ForetellError, NotFound, PermissionDenied, Unauthenticated, Unavailable, absent
+from foretell.core import tenancy
+from foretell.core.errors import (
+    ForetellError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    absent,
+    invalid,
+)
 from foretell.core.interceptors import rewrap
 from foretell.core.internal_calls import internal_may_call
 from foretell.core.settings import Settings
@@ -52,7 +64,7 @@ INTERNAL_ONLY_METHODS = frozenset(
     ["/foretell.v1.EventFeedService/WatchEvents", "/foretell.v1.DatasetService/WatchEvents"]
 )
 _GROUP_NAME = re.compile(r"datasetGroups/[a-z][a-z0-9-]{0,62}")
-# Shared by every tenant: schemas hold field definitions, no data.
+# Shared by every group of a tenant: schemas hold field definitions, no data.
 _GLOBAL = ("schemas/",)
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # Seconds a resolved resource -> dataset group answer is reused (operations are polled often).
@@ -63,11 +75,14 @@ UNRESOLVED = ""
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a key belongs to. `dataset_groups` None means every group (and the global admin calls)."""
+    """Who a key belongs to: a tenant (its namespace, core/tenancy.py) and the groups of that tenant it may use.
+
+    `dataset_groups` None means every group of the tenant."""
 
     name: str
     dataset_groups: frozenset[str] | None
     read_only: bool = False
+    tenant: str = tenancy.DEFAULT
 
     def may_access(self, group: str) -> bool:
         return self.dataset_groups is None or group in self.dataset_groups
@@ -184,7 +199,7 @@ def authorize_internal() -> None:
 
 
 def authorize_all_groups() -> None:
-    """For calls that affect every tenant (deleting a shared schema): only keys for all groups."""
+    """For calls that affect every group of the tenant (deleting a schema): only keys for all its groups."""
     principal = current()
     if principal is not None and principal.dataset_groups is not None:
         raise _denied(principal)
@@ -238,7 +253,7 @@ def parse_keys(document: Any, source: str = "api keys") -> KeyTable:
         where = f"{source}: keys[{i}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be an object")
-        unknown = set(entry) - {"principal", "key", "key_sha256", "dataset_groups", "read_only"}
+        unknown = set(entry) - {"principal", "key", "key_sha256", "dataset_groups", "read_only", "tenant"}
         if unknown:
             raise ValueError(f"{where} has unknown fields {sorted(unknown)}")
         principal = entry.get("principal")
@@ -270,7 +285,11 @@ def parse_keys(document: Any, source: str = "api keys") -> KeyTable:
         read_only = entry.get("read_only", False)
         if not isinstance(read_only, bool):
             raise ValueError(f"{where}.read_only must be true or false")
-        table.append((key_digest, Principal(principal, allowed, read_only)))
+        tenant = entry.get("tenant", principal)
+        if not isinstance(tenant, str) or not tenancy.PATTERN.fullmatch(tenant) or tenant == INTERNAL_PRINCIPAL:
+            where_tenant = f"{where}.tenant" if "tenant" in entry else f"{where}.tenant (default: the principal)"
+            raise ValueError(f"{where_tenant} must be a tenant id: [A-Za-z0-9][A-Za-z0-9._@-]*, at most 63 characters")
+        table.append((key_digest, Principal(principal, allowed, read_only, tenant)))
     return KeyTable(table)
 
 
@@ -320,7 +339,7 @@ class GroupResolver:
     def __init__(self, lookups: dict[str, Callable[[str], str]]) -> None:
         # collection -> function(top-level resource name) -> dataset group name
         self._lookups = lookups
-        self._cache: dict[str, tuple[float, str]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def group_of(self, name: str) -> str | None:
@@ -331,9 +350,10 @@ class GroupResolver:
         if parts[0] == "datasetGroups":
             return "/".join(parts[:2])
         top = "/".join(parts[:2])
+        key = (tenancy.current(), top)  # names are per tenant
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(top)
+            hit = self._cache.get(key)
         if hit is not None and now - hit[0] < RESOLVE_TTL_SECONDS:
             return hit[1]
         lookup = self._lookups.get(parts[0])
@@ -343,7 +363,7 @@ class GroupResolver:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[top] = (now, group)
+            self._cache[key] = (now, group)
         return group
 
 
@@ -446,40 +466,59 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         failure: ForetellError | None = None
         caller: Caller | None = None
+        tenant = tenancy.DEFAULT
         try:
             principal = self.authenticate(details.invocation_metadata)
             failure = self.permit(principal, details.method)
             caller = Caller(principal, self.resolver)
-        except Unauthenticated as exc:
+            tenant = tenant_of(principal, details.invocation_metadata)
+        except (Unauthenticated, InvalidArgument) as exc:
             failure = exc
 
         def wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 if failure is not None:
                     raise failure
-                token = _caller.set(caller)
-                try:
+                with _as(caller, tenant):
                     result = behavior(request, context)
-                finally:
-                    _caller.reset(token)
-                return _as_caller(result, caller) if streaming_response else result
+                return _as_caller(result, caller, tenant) if streaming_response else result
 
             return run
 
         return rewrap(handler, wrap)
 
 
-def _as_caller(items: Iterator[Any], caller: Caller | None) -> Iterator[Any]:
+def tenant_of(principal: Principal, metadata: Any) -> str:
+    """The tenant a call acts for: the key's; for the internal key, the one its peer service sent (HEADER)."""
+    if principal.name != INTERNAL_PRINCIPAL:
+        return principal.tenant
+    sent = [str(value) for key, value in metadata or () if key == tenancy.HEADER]
+    if len(sent) > 1:
+        raise invalid(tenancy.HEADER, "must be sent at most once")
+    if sent and not tenancy.PATTERN.fullmatch(sent[0]):
+        raise invalid(tenancy.HEADER, "must be a tenant id ([A-Za-z0-9][A-Za-z0-9._@-]*, at most 63 characters)")
+    return sent[0] if sent else tenancy.DEFAULT
+
+
+@contextmanager
+def _as(caller: Caller | None, tenant: str) -> Iterator[None]:
+    token = _caller.set(caller)
+    try:
+        with tenancy.acting_as(tenant):
+            yield
+    finally:
+        _caller.reset(token)
+
+
+def _as_caller(items: Iterator[Any], caller: Caller | None, tenant: str) -> Iterator[Any]:
     """A response stream whose generator body runs as `caller` (gRPC iterates it after the handler returns)."""
     iterator = iter(items)
     while True:
-        token = _caller.set(caller)
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            _caller.reset(token)
+        with _as(caller, tenant):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
         yield item
 
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from foretell.core import tracing
+from foretell.core import tenancy, tracing
 from foretell.core.errors import DeadlineExceeded
 
 # time.monotonic() at which the current RPC's caller stops waiting; None outside a handler or
@@ -68,11 +68,13 @@ class PeerInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """On calls to peer services: the caller's deadline caps the timeout, and the current trace context
-    goes along as W3C traceparent metadata under a client span."""
+    """On calls to peer services: the caller's deadline caps the timeout, the current tenant goes along
+    (core/tenancy.HEADER), and the current trace context as W3C traceparent metadata under a client span."""
 
     def _call(self, continuation: Callable[[grpc.ClientCallDetails, Any], Any], details: Any, request: Any) -> Any:
         metadata = list(details.metadata or ())
+        if tenancy.current() != tenancy.DEFAULT:
+            metadata.append((tenancy.HEADER, tenancy.current()))  # whose names the peer must look up
         span = tracing.client_span(details.method, metadata)
         try:
             new = _Details(

@@ -1,7 +1,7 @@
 """Caller URIs -> places inside the caller's own file area, as an object store serves keys under a bucket.
 
 The operator names roots (FORETELL_IMPORT_ROOTS, FORETELL_EXPORT_ROOTS: directories or s3://bucket/prefix).
-Each principal's area is ROOT/<principal> (with authentication off, the root itself); a URI is a path relative
+Each tenant's area is ROOT/<tenant> (with authentication off, the root itself); a URI is a path relative
 to the caller's first area, or a file:// path / s3:// key under one of its areas. The internal principal (the
 training service's snapshots) writes into artifacts/snapshots only; no tenant reaches the artifact area, the
 database or the key files, whatever the roots are.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import stat
 import uuid
@@ -29,11 +28,9 @@ from typing import IO, Any
 
 from foretell.core import auth
 from foretell.core.artifacts import is_s3, parse_s3
-from foretell.core.errors import InvalidArgument, PermissionDenied, invalid
+from foretell.core.errors import InvalidArgument, invalid
 from foretell.core.settings import Settings
 
-# A principal name that is safe as one path segment (no "/", not "." or "..").
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 SNAPSHOTS = "snapshots"
 
@@ -173,12 +170,12 @@ class Place:
 @dataclass(frozen=True)
 class _Area:
     base: Path  # resolved; the walk starts here
-    parts: tuple[str, ...]  # the principal's directory below it, if any
+    parts: tuple[str, ...]  # the tenant's directory below it, if any
     shown: tuple[Path, ...]  # the spellings a caller may use for the area (configured and resolved)
 
 
 class FileRoots:
-    """Resolves caller URIs against the configured roots, for the principal of the current call."""
+    """Resolves caller URIs against the configured roots, for the tenant of the current call."""
 
     def __init__(self, settings: Settings) -> None:
         artifacts = settings.artifacts.resolve()
@@ -225,16 +222,14 @@ class FileRoots:
 
     @staticmethod
     def _tenant() -> str | None:
-        """The caller's directory name under each root; None with authentication off (the root itself)."""
+        """The caller's directory name under each root (its tenant); None with authentication off (the root
+        itself), the internal principal for the services' own calls."""
         principal = auth.current()
         if principal is None:
             return None
-        if not _SEGMENT.fullmatch(principal.name):
-            raise PermissionDenied(
-                f"principal {principal.name!r} has no file area (its name is not a plain path segment)",
-                metadata={"principal": principal.name},
-            )
-        return principal.name
+        if principal.name == auth.INTERNAL_PRINCIPAL:
+            return auth.INTERNAL_PRINCIPAL
+        return principal.tenant  # a plain path segment (core/tenancy.PATTERN)
 
     def _areas(self, roots: list[str | Path], tenant: str | None, snapshots: bool) -> tuple[list[_Area], list[str]]:
         local: list[_Area] = []
@@ -268,7 +263,7 @@ class FileRoots:
         place, area = self._resolve(uri, field, self._export, snapshots)
         if isinstance(place, Place):
             if area is not None and area.parts:
-                # The principal's own directory is the server's to make; deeper ones are the tenant's.
+                # The tenant's own directory is the server's to make; deeper ones are the tenant's.
                 area.base.joinpath(*area.parts).mkdir(mode=0o750, exist_ok=True)
             place.check_writable()
         return place

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData, String, Table, select
 
-from foretell.core import auth, pagination
+from foretell.core import auth, pagination, tenancy
 from foretell.core.db import transaction
 from foretell.core.errors import PermissionDenied, absent, invalid
 from foretell.core.resources import Page, in_groups
@@ -43,6 +43,8 @@ operations_table = Table(
     # The target's dataset group ("" where unknown: only callers of every group see it), for lists filtered
     # in SQL before they page. Last: where migration 0002 added it.
     Column("dataset_group", String(128), nullable=False, default="", index=True),
+    # The tenant whose call started it: operations of other tenants are absent for a caller.
+    Column("tenant", String(64), nullable=False, default="", index=True),
 )
 
 
@@ -72,6 +74,7 @@ class OperationStore:
             conn.execute(
                 operations_table.insert().values(
                     name=name,
+                    tenant=tenancy.current(),
                     target=target,
                     dataset_group=dataset_group,
                     verb=verb,
@@ -90,15 +93,17 @@ class OperationStore:
             raise absent(name)
         return to_proto(row)
 
-    def dataset_group(self, name: str) -> str:
-        """The dataset group whose callers may see operation `name` ("": only callers of every group)."""
+    def owner(self, name: str) -> tuple[str, str]:
+        """(tenant, dataset group) whose callers may see operation `name` (group "": callers of every group)."""
         with self._engine.connect() as conn:
-            group = conn.execute(
-                select(operations_table.c.dataset_group).where(operations_table.c.name == name)
-            ).scalar_one_or_none()
-        if group is None:
+            row = conn.execute(
+                select(operations_table.c.tenant, operations_table.c.dataset_group).where(
+                    operations_table.c.name == name
+                )
+            ).first()
+        if row is None:
             raise absent(name)
-        return str(group)
+        return str(row.tenant), str(row.dataset_group)
 
     def metadata(self, name: str) -> common_pb2.OperationMetadata:
         meta = common_pb2.OperationMetadata()
@@ -179,7 +184,9 @@ class OperationStore:
 
     def list(self, filter_text: str, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         """Operations matching `filter_text` (done=, verb=, target=) of `groups`, by name after `after`."""
-        query = select(operations_table).where(*in_groups(operations_table.c.dataset_group, groups))
+        query = select(operations_table).where(
+            tenancy.mine(operations_table), *in_groups(operations_table.c.dataset_group, groups)
+        )
         for clause in filter(None, (c.strip() for c in filter_text.split(" AND "))):
             key, _, value = (s.strip() for s in clause.partition("="))
             if key == "done" and value in ("true", "false"):
@@ -232,10 +239,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             raise PermissionDenied(
                 "the internal key may follow only dataset export operations", metadata={"principal": "internal"}
             )
-        if auth.restricted():  # one more read, only for callers limited to some dataset groups
-            # The group is stored with the operation, so no peer needs asking; "" (an operation whose resource was
-            # gone when the column was added) is for callers of every group only.
-            auth.authorize(self._store.dataset_group(name), name)
+        # Tenant and group are stored with the operation, so no peer needs asking; group "" (an operation whose
+        # resource was gone when the column was added) is for callers of every group only.
+        tenant, group = self._store.owner(name)
+        if tenant != tenancy.current():
+            raise absent(name)
+        auth.authorize(group, name)
         return name
 
     def GetOperation(self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext):  # noqa: N802

@@ -19,6 +19,7 @@ from typing import Any
 from google.rpc import code_pb2, status_pb2
 from sqlalchemy.engine import make_url
 
+from foretell.core import tenancy
 from foretell.core.db import make_engine
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.file_roots import Place
@@ -61,6 +62,7 @@ class ExportProcesses:
         """Exports `dataset` to `destination` in a child process; the rows written, or the child's error raised."""
         spec = {
             "database_url": database_url,
+            "tenant": tenancy.current(),
             "dataset": dataset,
             "operation": operation,
             "destination": destination.to_json(),
@@ -123,16 +125,17 @@ def export_reporting(
 def run(spec: dict[str, Any]) -> int:
     engine = make_engine(spec["database_url"])
     try:
-        store = DatasetStore(engine)
-        dataset = store.get_dataset(spec["dataset"])
-        return export_reporting(
-            store,
-            OperationStore(engine),
-            dataset.name,
-            convert.mapper_of(dataset),
-            Place.from_json(spec["destination"]),
-            spec["operation"],
-        )
+        with tenancy.acting_as(str(spec["tenant"])):
+            store = DatasetStore(engine)
+            dataset = store.get_dataset(spec["dataset"])
+            return export_reporting(
+                store,
+                OperationStore(engine),
+                dataset.name,
+                convert.mapper_of(dataset),
+                Place.from_json(spec["destination"]),
+                spec["operation"],
+            )
     finally:
         engine.dispose()
 

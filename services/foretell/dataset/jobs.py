@@ -13,7 +13,7 @@ from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 from sqlalchemy.engine import Row
 
-from foretell.core import metrics
+from foretell.core import metrics, tenancy
 from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
 from foretell.core.file_roots import Place
 from foretell.core.logs import failure
@@ -52,13 +52,14 @@ class DatasetJobs:
 
     def recover(self) -> None:
         """Fails jobs a stopped server left unfinished and drops their staged rows."""
-        for kind, name, operation in self._store.unfinished_jobs():
+        for tenant, kind, name, operation in self._store.unfinished_jobs():
             status = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
-            if kind == "import":
-                self._store.discard_all_staged(name)
-                self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
-            else:
-                self._store.update_export_job(name, state="FAILED", error=status.SerializeToString())
+            with tenancy.acting_as(tenant):
+                if kind == "import":
+                    self._store.discard_all_staged(name)
+                    self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
+                else:
+                    self._store.update_export_job(name, state="FAILED", error=status.SerializeToString())
             if operation:
                 self._ops.fail(operation, status)
             log.warning("marked unfinished job failed", extra={"job": name})
@@ -139,7 +140,13 @@ class DatasetJobs:
         return self._ops.get(operation.name)
 
     def _run(self, operation: str, work: Callable[[], None], mark: Callable[..., Any]) -> None:
+        tenant = tenancy.current()  # the job outlives the call that started it
+
         def guarded() -> None:
+            with tenancy.acting_as(tenant):
+                run_guarded()
+
+        def run_guarded() -> None:
             try:
                 work()
             except Exception as exc:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import grpc
 from sqlalchemy import Engine
 
+from foretell.core import tenancy
 from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
@@ -22,6 +24,8 @@ from foretell.v1 import (
     event_feed_service_pb2,
     event_feed_service_pb2_grpc,
 )
+
+log = logging.getLogger("foretell.dataset")
 
 SERVICE_NAME = dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 #: Internal (core/auth.INTERNAL_ONLY_METHODS): served with DatasetService, whose events it streams.
@@ -50,6 +54,14 @@ def add_dataset_service(
         settings.max_queued_imports,
     )
     jobs.recover()
+    if settings.api_keys_file is not None:
+        unowned = store.groups_of(tenancy.DEFAULT)
+        if unowned:
+            # Stored before tenant namespaces (or by this server without keys): no key acts for the default tenant.
+            log.warning(
+                "dataset groups belong to no tenant: run `foretell db move-group GROUP --to TENANT` for each",
+                extra={"dataset_groups": unowned[:20], "count": len(unowned)},
+            )
     bell = EventBell()
     servicer = DatasetServicer(
         store,

@@ -158,7 +158,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def DeleteSchema(self, request: api.DeleteSchemaRequest, context: grpc.ServicerContext) -> api.DeleteSchemaResponse:  # noqa: N802
         names.check_request_id(request.request_id)
-        auth.authorize_all_groups()  # schemas are shared by every tenant
+        auth.authorize_all_groups()  # a schema is shared by every group of the tenant
         self._store.delete_schema(names.check_name(request.name, "name", *SCHEMA))
         return api.DeleteSchemaResponse()
 

@@ -3,6 +3,10 @@
 Imports stage rows tagged with their import job; they turn visible in one short
 transaction at the end (`commit_import`) or vanish (`discard_import`), so a failed
 import leaves the dataset exactly as it was while PutEvents keeps writing.
+
+Metadata rows are keyed by (tenant, name) and every query is limited to the current tenant (core/tenancy.py).
+The row tables, far larger, hold a tenant's dataset and import job names with the tenant's prefix (`row_key`):
+the default tenant's rows are stored as they were before tenants existed, so no upgrade rewrites them.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from foretell.core import tenancy
 from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition
-from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, name_column, now, page_rows, tenant_key, times
+from foretell.core.tenancy import mine
 from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
@@ -48,25 +54,27 @@ _json = JSON(none_as_null=True)  # None is SQL NULL (as COPY writes it), not the
 dataset_groups = Table(
     "dataset_groups",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("domain", String(32), nullable=False),
     Column("display_name", String(256), nullable=False, default=""),
     Column("labels", _json, nullable=True),
     Column("state", String(16), nullable=False),
     *times(),
+    *tenant_key(),
 )
 schemas = Table(
     "schemas",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("domain", String(32), nullable=False),
     Column("fields", JSON, nullable=False),
     *times(),
+    *tenant_key(),
 )
 datasets = Table(
     "datasets",
     metadata,
-    Column("name", String(256), primary_key=True),
+    name_column(256),
     Column("dataset_group", String(128), nullable=False, index=True),
     Column("dataset_type", String(32), nullable=False),
     Column("schema", String(128), nullable=False, index=True),
@@ -75,12 +83,13 @@ datasets = Table(
     Column("data_frequency", String(16), nullable=False, default=""),
     Column("state", String(16), nullable=False),
     *times(),
-    UniqueConstraint("dataset_group", "dataset_type", name="uq_dataset_type_per_group"),
+    *tenant_key(),
+    UniqueConstraint("tenant", "dataset_group", "dataset_type", name="uq_dataset_type_per_group"),
 )
 import_jobs = Table(
     "import_jobs",
     metadata,
-    Column("name", String(384), primary_key=True),
+    name_column(384),
     Column("dataset", String(256), nullable=False, index=True),
     Column("source_uri", Text, nullable=False, default=""),
     Column("import_mode", String(16), nullable=False),
@@ -90,11 +99,12 @@ import_jobs = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 export_jobs = Table(
     "export_jobs",
     metadata,
-    Column("name", String(384), primary_key=True),
+    name_column(384),
     Column("dataset", String(256), nullable=False, index=True),
     Column("destination_uri", Text, nullable=False, default=""),
     Column("state", String(16), nullable=False),
@@ -102,6 +112,7 @@ export_jobs = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 # Row tables. `import_job` is NULL for visible rows and the job name for staged ones.
 interactions = Table(
@@ -152,6 +163,11 @@ series = Table(
 ROW_TABLES = {"interactions": interactions, "entities": entities, "series": series}
 
 
+def row_key(name: str) -> str:
+    """How the row tables spell a dataset or import job name of the current tenant."""
+    return tenancy.prefix() + name
+
+
 def dims_key(dimensions: dict[str, str] | None) -> str:
     return json.dumps(dimensions, sort_keys=True, separators=(",", ":")) if dimensions else ""
 
@@ -197,13 +213,25 @@ class DatasetStore:
     def get_group(self, name: str) -> Row[Any]:
         return self._get(dataset_groups, name)
 
+    def groups_of(self, tenant: str) -> list[str]:
+        """The names of `tenant`'s dataset groups (start-up checks; requests list through `list_groups`)."""
+        with self.engine.connect() as conn:
+            query = (
+                select(dataset_groups.c.name).where(dataset_groups.c.tenant == tenant).order_by(dataset_groups.c.name)
+            )
+            return [str(name) for name in conn.execute(query).scalars()]
+
     def list_groups(self, size: int, after: str | None, groups: Collection[str] | None = None) -> Page:
         return self._page(dataset_groups, size, after, *in_groups(dataset_groups.c.name, groups))
 
     def delete_group(self, name: str, force: bool) -> None:
         self.get_group(name)
         with self.engine.connect() as conn:
-            children = conn.execute(select(datasets.c.name).where(datasets.c.dataset_group == name)).scalars().all()
+            children = (
+                conn.execute(select(datasets.c.name).where(mine(datasets), datasets.c.dataset_group == name))
+                .scalars()
+                .all()
+            )
         if children and not force:
             raise FailedPrecondition(
                 f"dataset group {name!r} still has datasets {', '.join(children)}; delete them or set force",
@@ -212,7 +240,7 @@ class DatasetStore:
         with transaction(self.engine) as conn:
             for child in children:
                 self._delete_dataset(conn, child)
-            conn.execute(delete(dataset_groups).where(dataset_groups.c.name == name))
+            conn.execute(delete(dataset_groups).where(mine(dataset_groups), dataset_groups.c.name == name))
 
     # ---- schemas ---------------------------------------------------------------------
 
@@ -228,10 +256,12 @@ class DatasetStore:
     def delete_schema(self, name: str) -> None:
         self.get_schema(name)
         with transaction(self.engine) as conn:
-            users = conn.execute(select(datasets.c.name).where(datasets.c.schema == name)).scalars().all()
+            users = (
+                conn.execute(select(datasets.c.name).where(mine(datasets), datasets.c.schema == name)).scalars().all()
+            )
             if users:
                 raise FailedPrecondition(f"schema {name!r} is used by {', '.join(users)}", metadata={"resource": name})
-            conn.execute(delete(schemas).where(schemas.c.name == name))
+            conn.execute(delete(schemas).where(mine(schemas), schemas.c.name == name))
 
     # ---- datasets --------------------------------------------------------------------
 
@@ -241,7 +271,7 @@ class DatasetStore:
         with self.engine.connect() as conn:
             taken = conn.execute(
                 select(datasets.c.name).where(
-                    datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type
+                    mine(datasets), datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type
                 )
             ).scalar()
         if taken and taken != name:
@@ -266,7 +296,9 @@ class DatasetStore:
     def dataset_of_type(self, group: str, dataset_type: str) -> Row[Any] | None:
         with self.engine.connect() as conn:
             return conn.execute(
-                select(datasets).where(datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type)
+                select(datasets).where(
+                    mine(datasets), datasets.c.dataset_group == group, datasets.c.dataset_type == dataset_type
+                )
             ).first()
 
     def list_datasets(self, group: str, size: int, after: str | None) -> Page:
@@ -279,10 +311,10 @@ class DatasetStore:
 
     def _delete_dataset(self, conn: Connection, name: str) -> None:
         for table in ROW_TABLES.values():
-            conn.execute(delete(table).where(table.c.dataset == name))
-        conn.execute(delete(import_jobs).where(import_jobs.c.dataset == name))
-        conn.execute(delete(export_jobs).where(export_jobs.c.dataset == name))
-        conn.execute(delete(datasets).where(datasets.c.name == name))
+            conn.execute(delete(table).where(table.c.dataset == row_key(name)))
+        conn.execute(delete(import_jobs).where(mine(import_jobs), import_jobs.c.dataset == name))
+        conn.execute(delete(export_jobs).where(mine(export_jobs), export_jobs.c.dataset == name))
+        conn.execute(delete(datasets).where(mine(datasets), datasets.c.name == name))
 
     def row_count(self, dataset_name: str, table_name: str) -> int:
         table = ROW_TABLES[table_name]
@@ -291,7 +323,7 @@ class DatasetStore:
                 conn.execute(
                     select(func.count())
                     .select_from(table)
-                    .where(table.c.dataset == dataset_name, table.c.import_job.is_(None))
+                    .where(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None))
                 ).scalar_one()
             )
 
@@ -315,7 +347,11 @@ class DatasetStore:
 
     def update_import_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
-            conn.execute(update(import_jobs).where(import_jobs.c.name == name).values(update_time=now(), **values))
+            conn.execute(
+                update(import_jobs)
+                .where(mine(import_jobs), import_jobs.c.name == name)
+                .values(update_time=now(), **values)
+            )
             return self._get(import_jobs, name, conn)
 
     def get_import_job(self, name: str) -> Row[Any]:
@@ -340,7 +376,11 @@ class DatasetStore:
 
     def update_export_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
-            conn.execute(update(export_jobs).where(export_jobs.c.name == name).values(update_time=now(), **values))
+            conn.execute(
+                update(export_jobs)
+                .where(mine(export_jobs), export_jobs.c.name == name)
+                .values(update_time=now(), **values)
+            )
             return self._get(export_jobs, name, conn)
 
     def get_export_job(self, name: str) -> Row[Any]:
@@ -349,15 +389,17 @@ class DatasetStore:
     def list_export_jobs(self, dataset_name: str, size: int, after: str | None) -> Page:
         return self._page(export_jobs, size, after, export_jobs.c.dataset == dataset_name)
 
-    def unfinished_jobs(self) -> list[tuple[str, str, str]]:
-        """(kind, job name, operation) of jobs left PENDING/RUNNING by a stopped server."""
-        out: list[tuple[str, str, str]] = []
+    def unfinished_jobs(self) -> list[tuple[str, str, str, str]]:
+        """(tenant, kind, job name, operation) of jobs left PENDING/RUNNING by a stopped server, every tenant's."""
+        out: list[tuple[str, str, str, str]] = []
         with self.engine.connect() as conn:
             for kind, table in (("import", import_jobs), ("export", export_jobs)):
                 rows = conn.execute(
-                    select(table.c.name, table.c.operation).where(table.c.state.in_(("PENDING", "RUNNING")))
+                    select(table.c.tenant, table.c.name, table.c.operation).where(
+                        table.c.state.in_(("PENDING", "RUNNING"))
+                    )
                 ).fetchall()
-                out += [(kind, r.name, r.operation) for r in rows]
+                out += [(r.tenant, kind, r.name, r.operation) for r in rows]
         return out
 
     # ---- rows --------------------------------------------------------------------------
@@ -365,8 +407,8 @@ class DatasetStore:
     def _complete(self, table_name: str, dataset_name: str, job: str | None, record: dict[str, Any]) -> dict[str, Any]:
         full = dict(self._templates[table_name])
         full.update(record)
-        full["dataset"] = dataset_name
-        full["import_job"] = job
+        full["dataset"] = row_key(dataset_name)
+        full["import_job"] = None if job is None else row_key(job)
         if table_name == "series":
             full["dims_key"] = dims_key(full.get("dimensions"))
         return full
@@ -385,16 +427,16 @@ class DatasetStore:
     def commit_import(self, table_name: str, dataset_name: str, job: str, mode: str, **job_values: Any) -> None:
         """Makes the staged rows of `job` visible (replacing the old ones in FULL mode), atomically."""
         table = ROW_TABLES[table_name]
-        mine = and_(table.c.dataset == dataset_name, table.c.import_job == job)
-        visible = and_(table.c.dataset == dataset_name, table.c.import_job.is_(None))
+        staged_rows = and_(table.c.dataset == row_key(dataset_name), table.c.import_job == row_key(job))
+        visible = and_(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None))
         with transaction(self.engine) as conn:
             if mode == "FULL":
                 conn.execute(delete(table).where(visible))
             elif table_name == "entities":
-                staged_ids = select(table.c.entity_id).where(mine)
+                staged_ids = select(table.c.entity_id).where(staged_rows)
                 conn.execute(delete(table).where(visible, table.c.entity_id.in_(staged_ids)))
             elif table_name == "series":
-                staged = select(table.c.item_id, table.c.ts, table.c.dims_key).where(mine).subquery()
+                staged = select(table.c.item_id, table.c.ts, table.c.dims_key).where(staged_rows).subquery()
                 clash = (
                     select(staged.c.item_id)
                     .where(
@@ -407,16 +449,22 @@ class DatasetStore:
                 conn.execute(delete(table).where(visible, clash))
             if table_name == "entities":
                 # Within one import the last row of an id wins.
-                newest = select(func.max(table.c.id)).where(mine).group_by(table.c.entity_id)
-                conn.execute(delete(table).where(mine, table.c.id.not_in(newest)))
-            conn.execute(update(table).where(mine).values(import_job=None))
-            conn.execute(update(import_jobs).where(import_jobs.c.name == job).values(update_time=now(), **job_values))
-            conn.execute(update(datasets).where(datasets.c.name == dataset_name).values(update_time=now()))
+                newest = select(func.max(table.c.id)).where(staged_rows).group_by(table.c.entity_id)
+                conn.execute(delete(table).where(staged_rows, table.c.id.not_in(newest)))
+            conn.execute(update(table).where(staged_rows).values(import_job=None))
+            conn.execute(
+                update(import_jobs)
+                .where(mine(import_jobs), import_jobs.c.name == job)
+                .values(update_time=now(), **job_values)
+            )
+            conn.execute(
+                update(datasets).where(mine(datasets), datasets.c.name == dataset_name).values(update_time=now())
+            )
 
     def discard_import(self, table_name: str, job: str) -> None:
         table = ROW_TABLES[table_name]
         with transaction(self.engine) as conn:
-            conn.execute(delete(table).where(table.c.import_job == job))
+            conn.execute(delete(table).where(table.c.import_job == row_key(job)))
 
     def discard_all_staged(self, job: str) -> None:
         for name in ROW_TABLES:
@@ -438,7 +486,7 @@ class DatasetStore:
             seen = set(
                 conn.execute(
                     select(interactions.c.event_id).where(
-                        interactions.c.dataset == dataset_name, interactions.c.event_id.in_(list(unique))
+                        interactions.c.dataset == row_key(dataset_name), interactions.c.event_id.in_(list(unique))
                     )
                 ).scalars()
             )
@@ -453,7 +501,7 @@ class DatasetStore:
             return conn.execute(
                 select(interactions)
                 .where(
-                    interactions.c.dataset == dataset_name,
+                    interactions.c.dataset == row_key(dataset_name),
                     interactions.c.event_id.is_not(None),
                     interactions.c.import_job.is_(None),
                     interactions.c.id > after_id,
@@ -464,7 +512,7 @@ class DatasetStore:
 
     def first_event_id_at(self, dataset_name: str, since_ts: int) -> int:
         """A cursor just before the first PutEvents event at or after `since_ts` (or after the last one)."""
-        base = [interactions.c.dataset == dataset_name, interactions.c.event_id.is_not(None)]
+        base = [interactions.c.dataset == row_key(dataset_name), interactions.c.event_id.is_not(None)]
         with self.engine.connect() as conn:
             first = conn.execute(
                 select(func.min(interactions.c.id)).where(*base, interactions.c.ts >= since_ts)
@@ -479,7 +527,7 @@ class DatasetStore:
         with transaction(self.engine) as conn:
             conn.execute(
                 delete(entities).where(
-                    entities.c.dataset == dataset_name,
+                    entities.c.dataset == row_key(dataset_name),
                     entities.c.import_job.is_(None),
                     entities.c.entity_id.in_(list(latest)),
                 )
@@ -495,7 +543,7 @@ class DatasetStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(table)
-                    .where(table.c.dataset == dataset_name, table.c.import_job.is_(None), table.c.id > last)
+                    .where(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None), table.c.id > last)
                     .order_by(table.c.id)
                     .limit(batch)
                 ).fetchall()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from foretell.core import names
+from foretell.core import names, tenancy
 from foretell.core.artifact_store import ArtifactNotFound, fetch_dir
 from foretell.core.artifacts import path_of
 from foretell.core.errors import FailedPrecondition, ForetellError, InvalidArgument, Unavailable, absent, invalid
@@ -81,58 +81,60 @@ class Forecasts:
         self._capacity = capacity or CAPACITY
         self._recheck = RECHECK_SECONDS if recheck_seconds is None else recheck_seconds
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()  # (tenant, name)
         self._lock = threading.Lock()  # the entries and their `checked` times
         self._loading = threading.Lock()  # one table loads at a time; cached ones keep serving
 
     def get(self, name: str) -> ServedForecast:
         """The forecast's served table; NOT_FOUND, FAILED_PRECONDITION or UNAVAILABLE otherwise."""
-        entry = self._entries.get(name)
+        key = (tenancy.current(), name)  # names are per tenant
+        entry = self._entries.get(key)
         if entry is not None:
             with self._lock:
                 due = self._clock() - entry.checked >= self._recheck
                 if due:
                     entry.checked = self._clock()  # claimed: concurrent requests keep the cached table
-                if name in self._entries:
-                    self._entries.move_to_end(name)
+                if key in self._entries:
+                    self._entries.move_to_end(key)
             if not due:
                 return entry.served
-            return self._recheck_entry(name, entry)
+            return self._recheck_entry(key, entry)
         names.check_name(name, "forecast", "forecasts")
         with self._loading:
-            entry = self._entries.get(name)
+            entry = self._entries.get(key)
             if entry is not None:  # loaded by another request meanwhile
                 return entry.served
             uri = self._resolve(name)
-            return self._put(name, self._load(name, uri), uri)
+            return self._put(key, self._load(name, uri), uri)
 
-    def _recheck_entry(self, name: str, entry: _Entry) -> ServedForecast:
+    def _recheck_entry(self, key: tuple[str, str], entry: _Entry) -> ServedForecast:
+        name = key[1]
         try:
             uri = self._resolve(name)
         except Unavailable:
             log.warning("training did not answer; serving the cached forecast", extra={"forecast": name})
             return entry.served
         except ForetellError:
-            self._evict(name, entry)
+            self._evict(key, entry)
             raise
         if uri == entry.artifact_uri:
             return entry.served
         with self._loading:
-            return self._put(name, self._load(name, uri), uri)
+            return self._put(key, self._load(name, uri), uri)
 
-    def _put(self, name: str, served: ServedForecast, uri: str) -> ServedForecast:
+    def _put(self, key: tuple[str, str], served: ServedForecast, uri: str) -> ServedForecast:
         with self._lock:
-            self._entries[name] = _Entry(served, uri, self._clock())
-            self._entries.move_to_end(name)
+            self._entries[key] = _Entry(served, uri, self._clock())
+            self._entries.move_to_end(key)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-        log.info("forecast loaded", extra={"forecast": name, "series": len(served.table.item_ids)})
+        log.info("forecast loaded", extra={"forecast": key[1], "series": len(served.table.item_ids)})
         return served
 
-    def _evict(self, name: str, entry: _Entry) -> None:
+    def _evict(self, key: tuple[str, str], entry: _Entry) -> None:
         with self._lock:
-            if self._entries.get(name) is entry:
-                del self._entries[name]
+            if self._entries.get(key) is entry:
+                del self._entries[key]
 
     def _resolve(self, name: str) -> str:
         """The artifact URI of SUCCEEDED forecast `name`, asked of the training service."""

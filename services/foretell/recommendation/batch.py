@@ -25,6 +25,7 @@ from typing import IO, Any
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
+from foretell.core import tenancy
 from foretell.core.artifact_store import Artifacts
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.file_roots import Place
@@ -85,7 +86,7 @@ class BatchJobs:
         )
         operation = self._ops.create(name, "batch-inference", spec.version.dataset_group)
         self._store.update_batch_job(name, operation=operation.name)
-        self._pool.submit(self._guarded, name, operation.name, spec)
+        self._pool.submit(tenancy.carry(self._guarded), name, operation.name, spec)
         return self._ops.get(operation.name)
 
     def _guarded(self, name: str, operation: str, spec: BatchSpec) -> None:
@@ -109,7 +110,8 @@ class BatchJobs:
         engine = self._campaigns.engine_for(spec.version.artifact_uri)
         if spec.item_filter is not None:
             spec.item_filter.check_fields(engine.catalog, "batch_inference_job.filter")
-        copies = [self._work / f"{spec.job_id}.input.jsonl", self._work / f"{spec.job_id}.output.jsonl"]
+        work = operation.removeprefix("operations/")  # unique: job ids are per tenant
+        copies = [self._work / f"{work}.input.jsonl", self._work / f"{work}.output.jsonl"]
         try:
             if spec.input is None:
                 download = self._artifacts.download_file(spec.input_uri, copies[0], "batch_inference_job.input_uri")
@@ -160,7 +162,8 @@ class BatchJobs:
         for row in self._store.batch_jobs_in("PENDING"):
             if row.operation and not self._ops.get(row.operation).done:
                 self._ops.fail(row.operation, aborted)
-            self._store.update_batch_job(row.name, state="FAILED", error=aborted.SerializeToString())
+            with tenancy.acting_as(row.tenant):
+                self._store.update_batch_job(row.name, state="FAILED", error=aborted.SerializeToString())
 
     def shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)

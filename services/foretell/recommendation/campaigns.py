@@ -27,7 +27,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2
 
-from foretell.core import metrics, names
+from foretell.core import metrics, names, tenancy
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, absent, invalid
 from foretell.core.logs import failure
@@ -116,23 +116,26 @@ class Deployment:
 
 
 class Deployments:
-    """Campaign name -> live Deployment. Reads are one dict lookup; writes replace whole values."""
+    """(tenant, campaign name) -> live Deployment. Reads are one dict lookup; writes replace whole values.
+
+    Names are per tenant: every method acts on the current tenant's campaign (core/tenancy.py)."""
 
     def __init__(self) -> None:
-        self._live: dict[str, Deployment] = {}
+        self._live: dict[tuple[str, str], Deployment] = {}
 
     def get(self, name: str) -> Deployment | None:
-        return self._live.get(name)
+        return self._live.get((tenancy.current(), name))
 
     def put(self, deployment: Deployment) -> Deployment | None:
-        old = self._live.get(deployment.name)
-        self._live[deployment.name] = deployment
-        metrics.campaign_serving(deployment.name, deployment.spec.solution_version)
+        key = (tenancy.current(), deployment.name)
+        old = self._live.get(key)
+        self._live[key] = deployment
+        metrics.campaign_serving(tenancy.prefix() + deployment.name, deployment.spec.solution_version)
         return old
 
     def remove(self, name: str) -> Deployment | None:
-        metrics.campaign_serving(name, None)
-        return self._live.pop(name, None)
+        metrics.campaign_serving(tenancy.prefix() + name, None)
+        return self._live.pop((tenancy.current(), name), None)
 
     def engine_for(self, artifact_uri: str) -> Engine | None:
         for deployment in list(self._live.values()):
@@ -240,7 +243,7 @@ class Campaigns:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="campaign-deploy")
         # Serializes publishing, deleting and state changes of campaigns in this process.
         self._lock = threading.RLock()
-        self._loading: set[str] = set()
+        self._loading: set[tuple[str, str]] = set()
 
     def resolve(self, version: str, field_name: str) -> Resolved:
         return self._versions.resolve(version, field_name)
@@ -285,7 +288,7 @@ class Campaigns:
         )
         operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
-        self._pool.submit(self._deploy, name, operation.name, spec, resolved, True)
+        self._pool.submit(tenancy.carry(self._deploy), name, operation.name, spec, resolved, True)
         log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
         return self._ops.get(operation.name)
 
@@ -305,7 +308,7 @@ class Campaigns:
             operation = self._ops.create(name, "deploy", resolved.dataset_group if resolved else row.dataset_group)
             if resolved is not None:
                 self._store.update_campaign(name, state="UPDATING", operation=operation.name, error=None)
-                self._pool.submit(self._deploy, name, operation.name, spec, resolved, False)
+                self._pool.submit(tenancy.carry(self._deploy), name, operation.name, spec, resolved, False)
                 log.info("updating campaign", extra={"campaign": name, "solution_version": spec.solution_version})
                 return self._ops.get(operation.name)
             # Settings only: swap in a deployment sharing the loaded engine.
@@ -414,10 +417,11 @@ class Campaigns:
         return live
 
     def _load_in_background(self, row: Any) -> None:
+        key = (row.tenant, row.name)
         with self._lock:
-            if row.name in self._loading:
+            if key in self._loading:
                 return
-            self._loading.add(row.name)
+            self._loading.add(key)
 
         def load() -> None:
             try:
@@ -426,9 +430,9 @@ class Campaigns:
                 log.error("loading campaign failed", extra={"campaign": row.name, **failure(exc)})
             finally:
                 with self._lock:
-                    self._loading.discard(row.name)
+                    self._loading.discard(key)
 
-        self._pool.submit(load)
+        self._pool.submit(tenancy.carry(load))
 
     def _warm(self, deployment: Deployment) -> None:
         start = time.monotonic()
@@ -445,19 +449,21 @@ class Campaigns:
             if row.operation and not self._ops.get(row.operation).done:
                 self._ops.fail(row.operation, aborted)
             state = "ACTIVE" if row.state == "UPDATING" and row.artifact_uri else "FAILED"
-            self._store.update_campaign(row.name, state=state, error=aborted.SerializeToString())
+            with tenancy.acting_as(row.tenant):
+                self._store.update_campaign(row.name, state=state, error=aborted.SerializeToString())
         loaded = []
         for row in self._store.campaigns_in("ACTIVE"):
-            try:
-                loaded.append(self._activate(row))
-            except Exception as exc:
-                status = (
-                    exc.to_status()
-                    if isinstance(exc, ForetellError)
-                    else error_status(code_pb2.INTERNAL, f"could not reload: {type(exc).__name__}")
-                )
-                log.error("could not reload campaign", extra={"campaign": row.name, **failure(exc)})
-                self._store.update_campaign(row.name, state="FAILED", error=status.SerializeToString())
+            with tenancy.acting_as(row.tenant):
+                try:
+                    loaded.append(self._activate(row))
+                except Exception as exc:
+                    status = (
+                        exc.to_status()
+                        if isinstance(exc, ForetellError)
+                        else error_status(code_pb2.INTERNAL, f"could not reload: {type(exc).__name__}")
+                    )
+                    log.error("could not reload campaign", extra={"campaign": row.name, **failure(exc)})
+                    self._store.update_campaign(row.name, state="FAILED", error=status.SerializeToString())
         for deployment in loaded:
             self._pool.submit(self._warm, deployment)
         if loaded:

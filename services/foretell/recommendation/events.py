@@ -25,6 +25,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import timestamp_pb2
 
+from foretell.core import tenancy
 from foretell.core.logs import failure
 from foretell.recommendation.engine import NO_EVENTS, RecentEvents
 from foretell.v1 import dataset_service_pb2, dataset_service_pb2_grpc, event_feed_service_pb2_grpc
@@ -94,7 +95,8 @@ class EventFeed:
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
         self._legacy = False  # the peer answered UNIMPLEMENTED for EventFeedService
-        self._thread = threading.Thread(target=self._run, name=f"events-{dataset_group}", daemon=True)
+        # The feed's thread acts for the tenant that acquired it: its peer calls name that tenant's group.
+        self._thread = threading.Thread(target=tenancy.carry(self._run), name=f"events-{dataset_group}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -159,39 +161,43 @@ class EventFeed:
 
 
 class EventFeeds:
-    """One feed per dataset group, shared by the campaigns serving it (reference counted)."""
+    """One feed per dataset group of a tenant, shared by the campaigns serving it (reference counted).
+
+    Groups are named per tenant: every method acts on the current tenant's group (core/tenancy.py)."""
 
     def __init__(self, channel: Callable[[], grpc.Channel]) -> None:
         self._channel = channel
-        self._feeds: dict[str, EventFeed] = {}
-        self._users: dict[str, int] = {}
+        self._feeds: dict[tuple[str, str], EventFeed] = {}
+        self._users: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def acquire(self, dataset_group: str, start_time: int) -> RecentEventStore:
         """The group's store; starts its feed at `start_time` (epoch seconds) if none runs yet."""
+        key = (tenancy.current(), dataset_group)
         with self._lock:
-            feed = self._feeds.get(dataset_group)
+            feed = self._feeds.get(key)
             if feed is None:
                 feed = EventFeed(self._channel, dataset_group, start_time, RecentEventStore())
-                self._feeds[dataset_group] = feed
+                self._feeds[key] = feed
                 feed.start()
                 log.info("watching events", extra={"dataset_group": dataset_group, "start_time": start_time})
-            self._users[dataset_group] = self._users.get(dataset_group, 0) + 1
+            self._users[key] = self._users.get(key, 0) + 1
             return feed.store
 
     def release(self, dataset_group: str) -> None:
+        key = (tenancy.current(), dataset_group)
         with self._lock:
-            left = self._users.get(dataset_group, 0) - 1
+            left = self._users.get(key, 0) - 1
             if left > 0:
-                self._users[dataset_group] = left
+                self._users[key] = left
                 return
-            self._users.pop(dataset_group, None)
-            feed = self._feeds.pop(dataset_group, None)
+            self._users.pop(key, None)
+            feed = self._feeds.pop(key, None)
         if feed is not None:
             feed.close()
 
     def feed(self, dataset_group: str) -> EventFeed | None:
-        return self._feeds.get(dataset_group)
+        return self._feeds.get((tenancy.current(), dataset_group))
 
     def close(self) -> None:
         with self._lock:

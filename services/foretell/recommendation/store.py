@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from foretell.core import tenancy
 from foretell.core.db import transaction
 from foretell.core.errors import absent
 from foretell.core.resources import (
@@ -36,12 +37,15 @@ from foretell.core.resources import (
     get_row,
     in_groups,
     insert_row,
+    name_column,
     now,
     page_rows,
     status_of,
+    tenant_key,
     times,
     timestamp_of,
 )
+from foretell.core.tenancy import mine
 from foretell.recommendation.filters import FilterExpression, parse_filter
 from foretell.v1 import recommendation_pb2 as pb
 
@@ -50,7 +54,7 @@ metadata = MetaData()
 campaigns = Table(
     "campaigns",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("solution_version", String(256), nullable=False, index=True),
     Column("dataset_group", String(128), nullable=False, default=""),
     # Set once the version was resolved; a restart reloads from here without asking training.
@@ -62,19 +66,21 @@ campaigns = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 filters = Table(
     "filters",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("dataset_group", String(128), nullable=False, index=True),
     Column("expression", Text, nullable=False),
     *times(),
+    *tenant_key(),
 )
 batch_jobs = Table(
     "batch_inference_jobs",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("solution_version", String(256), nullable=False, index=True),
     Column("input_uri", Text, nullable=False),
     Column("output_uri", Text, nullable=False),
@@ -87,6 +93,7 @@ batch_jobs = Table(
     *times(),
     # That of the solution version, stored so that lists filter by it in SQL. Last: where migration 0002 added it.
     Column("dataset_group", String(128), nullable=False, default="", index=True),
+    *tenant_key(),
 )
 
 # Parsed filters are cached this long; filters are immutable, so only a deletion elsewhere can
@@ -98,7 +105,7 @@ class RecommendationStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
-        self._filters: dict[str, tuple[float, FilterExpression, str]] = {}
+        self._filters: dict[tuple[str, str], tuple[float, FilterExpression, str]] = {}
         self._filter_lock = threading.Lock()
 
     # ---- campaigns ---------------------------------------------------------------------------
@@ -113,13 +120,14 @@ class RecommendationStore:
         return page_rows(self.engine, campaigns, size, after, *in_groups(campaigns.c.dataset_group, groups))
 
     def campaigns_in(self, *states: str) -> list[Row[Any]]:
+        """Every tenant's campaigns in `states` (start-up recovery acts for each row's tenant)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(campaigns).where(campaigns.c.state.in_(states))).fetchall())
 
     def update_campaign(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
             changed = conn.execute(
-                update(campaigns).where(campaigns.c.name == name).values(update_time=now(), **values)
+                update(campaigns).where(mine(campaigns), campaigns.c.name == name).values(update_time=now(), **values)
             ).rowcount
             if not changed:
                 raise absent(name)
@@ -127,7 +135,7 @@ class RecommendationStore:
 
     def delete_campaign(self, name: str) -> None:
         with transaction(self.engine) as conn:
-            if not conn.execute(delete(campaigns).where(campaigns.c.name == name)).rowcount:
+            if not conn.execute(delete(campaigns).where(mine(campaigns), campaigns.c.name == name)).rowcount:
                 raise absent(name)
 
     # ---- filters -----------------------------------------------------------------------------
@@ -148,14 +156,15 @@ class RecommendationStore:
 
     def delete_filter(self, name: str) -> None:
         with transaction(self.engine) as conn:
-            if not conn.execute(delete(filters).where(filters.c.name == name)).rowcount:
+            if not conn.execute(delete(filters).where(mine(filters), filters.c.name == name)).rowcount:
                 raise absent(name)
         with self._filter_lock:
-            self._filters.pop(name, None)
+            self._filters.pop((tenancy.current(), name), None)
 
     def parsed_filter(self, name: str) -> tuple[FilterExpression, str]:
         """(expression, dataset group) of filter `name`; NotFound naming it."""
-        cached = self._filters.get(name)
+        key = (tenancy.current(), name)  # names are per tenant
+        cached = self._filters.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1], cached[2]
         row = self.get_filter(name)
@@ -163,7 +172,7 @@ class RecommendationStore:
         with self._filter_lock:
             if len(self._filters) > 1000:
                 self._filters.clear()
-            self._filters[name] = (time.monotonic() + FILTER_CACHE_SECONDS, expression, row.dataset_group)
+            self._filters[key] = (time.monotonic() + FILTER_CACHE_SECONDS, expression, row.dataset_group)
         return expression, row.dataset_group
 
     # ---- batch inference jobs ----------------------------------------------------------------
@@ -181,12 +190,17 @@ class RecommendationStore:
         return page_rows(self.engine, batch_jobs, size, after, *where, *in_groups(batch_jobs.c.dataset_group, groups))
 
     def batch_jobs_in(self, *states: str) -> list[Row[Any]]:
+        """Every tenant's batch jobs in `states` (start-up recovery acts for each row's tenant)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(batch_jobs).where(batch_jobs.c.state.in_(states))).fetchall())
 
     def update_batch_job(self, name: str, **values: Any) -> Row[Any]:
         with transaction(self.engine) as conn:
-            conn.execute(update(batch_jobs).where(batch_jobs.c.name == name).values(update_time=now(), **values))
+            conn.execute(
+                update(batch_jobs)
+                .where(mine(batch_jobs), batch_jobs.c.name == name)
+                .values(update_time=now(), **values)
+            )
             return get_row(self.engine, batch_jobs, name, conn)
 
 

@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from sqlalchemy.engine import Row
 
-from foretell.core import metrics
+from foretell.core import metrics, tenancy
 from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
@@ -97,15 +97,16 @@ class TrainingJobs:
             (job_dir / "request.json").write_text(json.dumps(request))
         self._store.create_job(operation, kind, target, str(job_dir))
         self._ops.report_progress(operation, 0.0, "queued")
-        self._pool.submit(self._guarded, operation)
+        self._pool.submit(self._guarded, operation, tenancy.current())
 
     def recover(self) -> None:
         """Resumes the jobs a previous process left unfinished."""
         for job in self._store.unfinished_jobs():
             if job.state == "PREPARING":
-                self._store.update_job(job.name, state="QUEUED")
+                with tenancy.acting_as(job.tenant):
+                    self._store.update_job(job.name, state="QUEUED")
             log.info("resuming training job", extra={"operation": job.name, "state": job.state})
-            self._pool.submit(self._guarded, job.name)
+            self._pool.submit(self._guarded, job.name, job.tenant)
 
     def close(self, wait: bool) -> None:
         """Stops the running workers and marks their jobs FAILED (ABORTED), so nothing is left RUNNING;
@@ -115,7 +116,11 @@ class TrainingJobs:
 
     # ---- one job ---------------------------------------------------------------------
 
-    def _guarded(self, operation: str) -> None:
+    def _guarded(self, operation: str, tenant: str) -> None:
+        with tenancy.acting_as(tenant):  # the job's tenant: its target's names, snapshot and artifacts are its
+            self._guarded_run(operation)
+
+    def _guarded_run(self, operation: str) -> None:
         job = self._store.get_job(operation)
         try:
             outcome = self._run(job)

@@ -29,14 +29,15 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import FailedPrecondition
-from foretell.core.resources import Page, get_row, in_groups, insert_row, now, page_rows, times
+from foretell.core.resources import Page, get_row, in_groups, insert_row, name_column, now, page_rows, tenant_key, times
+from foretell.core.tenancy import mine
 
 metadata = MetaData()
 
 solutions = Table(
     "solutions",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("dataset_group", String(128), nullable=False, index=True),
     Column("recipe", String(64), nullable=False),
     Column("hyper_parameters", JSON, nullable=False),
@@ -45,12 +46,13 @@ solutions = Table(
     Column("event_type", String(256), nullable=False, default=""),
     Column("latest_solution_version", String(256), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 
 solution_versions = Table(
     "solution_versions",
     metadata,
-    Column("name", String(256), primary_key=True),
+    name_column(256),
     Column("solution", String(128), nullable=False, index=True),
     Column("training_mode", String(16), nullable=False),
     Column("state", String(16), nullable=False),
@@ -62,12 +64,13 @@ solution_versions = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 
 predictors = Table(
     "predictors",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("dataset_group", String(128), nullable=False, index=True),
     # The Predictor proto as given (its inputs); outputs live in the columns below.
     Column("spec", LargeBinary, nullable=False),
@@ -79,12 +82,13 @@ predictors = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 
 forecasts = Table(
     "forecasts",
     metadata,
-    Column("name", String(128), primary_key=True),
+    name_column(128),
     Column("predictor", String(128), nullable=False, index=True),
     Column("quantiles", JSON, nullable=False),
     Column("state", String(16), nullable=False),
@@ -93,6 +97,7 @@ forecasts = Table(
     Column("error", LargeBinary, nullable=True),
     Column("operation", String(80), nullable=False, default=""),
     *times(),
+    *tenant_key(),
 )
 
 # States of a job row: QUEUED (waiting for a slot), PREPARING (taking the snapshot),
@@ -100,7 +105,7 @@ forecasts = Table(
 jobs = Table(
     "training_jobs",
     metadata,
-    Column("name", String(80), primary_key=True),  # the operation name
+    Column("name", String(80), primary_key=True),  # the operation name (global: operations/{uuid})
     Column("kind", String(32), nullable=False),  # "solution-version", "predictor", "forecast", "forecast-export"
     Column("target", String(256), nullable=False),
     Column("state", String(16), nullable=False),
@@ -108,6 +113,7 @@ jobs = Table(
     Column("handle", String(256), nullable=False, default=""),
     Column("attempt", Integer, nullable=False, default=0),
     *times(),
+    Column("tenant", String(64), nullable=False),  # whom the job runs for; last: where migration 0003 added it
 )
 
 ACTIVE_VERSION_STATES = ("PENDING", "RUNNING")
@@ -134,15 +140,17 @@ class TrainingStore:
         """Deletes the solution and its versions; returns the deleted versions (for their artifacts)."""
         self.get_solution(name)
         with transaction(self.engine) as conn:
-            versions = conn.execute(select(solution_versions).where(solution_versions.c.solution == name)).fetchall()
+            versions = conn.execute(
+                select(solution_versions).where(mine(solution_versions), solution_versions.c.solution == name)
+            ).fetchall()
             busy = [v.name for v in versions if v.state in ACTIVE_VERSION_STATES]
             if busy:
                 raise FailedPrecondition(
                     f"solution {name!r} has versions still training: {', '.join(busy)}; cancel them first",
                     metadata={"resource": name},
                 )
-            conn.execute(delete(solution_versions).where(solution_versions.c.solution == name))
-            conn.execute(delete(solutions).where(solutions.c.name == name))
+            conn.execute(delete(solution_versions).where(mine(solution_versions), solution_versions.c.solution == name))
+            conn.execute(delete(solutions).where(mine(solutions), solutions.c.name == name))
         return list(versions)
 
     # ---- solution versions -----------------------------------------------------------
@@ -152,7 +160,7 @@ class TrainingStore:
         with transaction(self.engine) as conn:
             conn.execute(
                 update(solutions)
-                .where(solutions.c.name == values["solution"])
+                .where(mine(solutions), solutions.c.name == values["solution"])
                 .values(latest_solution_version=values["name"], update_time=now())
             )
         return row
@@ -170,7 +178,11 @@ class TrainingStore:
         with self.engine.connect() as conn:
             return conn.execute(
                 select(solution_versions)
-                .where(solution_versions.c.solution == solution, solution_versions.c.state == "SUCCEEDED")
+                .where(
+                    mine(solution_versions),
+                    solution_versions.c.solution == solution,
+                    solution_versions.c.state == "SUCCEEDED",
+                )
                 .order_by(solution_versions.c.create_time.desc())
                 .limit(1)
             ).first()
@@ -183,7 +195,7 @@ class TrainingStore:
                 metadata={"resource": name},
             )
         with transaction(self.engine) as conn:
-            conn.execute(delete(solution_versions).where(solution_versions.c.name == name))
+            conn.execute(delete(solution_versions).where(mine(solution_versions), solution_versions.c.name == name))
         return row
 
     # ---- predictors and forecasts ----------------------------------------------------
@@ -208,14 +220,16 @@ class TrainingStore:
                 f"predictor {name!r} is still training; cancel its operation first", metadata={"resource": name}
             )
         with transaction(self.engine) as conn:
-            used = conn.execute(select(forecasts.c.name).where(forecasts.c.predictor == name).limit(5)).scalars()
+            used = conn.execute(
+                select(forecasts.c.name).where(mine(forecasts), forecasts.c.predictor == name).limit(5)
+            ).scalars()
             blocking = list(used)
             if blocking:
                 raise FailedPrecondition(
                     f"predictor {name!r} has forecasts ({', '.join(blocking)}); delete them first",
                     metadata={"resource": name},
                 )
-            conn.execute(delete(predictors).where(predictors.c.name == name))
+            conn.execute(delete(predictors).where(mine(predictors), predictors.c.name == name))
         return row
 
     def create_forecast(self, values: dict[str, Any]) -> Row[Any]:
@@ -232,7 +246,7 @@ class TrainingStore:
     ) -> Page:
         where = [forecasts.c.predictor == predictor] if predictor else []
         if groups is not None:
-            visible = select(predictors.c.name).where(*in_groups(predictors.c.dataset_group, groups))
+            visible = select(predictors.c.name).where(mine(predictors), *in_groups(predictors.c.dataset_group, groups))
             where.append(forecasts.c.predictor.in_(visible))
         return page_rows(self.engine, forecasts, size, after, *where)
 
@@ -243,12 +257,12 @@ class TrainingStore:
                 f"forecast {name!r} is still being generated; cancel its operation first", metadata={"resource": name}
             )
         with transaction(self.engine) as conn:
-            conn.execute(delete(forecasts).where(forecasts.c.name == name))
+            conn.execute(delete(forecasts).where(mine(forecasts), forecasts.c.name == name))
         return row
 
     def _update(self, table: Table, name: str, values: dict[str, Any]) -> Row[Any]:
         with transaction(self.engine) as conn:
-            conn.execute(update(table).where(table.c.name == name).values(update_time=now(), **values))
+            conn.execute(update(table).where(mine(table), table.c.name == name).values(update_time=now(), **values))
             return get_row(self.engine, table, name, conn)
 
     # ---- jobs ------------------------------------------------------------------------
@@ -266,8 +280,9 @@ class TrainingStore:
 
     def update_job(self, name: str, **values: Any) -> None:
         with transaction(self.engine) as conn:
-            conn.execute(update(jobs).where(jobs.c.name == name).values(update_time=now(), **values))
+            conn.execute(update(jobs).where(mine(jobs), jobs.c.name == name).values(update_time=now(), **values))
 
     def unfinished_jobs(self) -> list[Row[Any]]:
+        """Every tenant's jobs not DONE (each runs as its row's tenant)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(jobs).where(jobs.c.state != "DONE").order_by(jobs.c.create_time)))

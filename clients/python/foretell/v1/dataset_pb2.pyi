@@ -157,10 +157,12 @@ class DatasetGroup(_message.Message):
     """A container for the datasets, models and campaigns of one use case.
     Name: "datasetGroups/{dataset_group}".
 
-    Resource types are "foretell.io/{Kind}" (AIP-123). Names carry no tenant:
-    the tenant is the caller's credential (an API key lists its dataset groups),
-    as an AWS account scopes ARNs, and another tenant's resource answers as an
-    absent one. See docs/security.md.
+    Resource types are "foretell.io/{Kind}" (AIP-123). Names carry no tenant and
+    are unique per tenant: the tenant is the caller's credential (each API key
+    belongs to one tenant and lists its dataset groups), as an AWS account scopes
+    ARNs. Two tenants may both own "datasetGroups/shop" or "solutions/movies";
+    another tenant's resource answers exactly as an absent one. See
+    docs/security.md.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -280,7 +282,9 @@ Global___SchemaField: _TypeAlias = SchemaField  # noqa: Y015
 
 @_typing.final
 class Schema(_message.Message):
-    """The columns a dataset accepts. Name: "schemas/{schema}"."""
+    """The columns a dataset accepts. Name: "schemas/{schema}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -316,7 +320,9 @@ Global___Schema: _TypeAlias = Schema  # noqa: Y015
 
 @_typing.final
 class Dataset(_message.Message):
-    """One dataset of a group. Name: "datasetGroups/{dataset_group}/datasets/{dataset}"."""
+    """One dataset of a group. Name: "datasetGroups/{dataset_group}/datasets/{dataset}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -382,6 +388,7 @@ Global___Dataset: _TypeAlias = Dataset  # noqa: Y015
 class ImportJob(_message.Message):
     """A bulk import of CSV rows into a dataset.
     Name: "datasetGroups/{dataset_group}/datasets/{dataset}/importJobs/{import_job}".
+    The name is unique per tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -441,6 +448,7 @@ Global___ImportJob: _TypeAlias = ImportJob  # noqa: Y015
 class ExportJob(_message.Message):
     """A dump of a dataset to CSV.
     Name: "datasetGroups/{dataset_group}/datasets/{dataset}/exportJobs/{export_job}".
+    The name is unique per tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -76,7 +76,9 @@ Global___ExplorationConfig: _TypeAlias = ExplorationConfig  # noqa: Y015
 
 @_typing.final
 class Campaign(_message.Message):
-    """A solution version deployed for real-time requests. Name: "campaigns/{campaign}"."""
+    """A solution version deployed for real-time requests. Name: "campaigns/{campaign}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -124,7 +126,9 @@ Global___Campaign: _TypeAlias = Campaign  # noqa: Y015
 
 @_typing.final
 class Filter(_message.Message):
-    """A named filter expression. Name: "filters/{filter}"."""
+    """A named filter expression. Name: "filters/{filter}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -202,6 +206,7 @@ Global___PredictedItem: _TypeAlias = PredictedItem  # noqa: Y015
 class BatchInferenceJob(_message.Message):
     """Offline inference over a file of users or items.
     Name: "batchInferenceJobs/{batch_inference_job}".
+    The name is unique per tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -268,7 +268,9 @@ Global___HpoConfig: _TypeAlias = HpoConfig  # noqa: Y015
 
 @_typing.final
 class Solution(_message.Message):
-    """A recipe plus its settings, trained into versions. Name: "solutions/{solution}"."""
+    """A recipe plus its settings, trained into versions. Name: "solutions/{solution}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -346,7 +348,9 @@ Global___Solution: _TypeAlias = Solution  # noqa: Y015
 
 @_typing.final
 class SolutionVersion(_message.Message):
-    """One training run of a solution. Name: "solutions/{solution}/versions/{version}"."""
+    """One training run of a solution. Name: "solutions/{solution}/versions/{version}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -579,7 +583,9 @@ Global___AutoMlConfig: _TypeAlias = AutoMlConfig  # noqa: Y015
 
 @_typing.final
 class Predictor(_message.Message):
-    """A forecasting model. Name: "predictors/{predictor}"."""
+    """A forecasting model. Name: "predictors/{predictor}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -877,7 +883,9 @@ Global___ItemAccuracy: _TypeAlias = ItemAccuracy  # noqa: Y015
 
 @_typing.final
 class Forecast(_message.Message):
-    """A forecast generated from a predictor for every series. Name: "forecasts/{forecast}"."""
+    """A forecast generated from a predictor for every series. Name: "forecasts/{forecast}".
+    The name is unique per tenant.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
