@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,13 +15,14 @@ from google.longrunning import operations_pb2
 
 from foretell.core.artifacts import path_of
 from foretell.core.settings import Settings
+from foretell.forecast_query import forecasts as forecasts_module
 from foretell.v1 import common_pb2, forecast_query_service_pb2, forecast_query_service_pb2_grpc, training_pb2
 from foretell.v1 import dataset_pb2 as dpb
 from foretell.v1 import dataset_service_pb2 as dapi
 from foretell.v1 import training_service_pb2 as api
 
 from errors import expect_error
-from support import DAY, START, Stubs, daily_csv, make_forecasting_group, upload
+from support import DAY, START, Stubs, daily_csv, make_forecasting_group, start_stubs, upload
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -347,3 +349,60 @@ def test_deepar_with_related_series_and_metadata_forecasts_a_cold_start_item(stu
     mean = np.array([p.value for p in series.mean])
     low, mid, high = (np.array([p.value for p in q.points]) for q in series.quantiles)
     assert len(mean) == 7 and np.isfinite(mean).all() and (low <= mid).all() and (mid <= high).all()
+
+
+def test_a_deleted_and_recreated_forecast_is_never_answered_from_the_old_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: after delete and re-create (from another predictor) QueryForecast kept the old numbers for minutes,
+    because both had the same artifact path. Each forecast job writes a path of its own now."""
+    monkeypatch.setattr(forecasts_module, "RECHECK_SECONDS", 0.2)
+    stubs = start_stubs(Settings(port=0, data_dir=tmp_path / "data"))
+    try:
+        group = make_forecasting_group(stubs, "sales", daily_csv(items=2, days=40))
+        query = forecast_query_service_pb2_grpc.ForecastQueryServiceStub(stubs.channel)
+
+        def mean() -> list[float]:
+            answer = query.QueryForecast(
+                forecast_query_service_pb2.QueryForecastRequest(forecast="forecasts/next", item_id="item1"), timeout=10
+            )
+            return [p.value for p in answer.series[0].mean]
+
+        uris = []
+        for algorithm in ("seasonal-naive", "naive"):
+            done = stubs.wait(
+                stubs.training.CreatePredictor(
+                    api.CreatePredictorRequest(
+                        predictor_id=algorithm,
+                        predictor=training_pb2.Predictor(
+                            dataset_group=group, algorithm=algorithm, forecast_horizon=7, forecast_frequency="D"
+                        ),
+                    ),
+                    timeout=10,
+                ),
+                timeout=180,
+            )
+            assert not done.HasField("error"), done.error
+            if uris:
+                stubs.training.DeleteForecast(api.DeleteForecastRequest(name="forecasts/next"), timeout=10)
+            done = stubs.wait(
+                stubs.training.CreateForecast(
+                    api.CreateForecastRequest(
+                        forecast_id="next", forecast=training_pb2.Forecast(predictor=f"predictors/{algorithm}")
+                    ),
+                    timeout=10,
+                ),
+                timeout=180,
+            )
+            assert not done.HasField("error"), done.error
+            uris.append(stubs.training.GetForecast(api.GetForecastRequest(name="forecasts/next")).artifact_uri)
+            if algorithm == "seasonal-naive":
+                weekly = mean()
+                assert len(set(weekly)) > 1  # last week's pattern
+        assert uris[0] != uris[1]
+        time.sleep(0.3)  # one recheck period
+        flat = mean()
+        assert len(set(flat)) == 1 and flat != weekly  # the naive forecast repeats the last value
+    finally:
+        stubs.channel.close()
+        stubs.app.stop(None)

@@ -479,6 +479,25 @@ def test_train_deploy_and_serve_end_to_end(stubs: Stubs, trained: Group) -> None
     assert len(similar.item_list) == 5
 
 
+def test_a_served_version_is_not_deleted_under_its_campaign(stubs: Stubs, trained: Group) -> None:
+    """Found: deleting the version a campaign served removed its model; the next restart marked the campaign FAILED."""
+    version = _train(stubs, trained, "kept", "popularity-count")
+    name = _deploy(stubs, "kept", version)
+    for delete in (
+        lambda: stubs.training.DeleteSolutionVersion(
+            training_service_pb2.DeleteSolutionVersionRequest(name=version), timeout=10
+        ),
+        lambda: stubs.training.DeleteSolution(
+            training_service_pb2.DeleteSolutionRequest(name="solutions/kept"), timeout=10
+        ),
+    ):
+        status = expect_error(delete, grpc.StatusCode.FAILED_PRECONDITION)
+        assert name in status.message
+    assert recommend(stubs, campaign=name, user_id="u1", num_results=3).item_list
+    stubs.recommendations.DeleteCampaign(api.DeleteCampaignRequest(name=name), timeout=10)
+    stubs.training.DeleteSolution(training_service_pb2.DeleteSolutionRequest(name="solutions/kept"), timeout=10)
+
+
 def walks_csv(users: int = 60, items: int = 40, length: int = 30) -> bytes:
     """Every user walks the catalogue in order (i7, i8, i9, ...): the next item follows the last one."""
     rows = ["USER_ID,ITEM_ID,TIMESTAMP,EVENT_TYPE"]

@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from test_sharded_jobs import ShardedPredictorKind
 
 from foretell.core.db import make_engine
+from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.settings import Settings
 from foretell.training import k8s_launcher, service
@@ -544,7 +545,9 @@ def run_jobs(tmp_path: Path) -> Iterator[Any]:
         store, ops = TrainingStore(engine), OperationStore(engine)
         kind = kind or TinySolutionKind(settings.artifacts)
         launcher = KubernetesLauncher(settings, _client(cluster))
-        jobs = TrainingJobs(store, ops, launcher, {kind_name: kind}, settings.artifacts / "jobs", 1, 120)
+        jobs = TrainingJobs(
+            store, ops, launcher, {kind_name: kind}, settings.artifacts / "jobs", 1, 120, Leases(engine)
+        )
         created.append(jobs)
         op = ops.create("solutions/s/versions/v", "train")
         jobs.submit(op.name, kind_name, "solutions/s/versions/v")
@@ -594,9 +597,9 @@ def test_after_a_restart_recover_follows_the_running_job_by_its_handle(tmp_path:
     handle = KubernetesLauncher(settings, _client(cluster)).start(job_dir)
     store.update_job(op.name, state="RUNNING", handle=handle)
 
-    jobs = TrainingJobs(
-        store, ops, KubernetesLauncher(settings, _client(cluster)), {"solution-version": kind}, job_dir.parent, 1, 120
-    )
+    cluster_launcher = KubernetesLauncher(settings, _client(cluster))
+    leases = Leases(store.engine)
+    jobs = TrainingJobs(store, ops, cluster_launcher, {"solution-version": kind}, job_dir.parent, 1, 120, leases)
     try:
         jobs.recover()
         deadline = time.monotonic() + 120

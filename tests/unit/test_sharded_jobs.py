@@ -19,6 +19,7 @@ from google.rpc import status_pb2
 from test_predictor_shards import numbers_of, predictor_spec, write_snapshot
 
 from foretell.core.db import make_engine
+from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.training import launcher as launcher_module
 from foretell.training import predictor_worker, shards
@@ -73,8 +74,9 @@ class Harness:
         self.ops = RecordingOperationStore(engine)
         self.kind = kind
         self.launcher = launcher
+        jobs_dir = root / "artifacts" / "jobs"
         self.jobs = TrainingJobs(
-            TrainingStore(engine), self.ops, launcher, {"predictor": kind}, root / "artifacts" / "jobs", 1, 300
+            TrainingStore(engine), self.ops, launcher, {"predictor": kind}, jobs_dir, 1, 300, Leases(engine)
         )
         self.op = self.ops.create(TARGET, "train")
         self.job_dir = root / "artifacts" / "jobs" / self.op.name.removeprefix("operations/")

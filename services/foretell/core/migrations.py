@@ -35,7 +35,7 @@ class SchemaNotCurrent(RuntimeError):
 def target_metadata() -> MetaData:
     """Every service's tables in one MetaData: what migrations must produce."""
     # Imported here: the stores import foretell.core, so a module-level import would be circular.
-    from foretell.core import idempotency, operations, server_secrets
+    from foretell.core import idempotency, leases, operations, pins, server_secrets
     from foretell.dataset import store as dataset_store
     from foretell.recommendation import store as recommendation_store
     from foretell.training import store as training_store
@@ -45,6 +45,8 @@ def target_metadata() -> MetaData:
         operations.metadata,
         idempotency.metadata,
         server_secrets.metadata,
+        leases.metadata,
+        pins.metadata,
         dataset_store.metadata,
         training_store.metadata,
         recommendation_store.metadata,

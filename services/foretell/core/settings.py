@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024**3, ge=1)
     # Bad rows reported before an import stops reading.
     max_reported_violations: int = Field(default=100, ge=1)
+    # Background work (imports, training jobs, deployments, batch jobs) is leased to the process that runs it for
+    # this long, renewed every third of it: a dead replica's work is failed or resumed by another after about this.
+    lease_seconds: float = Field(default=30.0, ge=1)
+    # Every recommendation replica reconciles its loaded campaigns with the database this often (seconds): a
+    # campaign created, updated or deleted on one replica is served so by all within this plus the model's load time.
+    campaign_sync_seconds: float = Field(default=2.0, gt=0)
     # host:port of the other services; empty means this process (all-in-one).
     dataset_target: str = ""
     training_target: str = ""

@@ -14,8 +14,9 @@ from google.rpc import code_pb2
 from sqlalchemy.engine import Row
 
 from foretell.core import metrics, tenancy
-from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
+from foretell.core.errors import AlreadyExists, Cancelled, ForetellError, ResourceExhausted
 from foretell.core.file_roots import Place
+from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
@@ -35,10 +36,12 @@ class DatasetJobs:
         workers: int,
         batch_rows: int,
         max_violations: int,
+        leases: Leases,
         max_queued_imports: int = 32,
     ) -> None:
         self._store = store
         self._ops = operations
+        self._leases = leases
         self._importer = Importer(store, batch_rows, max_violations)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dataset-job")
         # Large exports run in a process of their own (export_worker), which must see the same database.
@@ -51,10 +54,13 @@ class DatasetJobs:
         self._queued_lock = threading.Lock()
 
     def recover(self) -> None:
-        """Fails jobs a stopped server left unfinished and drops their staged rows."""
+        """Fails jobs a stopped server left unfinished and drops their staged rows: those no live process holds
+        (core/leases.py), so a replica never fails another's running job. At start, then once per lease TTL."""
         for tenant, kind, name, operation in self._store.unfinished_jobs():
             status = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
             with tenancy.acting_as(tenant):
+                if self._leases.held(kind, name):
+                    continue
                 if kind == "import":
                     self._store.discard_all_staged(name)
                     self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
@@ -85,8 +91,13 @@ class DatasetJobs:
                 )
             self._queued += 1
         try:
-            operation = self._ops.create(job, "import", dataset.dataset_group)
-            self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
+            self._leased("import", job)
+            try:
+                operation = self._ops.create(job, "import", dataset.dataset_group)
+                self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
+            except BaseException:
+                self._leases.release("import", job)
+                raise
         except BaseException:
             self._started()
             raise
@@ -111,8 +122,13 @@ class DatasetJobs:
                 if remove_file is not None:
                     remove_file.unlink(missing_ok=True)
 
-        self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v))
+        self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v), ("import", job))
         return self._ops.get(operation.name)
+
+    def _leased(self, kind: str, job: str) -> None:
+        """Takes the job's lease before its row exists, so that no sweep sees the row unowned."""
+        if not self._leases.acquire(kind, job):
+            raise AlreadyExists(job, f"{kind} job {job!r} already exists")
 
     def _started(self) -> None:
         with self._queued_lock:
@@ -122,8 +138,13 @@ class DatasetJobs:
         self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, destination: Place
     ) -> operations_pb2.Operation:
         job = f"{dataset.name}/exportJobs/{job_id}"
-        operation = self._ops.create(job, "export", dataset.dataset_group)
-        self._store.create_export_job(job, dataset.name, destination.uri, operation.name)
+        self._leased("export", job)
+        try:
+            operation = self._ops.create(job, "export", dataset.dataset_group)
+            self._store.create_export_job(job, dataset.name, destination.uri, operation.name)
+        except BaseException:
+            self._leases.release("export", job)
+            raise
 
         def work() -> None:
             self._store.update_export_job(job, state="RUNNING")
@@ -136,15 +157,18 @@ class DatasetJobs:
                 convert.export_job(self._store.update_export_job(job, state="SUCCEEDED", rows_exported=rows)),
             )
 
-        self._run(operation.name, work, lambda **v: self._store.update_export_job(job, **v))
+        self._run(operation.name, work, lambda **v: self._store.update_export_job(job, **v), ("export", job))
         return self._ops.get(operation.name)
 
-    def _run(self, operation: str, work: Callable[[], None], mark: Callable[..., Any]) -> None:
+    def _run(self, operation: str, work: Callable[[], None], mark: Callable[..., Any], lease: tuple[str, str]) -> None:
         tenant = tenancy.current()  # the job outlives the call that started it
 
         def guarded() -> None:
             with tenancy.acting_as(tenant):
-                run_guarded()
+                try:
+                    run_guarded()
+                finally:
+                    self._leases.release(*lease)
 
         def run_guarded() -> None:
             try:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from foretell.core import tenancy
 from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
+from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
@@ -38,6 +39,7 @@ def add_dataset_service(
     engine: Engine,
     operations: OperationStore,
     tokens: PageTokens,
+    leases: Leases,
     before_stop: list[Callable[[], None]],
 ) -> Callable[[bool], None]:
     """Registers DatasetService and the internal EventFeedService; returns the function that stops its background jobs.
@@ -51,9 +53,11 @@ def add_dataset_service(
         settings.import_workers,
         settings.import_batch_rows,
         settings.max_reported_violations,
+        leases,
         settings.max_queued_imports,
     )
     jobs.recover()
+    leases.on_sweep(jobs.recover)
     if settings.api_keys_file is not None:
         unowned = store.groups_of(tenancy.DEFAULT)
         if unowned:

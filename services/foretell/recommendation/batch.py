@@ -27,8 +27,9 @@ from google.rpc import code_pb2
 
 from foretell.core import tenancy
 from foretell.core.artifact_store import Artifacts
-from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.errors import AlreadyExists, Cancelled, ForetellError
 from foretell.core.file_roots import Place
+from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.recommendation.campaigns import Campaigns, Resolved
@@ -57,11 +58,20 @@ class BatchSpec:
     item_filter: BoundFilter | None
 
 
+LEASE = "batch"  # core/leases.py kind of a batch inference job in progress
+
+
 class BatchJobs:
     def __init__(
-        self, store: RecommendationStore, operations: OperationStore, campaigns: Campaigns, artifacts: Artifacts
+        self,
+        store: RecommendationStore,
+        operations: OperationStore,
+        campaigns: Campaigns,
+        artifacts: Artifacts,
+        leases: Leases,
     ) -> None:
         self._store = store
+        self._leases = leases
         self._artifacts = artifacts
         # Local copies of an s3:// input or output while a job runs.
         self._work = artifacts.local_dir("batch-inference", ".work")
@@ -71,6 +81,19 @@ class BatchJobs:
 
     def start(self, spec: BatchSpec) -> operations_pb2.Operation:
         name = f"batchInferenceJobs/{spec.job_id}"
+        if not self._leases.acquire(LEASE, name):  # taken before the row exists: no sweep sees it unowned
+            raise AlreadyExists(name, f"batch inference job {name!r} already exists")
+        try:
+            self._create(name, spec)
+        except BaseException:
+            self._leases.release(LEASE, name)
+            raise
+        operation = self._ops.create(name, "batch-inference", spec.version.dataset_group)
+        self._store.update_batch_job(name, operation=operation.name)
+        self._pool.submit(tenancy.carry(self._guarded), name, operation.name, spec)
+        return self._ops.get(operation.name)
+
+    def _create(self, name: str, spec: BatchSpec) -> None:
         self._store.create_batch_job(
             {
                 "name": name,
@@ -84,12 +107,14 @@ class BatchJobs:
                 "state": "PENDING",
             }
         )
-        operation = self._ops.create(name, "batch-inference", spec.version.dataset_group)
-        self._store.update_batch_job(name, operation=operation.name)
-        self._pool.submit(tenancy.carry(self._guarded), name, operation.name, spec)
-        return self._ops.get(operation.name)
 
     def _guarded(self, name: str, operation: str, spec: BatchSpec) -> None:
+        try:
+            self._guarded_run(name, operation, spec)
+        finally:
+            self._leases.release(LEASE, name)
+
+    def _guarded_run(self, name: str, operation: str, spec: BatchSpec) -> None:
         try:
             lines = self._run(operation, spec)
             row = self._store.update_batch_job(name, state="SUCCEEDED", error=None)
@@ -157,12 +182,15 @@ class BatchJobs:
         return lines
 
     def recover(self) -> None:
-        """Fails jobs a stopped server left unfinished."""
+        """Fails jobs whose process stopped (no live lease, core/leases.py): never another replica's running job.
+        At start, then once per lease TTL."""
         aborted = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
         for row in self._store.batch_jobs_in("PENDING"):
-            if row.operation and not self._ops.get(row.operation).done:
-                self._ops.fail(row.operation, aborted)
             with tenancy.acting_as(row.tenant):
+                if self._leases.held(LEASE, row.name):
+                    continue
+                if row.operation and not self._ops.get(row.operation).done:
+                    self._ops.fail(row.operation, aborted)
                 self._store.update_batch_job(row.name, state="FAILED", error=aborted.SerializeToString())
 
     def shutdown(self, wait: bool) -> None:

@@ -30,12 +30,14 @@ from google.rpc import code_pb2
 from foretell.core import metrics, names, tenancy
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, absent, invalid
+from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
+from foretell.core.pins import Pins
 from foretell.recipes.artifact import load_artifact
 from foretell.recommendation.engine import NO_EVENTS, Engine, Exploration, RecentEvents
 from foretell.recommendation.events import EventFeeds, RecentEventStore
-from foretell.recommendation.store import RecommendationStore, to_campaign
+from foretell.recommendation.store import NEXT_GENERATION, RecommendationStore, to_campaign
 from foretell.v1 import (
     dataset_service_pb2,
     dataset_service_pb2_grpc,
@@ -52,6 +54,7 @@ CACHE_USERS = 100_000
 # Serialized answers cached per deployment (about 1 KB each for 25 items).
 ANSWERS = 50_000
 PEER_TIMEOUT = 10.0
+LEASE = "deploy"  # core/leases.py kind of a campaign deployment in progress
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class Deployment:
     dataset_group: str
     engine: Engine
     events: RecentEventStore | None
+    # The campaign row this deployment serves, by creation time (a deleted and re-created namesake is another)
+    # and generation (bumped on every change): replicas reconcile towards the row's.
+    created: Any = None
+    generation: int = 0
     # A new Deployment gets a new cache: its settings (exploration) may change the answers.
     answers: AnswerCache = field(default_factory=AnswerCache, compare=False)
 
@@ -136,6 +143,10 @@ class Deployments:
     def remove(self, name: str) -> Deployment | None:
         metrics.campaign_serving(tenancy.prefix() + name, None)
         return self._live.pop((tenancy.current(), name), None)
+
+    def keys(self) -> set[tuple[str, str]]:
+        """(tenant, name) of every live deployment."""
+        return set(self._live)
 
     def engine_for(self, artifact_uri: str) -> Engine | None:
         for deployment in list(self._live.values()):
@@ -231,10 +242,13 @@ class Campaigns:
         versions: SolutionVersions,
         feeds: EventFeeds,
         artifacts: Artifacts,
+        leases: Leases,
         warm_users: int | None = None,
     ) -> None:
         self.deployments = Deployments()
         self._artifacts = artifacts
+        self._leases = leases
+        self._pins = Pins(store.engine)
         self._store = store
         self._ops = operations
         self._versions = versions
@@ -244,6 +258,8 @@ class Campaigns:
         # Serializes publishing, deleting and state changes of campaigns in this process.
         self._lock = threading.RLock()
         self._loading: set[tuple[str, str]] = set()
+        self._closing = threading.Event()
+        self._sync: threading.Thread | None = None
 
     def resolve(self, version: str, field_name: str) -> Resolved:
         return self._versions.resolve(version, field_name)
@@ -286,8 +302,10 @@ class Campaigns:
                 "state": "PENDING",
             }
         )
+        self._pins.hold(name, [spec.solution_version])  # from now on the version cannot be deleted
         operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
+        self._leases.acquire(LEASE, name)  # this process deploys it: no replica's recovery may fail it
         self._pool.submit(tenancy.carry(self._deploy), name, operation.name, spec, resolved, True)
         log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
         return self._ops.get(operation.name)
@@ -307,6 +325,8 @@ class Campaigns:
                 )
             operation = self._ops.create(name, "deploy", resolved.dataset_group if resolved else row.dataset_group)
             if resolved is not None:
+                self._pins.hold(name, [row.solution_version, spec.solution_version])  # the served one and the next
+                self._leases.acquire(LEASE, name)
                 self._store.update_campaign(name, state="UPDATING", operation=operation.name, error=None)
                 self._pool.submit(tenancy.carry(self._deploy), name, operation.name, spec, resolved, False)
                 log.info("updating campaign", extra={"campaign": name, "solution_version": spec.solution_version})
@@ -317,16 +337,21 @@ class Campaigns:
                 raise FailedPrecondition(
                     f"campaign {name!r} was unloaded meanwhile; retry", metadata={"resource": name}
                 )
-            updated = replace(live, spec=spec, answers=AnswerCache())
+            row = self._store.update_campaign(
+                name, operation=operation.name, error=None, generation=NEXT_GENERATION, **_config(spec)
+            )
+            updated = replace(
+                live, spec=spec, answers=AnswerCache(), created=row.create_time, generation=row.generation
+            )
             updated.prepare()
             self.deployments.put(updated)
-            row = self._store.update_campaign(name, operation=operation.name, error=None, **_config(spec))
         self._ops.finish(operation.name, to_campaign(row))
         return self._ops.get(operation.name)
 
     def delete(self, name: str) -> None:
         with self._lock:
             self._store.delete_campaign(name)
+            self._pins.hold(name, [])
             old = self.deployments.remove(name)
         if old is not None:
             self._feeds.release(old.dataset_group)
@@ -349,20 +374,22 @@ class Campaigns:
             deployment.prepare()
             with self._lock:
                 try:
-                    self._store.get_campaign(name)
+                    row = self._store.update_campaign(
+                        name,
+                        state="ACTIVE",
+                        error=None,
+                        solution_version=spec.solution_version,
+                        dataset_group=resolved.dataset_group,
+                        artifact_uri=resolved.artifact_uri,
+                        generation=NEXT_GENERATION,  # every replica loads it (reconcile)
+                        **_config(spec),
+                    )
                 except NotFound:
                     raise Cancelled(f"campaign {name!r} was deleted during its deployment") from None
+                deployment = replace(deployment, created=row.create_time, generation=row.generation)
+                self._pins.hold(name, [spec.solution_version])
                 old = self.deployments.put(deployment)
                 events = None  # owned by the deployment now
-                row = self._store.update_campaign(
-                    name,
-                    state="ACTIVE",
-                    error=None,
-                    solution_version=spec.solution_version,
-                    dataset_group=resolved.dataset_group,
-                    artifact_uri=resolved.artifact_uri,
-                    **_config(spec),
-                )
             if old is not None:
                 self._feeds.release(old.dataset_group)
             self._ops.finish(operation, to_campaign(row))
@@ -374,6 +401,8 @@ class Campaigns:
             if events is not None:
                 self._feeds.release(resolved.dataset_group)
             self._fail(name, operation, exc, creating)
+        finally:
+            self._leases.release(LEASE, name)
 
     def _fail(self, name: str, operation: str, exc: Exception, creating: bool) -> None:
         if isinstance(exc, ForetellError):
@@ -389,7 +418,8 @@ class Campaigns:
             else:
                 state = "FAILED"
             with contextlib.suppress(NotFound):
-                self._store.update_campaign(name, state=state, error=status.SerializeToString())
+                row = self._store.update_campaign(name, state=state, error=status.SerializeToString())
+                self._pins.hold(name, [row.solution_version] if state == "ACTIVE" else [])
         self._ops.fail(operation, status)
         log.warning("deployment failed", extra={"campaign": name, "code": code_pb2.Code.Name(status.code)})
 
@@ -403,18 +433,41 @@ class Campaigns:
         )
 
     def _activate(self, row: Any) -> Deployment:
-        engine = self.deployments.engine_for(row.artifact_uri) or load_engine(row.artifact_uri, self._artifacts)
-        events = self._feeds.acquire(row.dataset_group, engine.artifact.snapshot_time)
-        deployment = Deployment(row.name, self._spec(row), row.artifact_uri, row.dataset_group, engine, events)
-        deployment.prepare()
-        with self._lock:
-            if self.deployments.get(row.name) is None:
-                self.deployments.put(deployment)
-                return deployment
-        self._feeds.release(row.dataset_group)  # someone else published it meanwhile
+        """Serves campaign row `row` here (of the current tenant), replacing an older generation; the live one if
+        it is as new already."""
         live = self.deployments.get(row.name)
-        assert live is not None
-        return live
+        if live is not None and live.artifact_uri == row.artifact_uri and live.dataset_group == row.dataset_group:
+            # Settings changed elsewhere: the loaded model and feed stay.
+            deployment = replace(
+                live, spec=self._spec(row), answers=AnswerCache(), created=row.create_time, generation=row.generation
+            )
+            deployment.prepare()
+            acquired = False
+        else:
+            engine = self.deployments.engine_for(row.artifact_uri) or load_engine(row.artifact_uri, self._artifacts)
+            events = self._feeds.acquire(row.dataset_group, engine.artifact.snapshot_time)
+            deployment = Deployment(
+                row.name,
+                self._spec(row),
+                row.artifact_uri,
+                row.dataset_group,
+                engine,
+                events,
+                row.create_time,
+                row.generation,
+            )
+            deployment.prepare()
+            acquired = True
+        with self._lock:
+            current = self.deployments.get(row.name)
+            if current is None or not _serves(current, row):
+                old = self.deployments.put(deployment)
+                if acquired and old is not None:
+                    self._feeds.release(old.dataset_group)
+                return deployment
+        if acquired:
+            self._feeds.release(row.dataset_group)  # someone else published it meanwhile
+        return current
 
     def _load_in_background(self, row: Any) -> None:
         key = (row.tenant, row.name)
@@ -442,15 +495,67 @@ class Campaigns:
             extra={"campaign": deployment.name, "warm_users": users, "seconds": round(time.monotonic() - start, 2)},
         )
 
-    def recover(self) -> None:
-        """At start: reloads ACTIVE campaigns (synchronously), fails deployments a stop interrupted."""
+    def sweep(self) -> None:
+        """Fails deployments whose process stopped (no live lease, core/leases.py): never another replica's."""
         aborted = error_status(code_pb2.ABORTED, "the server stopped during this deployment; run it again")
         for row in self._store.campaigns_in("PENDING", "UPDATING"):
-            if row.operation and not self._ops.get(row.operation).done:
-                self._ops.fail(row.operation, aborted)
-            state = "ACTIVE" if row.state == "UPDATING" and row.artifact_uri else "FAILED"
             with tenancy.acting_as(row.tenant):
-                self._store.update_campaign(row.name, state=state, error=aborted.SerializeToString())
+                if self._leases.held(LEASE, row.name):
+                    continue
+                if row.operation and not self._ops.get(row.operation).done:
+                    self._ops.fail(row.operation, aborted)
+                state = "ACTIVE" if row.state == "UPDATING" and row.artifact_uri else "FAILED"
+                with contextlib.suppress(NotFound):
+                    self._store.update_campaign(row.name, state=state, error=aborted.SerializeToString())
+
+    def reconcile(self) -> None:
+        """Brings this replica's deployments to what the campaigns table says, every tenant's: loads new and
+        changed campaigns (a higher generation), unloads deleted ones. Every replica runs it every
+        FORETELL_CAMPAIGN_SYNC_SECONDS (`start_sync`)."""
+        wanted = {(r.tenant, r.name): r for r in self._store.campaigns_in("ACTIVE", "UPDATING") if r.artifact_uri}
+        swapped = []
+        for (tenant, name), row in wanted.items():
+            with tenancy.acting_as(tenant):
+                live = self.deployments.get(name)
+                if live is not None and _serves(live, row):
+                    continue
+                try:
+                    swapped.append(self._activate(row))
+                    log.info("campaign synced", extra={"campaign": name, "generation": row.generation})
+                except Exception as exc:  # retried on the next round; this replica keeps what it served
+                    log.error("could not sync campaign", extra={"campaign": name, **failure(exc)})
+        for deployment in swapped:  # after every swap: warming does not delay the next campaign's
+            self._warm(deployment)
+        for tenant, name in self.deployments.keys() - wanted.keys():
+            with tenancy.acting_as(tenant), self._lock:
+                try:
+                    row = self._store.get_campaign(name)
+                    if row.state in ("ACTIVE", "UPDATING"):
+                        continue  # published since the read above
+                except NotFound:
+                    pass
+                old = self.deployments.remove(name)
+            if old is not None:
+                with tenancy.acting_as(tenant):
+                    self._feeds.release(old.dataset_group)
+                log.info("campaign unloaded", extra={"campaign": name})
+
+    def start_sync(self, every_seconds: float) -> None:
+        """Runs `reconcile` every `every_seconds` in a thread of its own until `close`."""
+
+        def run() -> None:
+            while not self._closing.wait(every_seconds):
+                try:
+                    self.reconcile()
+                except Exception as exc:  # the database may be briefly away: the next round retries
+                    log.warning("campaign sync failed", extra=failure(exc))
+
+        self._sync = threading.Thread(target=run, name="campaign-sync", daemon=True)
+        self._sync.start()
+
+    def recover(self) -> None:
+        """At start: fails deployments a stopped process left (`sweep`), reloads ACTIVE campaigns (synchronously)."""
+        self.sweep()
         loaded = []
         for row in self._store.campaigns_in("ACTIVE"):
             with tenancy.acting_as(row.tenant):
@@ -470,8 +575,17 @@ class Campaigns:
             log.info("reloaded campaigns", extra={"campaigns": [d.name for d in loaded]})
 
     def close(self, wait: bool) -> None:
+        self._closing.set()
+        if self._sync is not None:
+            self._sync.join(10.0)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self._feeds.close()
+
+
+def _serves(deployment: Deployment, row: Any) -> bool:
+    """Whether `deployment` serves campaign row `row` as it is now, or a later generation of it."""
+    # Another creation time: a deleted campaign's namesake.
+    return bool(deployment.created == row.create_time and deployment.generation >= row.generation)
 
 
 def _config(spec: CampaignSpec) -> dict[str, Any]:

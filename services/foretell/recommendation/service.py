@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 from foretell.core.artifact_store import Artifacts
 from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
+from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
@@ -44,6 +45,7 @@ def add_recommendation_service(
     engine: Engine,
     operations: OperationStore,
     tokens: PageTokens,
+    leases: Leases,
     peers: Peers,
 ) -> Callable[[bool], None]:
     """Registers RecommendationService; returns the function that stops its background work.
@@ -60,10 +62,13 @@ def add_recommendation_service(
         return peers.channel("dataset")
 
     artifacts = Artifacts(settings)
-    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset), artifacts)
+    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset), artifacts, leases)
     campaigns.recover()
-    batch = BatchJobs(store, operations, campaigns, artifacts)
+    campaigns.start_sync(settings.campaign_sync_seconds)
+    batch = BatchJobs(store, operations, campaigns, artifacts, leases)
     batch.recover()
+    leases.on_sweep(campaigns.sweep)
+    leases.on_sweep(batch.recover)
     servicer = RecommendationServicer(
         store,
         campaigns,

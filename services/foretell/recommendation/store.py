@@ -67,6 +67,9 @@ campaigns = Table(
     Column("operation", String(80), nullable=False, default=""),
     *times(),
     *tenant_key(),
+    # Bumped whenever what the campaign serves changes: replicas load a higher one (campaigns.reconcile).
+    # Last: where migration 0004 added it.
+    Column("generation", Integer, nullable=False, default=0),
 )
 filters = Table(
     "filters",
@@ -95,6 +98,8 @@ batch_jobs = Table(
     Column("dataset_group", String(128), nullable=False, default="", index=True),
     *tenant_key(),
 )
+
+NEXT_GENERATION = campaigns.c.generation + 1
 
 # Parsed filters are cached this long; filters are immutable, so only a deletion elsewhere can
 # make an entry stale (another replica may serve a deleted filter for up to this long).

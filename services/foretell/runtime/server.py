@@ -19,6 +19,7 @@ from foretell.core.async_server import AsyncServer
 from foretell.core.auth import auth_interceptor, peer_resolver
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
+from foretell.core.leases import Leases
 from foretell.core.metrics import MetricsServer, TelemetryInterceptor
 from foretell.core.migrations import SchemaNotCurrent, ensure_schema
 from foretell.core.operations import OperationsServicer, OperationStore
@@ -107,6 +108,9 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     if guard:
         guard.resolver = peer_resolver(peers.channel)
     operations = OperationStore(engine)
+    leases = Leases(engine, settings.lease_seconds)
+    if engine.dialect.name == "sqlite":
+        leases.clear()  # one server per SQLite database: every lease left is a dead process's
     # One secret per database, read once: every service's page tokens, and every replica's, agree.
     tokens = PageTokens.of_database(engine)
     closers: list[Callable[[bool], None]] = []
@@ -115,15 +119,19 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
     for service in wanted:
         if service == "dataset":
             closers.append(
-                dataset_service.add_dataset_service(server, settings, engine, operations, tokens, before_stop)
+                dataset_service.add_dataset_service(server, settings, engine, operations, tokens, leases, before_stop)
             )
             names += [dataset_service.SERVICE_NAME, dataset_service.EVENT_FEED_SERVICE_NAME]
         elif service == "training":
-            closers.append(training_service.add_training_service(server, settings, engine, operations, tokens, peers))
+            closers.append(
+                training_service.add_training_service(server, settings, engine, operations, tokens, leases, peers)
+            )
             names.append(training_service.SERVICE_NAME)
         elif service == "recommendation":
             closers.append(
-                recommendation_service.add_recommendation_service(server, settings, engine, operations, tokens, peers)
+                recommendation_service.add_recommendation_service(
+                    server, settings, engine, operations, tokens, leases, peers
+                )
             )
             names.append(recommendation_service.SERVICE_NAME)
         elif service == "forecast-query":
@@ -139,6 +147,8 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     closers.append(lambda wait: peers.close())
+    closers.append(lambda wait: leases.close())
+    leases.start()
     return App(server, port, health_servicer, engine, names, closers, before_stop, metrics)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core import metrics, tenancy
 from foretell.core.errors import Cancelled, ForetellError
+from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.core.polling import intervals
@@ -69,6 +70,9 @@ class _Outcome:
     result: dict[str, Any] | None = None
 
 
+LEASE = "training"  # core/leases.py kind of a training job, named by its operation
+
+
 class TrainingJobs:
     def __init__(
         self,
@@ -79,8 +83,12 @@ class TrainingJobs:
         jobs_dir: Path,
         workers: int,
         timeout_seconds: float,
+        leases: Leases,
     ) -> None:
         self._store = store
+        self._leases = leases
+        self._running: set[str] = set()  # operations whose job this process runs (or has queued)
+        self._running_lock = threading.Lock()
         self._ops = operations
         self._launcher = launcher
         self._kinds = kinds
@@ -95,15 +103,26 @@ class TrainingJobs:
         job_dir.mkdir(parents=True, exist_ok=True)
         if request is not None:
             (job_dir / "request.json").write_text(json.dumps(request))
+        self._claim(operation)  # before the row exists: no other replica's sweep may resume it
         self._store.create_job(operation, kind, target, str(job_dir))
         self._ops.report_progress(operation, 0.0, "queued")
         self._pool.submit(self._guarded, operation, tenancy.current())
 
+    def _claim(self, operation: str) -> bool:
+        with self._running_lock:
+            if operation in self._running or not self._leases.acquire(LEASE, operation):
+                return False
+            self._running.add(operation)
+            return True
+
     def recover(self) -> None:
-        """Resumes the jobs a previous process left unfinished."""
+        """Resumes the jobs no live process runs (core/leases.py): a previous process's, or a dead replica's.
+        At start, then once per lease TTL; a job another replica runs is left alone."""
         for job in self._store.unfinished_jobs():
-            if job.state == "PREPARING":
-                with tenancy.acting_as(job.tenant):
+            with tenancy.acting_as(job.tenant):
+                if not self._claim(job.name):
+                    continue
+                if job.state == "PREPARING":
                     self._store.update_job(job.name, state="QUEUED")
             log.info("resuming training job", extra={"operation": job.name, "state": job.state})
             self._pool.submit(self._guarded, job.name, job.tenant)
@@ -118,7 +137,12 @@ class TrainingJobs:
 
     def _guarded(self, operation: str, tenant: str) -> None:
         with tenancy.acting_as(tenant):  # the job's tenant: its target's names, snapshot and artifacts are its
-            self._guarded_run(operation)
+            try:
+                self._guarded_run(operation)
+            finally:
+                with self._running_lock:
+                    self._running.discard(operation)
+                self._leases.release(LEASE, operation)
 
     def _guarded_run(self, operation: str) -> None:
         job = self._store.get_job(operation)

@@ -87,20 +87,26 @@ class _ModelJobs:
         self._artifacts = artifacts
         self._workers = workers  # processes per job for per-series fits; 0: every CPU
 
-    def artifact_dir(self, name: str) -> Path:
-        return self._artifacts.local_dir(self.collection, name.rsplit("/", 1)[-1])
+    def artifact_dir(self, name: str, job: Row[Any]) -> Path:
+        # One directory per job: a deleted and re-created namesake never shares (or overwrites) a path with the
+        # old one, so a cache that compares URIs (forecast queries) sees the new one.
+        return self._artifacts.local_dir(self.collection, name.rsplit("/", 1)[-1], _incarnation(job))
 
-    def artifact_uri(self, name: str) -> str:
-        return self._artifacts.uri(self.collection, name.rsplit("/", 1)[-1])
+    def artifact_uri(self, name: str, job: Row[Any]) -> str:
+        return self._artifacts.uri(self.collection, name.rsplit("/", 1)[-1], _incarnation(job))
 
-    def publish(self, name: str) -> str:
-        uri = self.artifact_uri(name)
-        self._artifacts.publish(self.artifact_dir(name), uri)
+    def publish(self, name: str, job: Row[Any]) -> str:
+        uri = self.artifact_uri(name, job)
+        self._artifacts.publish(self.artifact_dir(name, job), uri)
         return uri
 
-    def discard(self, name: str) -> None:
+    def discard(self, name: str, job: Row[Any]) -> None:
         """No partial artifact may ever be served: whatever the worker (or a cut-short publish) wrote goes."""
-        self._artifacts.discard(self.artifact_dir(name), self.artifact_uri(name))
+        self._artifacts.discard(self.artifact_dir(name, job), self.artifact_uri(name, job))
+
+
+def _incarnation(job: Row[Any]) -> str:
+    return str(job.name).removeprefix("operations/")
 
 
 class PredictorJobs(_ModelJobs):
@@ -117,7 +123,7 @@ class PredictorJobs(_ModelJobs):
         spec.update(
             kind="predictor",
             snapshot_dir=str(snapshot),
-            artifact_dir=str(self.artifact_dir(row.name)),
+            artifact_dir=str(self.artifact_dir(row.name, job)),
             workers=self._workers,
         )
         # Large per-series predictors run as shards: foretell.training.shards.
@@ -129,7 +135,7 @@ class PredictorJobs(_ModelJobs):
         row = self._store.update_predictor(
             row.name,
             state="SUCCEEDED",
-            artifact_uri=self.publish(row.name),
+            artifact_uri=self.publish(row.name, job),
             accuracy=result.get("accuracy"),
             training_seconds=(now() - _aware(row.create_time)).total_seconds(),
         )
@@ -137,7 +143,7 @@ class PredictorJobs(_ModelJobs):
 
     def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
         row = self._store.get_predictor(job.target)
-        self.discard(row.name)
+        self.discard(row.name, job)
         self._store.update_predictor(
             row.name,
             state=state,
@@ -163,7 +169,7 @@ class ForecastJobs(_ModelJobs):
             "snapshot_dir": str(snapshot),
             "predictor_dir": str(self._artifacts.fetch(predictor.artifact_uri)),
             "quantiles": list(row.quantiles),
-            "artifact_dir": str(self.artifact_dir(row.name)),
+            "artifact_dir": str(self.artifact_dir(row.name, job)),
             "workers": self._workers,
         }
         _write_spec(job_dir, spec)
@@ -172,13 +178,13 @@ class ForecastJobs(_ModelJobs):
         row = self._store.update_forecast(
             job.target,
             state="SUCCEEDED",
-            artifact_uri=self.publish(job.target),
+            artifact_uri=self.publish(job.target, job),
             series_count=int(result.get("series_count", 0)),
         )
         return convert.forecast(row)
 
     def ended(self, job: Row[Any], state: str, error: status_pb2.Status | None) -> None:
-        self.discard(job.target)
+        self.discard(job.target, job)
         self._store.update_forecast(
             job.target, state=state, error=error.SerializeToString() if error is not None else None
         )

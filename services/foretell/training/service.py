@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from foretell.core.artifact_store import Artifacts
 from foretell.core.idempotency import IdempotencyStore
+from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
@@ -30,6 +31,7 @@ def add_training_service(
     engine: Engine,
     operations: OperationStore,
     tokens: PageTokens,
+    leases: Leases,
     peers: Peers,
 ) -> Callable[[bool], None]:
     """Registers TrainingService; returns the function that stops its jobs."""
@@ -50,6 +52,7 @@ def add_training_service(
         settings.artifacts / "jobs",
         settings.training_workers,
         settings.training_timeout_seconds,
+        leases,
     )
     servicer = TrainingServicer(
         store,
@@ -62,6 +65,7 @@ def add_training_service(
     )
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     jobs.recover()
+    leases.on_sweep(jobs.recover)
     return jobs.close
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Row
 
 from foretell.core.db import transaction
 from foretell.core.errors import FailedPrecondition
+from foretell.core.pins import Pins
 from foretell.core.resources import Page, get_row, in_groups, insert_row, name_column, now, page_rows, tenant_key, times
 from foretell.core.tenancy import mine
 
@@ -123,6 +124,7 @@ class TrainingStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        self._pins = Pins(engine)
 
     # ---- solutions -------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class TrainingStore:
                     f"solution {name!r} has versions still training: {', '.join(busy)}; cancel them first",
                     metadata={"resource": name},
                 )
+            self._not_served(name, [v.name for v in versions])
             conn.execute(delete(solution_versions).where(mine(solution_versions), solution_versions.c.solution == name))
             conn.execute(delete(solutions).where(mine(solutions), solutions.c.name == name))
         return list(versions)
@@ -194,6 +197,7 @@ class TrainingStore:
                 f"solution version {name!r} is still training; cancel its operation first",
                 metadata={"resource": name},
             )
+        self._not_served(name, [name])
         with transaction(self.engine) as conn:
             conn.execute(delete(solution_versions).where(mine(solution_versions), solution_versions.c.name == name))
         return row
@@ -259,6 +263,16 @@ class TrainingStore:
         with transaction(self.engine) as conn:
             conn.execute(delete(forecasts).where(mine(forecasts), forecasts.c.name == name))
         return row
+
+    def _not_served(self, name: str, versions: list[str]) -> None:
+        """FAILED_PRECONDITION while a campaign serves (or is switching to) one of `versions` (core/pins.py): its
+        model would go from under it, and its next load would fail."""
+        campaigns = self._pins.holders(versions)
+        if campaigns:
+            raise FailedPrecondition(
+                f"{name!r} is served by {', '.join(campaigns[:5])}; update or delete those campaigns first",
+                metadata={"resource": name},
+            )
 
     def _update(self, table: Table, name: str, values: dict[str, Any]) -> Row[Any]:
         with transaction(self.engine) as conn:
