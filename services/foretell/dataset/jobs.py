@@ -50,12 +50,14 @@ class DatasetJobs:
         self._queued = 0
         self._queued_lock = threading.Lock()
 
-    def recover(self) -> None:
-        """Fails jobs a stopped server left unfinished and drops their staged rows."""
+    def recover(self) -> list[tuple[str, str]]:
+        """Fails jobs a stopped server left unfinished and drops their staged rows; (tenant, job) of the imports."""
+        failed: list[tuple[str, str]] = []
         for tenant, kind, name, operation in self._store.unfinished_jobs():
             status = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
             with tenancy.acting_as(tenant):
                 if kind == "import":
+                    failed.append((tenant, name))
                     self._store.discard_all_staged(name)
                     self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
                 else:
@@ -63,6 +65,7 @@ class DatasetJobs:
             if operation:
                 self._ops.fail(operation, status)
             log.warning("marked unfinished job failed", extra={"job": name})
+        return failed
 
     def start_import(
         self,

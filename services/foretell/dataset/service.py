@@ -14,6 +14,7 @@ from foretell.core.idempotency import IdempotencyStore
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
+from foretell.dataset import uploads
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.servicer import DatasetServicer, EventFeedServicer
 from foretell.dataset.store import DatasetStore
@@ -53,7 +54,14 @@ def add_dataset_service(
         settings.max_reported_violations,
         settings.max_queued_imports,
     )
-    jobs.recover()
+    failed = jobs.recover()
+    uploads.remove_orphans(
+        settings.artifacts / "uploads",
+        unfinished=[(tenant, name) for tenant, kind, name, _ in store.unfinished_jobs() if kind == "import"],
+        failed=failed,
+        # SQLite: this process holds the data directory's dataset lock (core/data_lock.py), nobody else spools here.
+        single_writer=engine.dialect.name == "sqlite",
+    )
     if settings.api_keys_file is not None:
         unowned = store.groups_of(tenancy.DEFAULT)
         if unowned:
