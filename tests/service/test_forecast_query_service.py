@@ -7,6 +7,7 @@ the Foretell server reaches through `training_target`; the tables are written wi
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -391,3 +392,12 @@ def test_cache_rechecks_reloads_evicts_and_rides_out_an_outage(env: Env) -> None
         cache.get("forecasts/c1")
     for channel in channels.values():
         channel.close()
+
+
+def test_a_table_a_newer_server_wrote_is_refused_with_failed_precondition(env: Env) -> None:
+    env.table.save(env.root / "newer")
+    meta = json.loads((env.root / "newer" / "forecast.json").read_text())
+    (env.root / "newer" / "forecast.json").write_text(json.dumps({**meta, "format": 99}))
+    env.fake.add("forecasts/newer", uri_of(env.root / "newer"))
+    status = expect_error(lambda: ask(env, forecast="forecasts/newer", item_id="b"), FAILED_PRECONDITION)
+    assert status.message == "forecast table format 99 is newer than this server understands (1); upgrade the server"

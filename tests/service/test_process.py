@@ -26,10 +26,10 @@ from support import stopped
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start(module: str, data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+def start(module: str, data_dir: Path, port: int = 0) -> tuple[subprocess.Popen[str], int]:
     env = {
         **os.environ,
-        "FORETELL_PORT": "0",
+        "FORETELL_PORT": str(port),
         "FORETELL_DATA_DIR": str(data_dir),
         "FORETELL_GRACE_SECONDS": "5",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "services"), str(ROOT / "clients/python")]),

@@ -64,6 +64,10 @@ class ForetellGroup(click.Group):
               help="API key sent with every call; prefer the env variable [env FORETELL_API_KEY].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (protobuf JSON mapping).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--unavailable-wait", envvar="FORETELL_UNAVAILABLE_WAIT", type=click.FloatRange(min=0), default=60.0,
+              show_default=True,
+              help="Seconds a wait for an operation rides out an unavailable (draining, restarting) server "
+                   "[env FORETELL_UNAVAILABLE_WAIT].")
 @click.version_option(_version(), prog_name="foretell")
 @click.pass_context
 def cli(
@@ -77,6 +81,7 @@ def cli(
     api_key: str | None,
     as_json: bool,
     quiet: bool,
+    unavailable_wait: float,
 ) -> None:
     """Foretell: self-hosted recommendations and forecasting over gRPC.
 
@@ -88,6 +93,7 @@ def cli(
     """
     obj = ctx.ensure_object(State)
     obj.target, obj.timeout, obj.json, obj.quiet = target, timeout, as_json, quiet
+    obj.unavailable_wait = unavailable_wait
     if (cert_file is None) != (key_file is None):
         raise click.UsageError("--cert-file and --key-file go together")
     obj.security = Security(tls or bool(ca_file or cert_file), ca_file, cert_file, key_file, api_key or None)
@@ -619,8 +625,8 @@ def operations_cancel(name: str) -> None:
 def operations_wait(name: str) -> None:
     """Wait for an operation with a progress bar; exit code 1 if it failed."""
     obj = state()
-    done = wait_with_progress(obj.client, obj.client.get_operation(out.operation_name(name)),
-                              desc=out.operation_name(name), show=obj.progress)
+    # By name: the first poll, too, rides out a server that is restarting.
+    done = wait_with_progress(obj.client, out.operation_name(name), desc=out.operation_name(name), show=obj.progress)
     raise_for_operation(done)
     if obj.json:
         _print_operation_json(done)

@@ -53,6 +53,8 @@ class State:
     timeout: float = 30.0
     json: bool = False
     quiet: bool = False
+    # How long waiting for an operation rides out UNAVAILABLE (Client.wait_operation).
+    unavailable_wait: float = 60.0
     security: Security = field(default_factory=Security, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -68,6 +70,7 @@ class State:
                 certificate_chain=s.cert_file,
                 private_key=s.key_file,
                 api_key=s.api_key,
+                unavailable_wait=self.unavailable_wait,
             )
         return self._client
 

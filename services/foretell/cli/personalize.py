@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from foretell.cli import output as out
 from foretell.cli.output import CliError, json_option, quiet_option, state
+from foretell.cli.progress import unavailable_note
 from foretell.client import Client, ForetellError, operation_response
 from foretell.recipes.registry import describe_recipes
 from foretell.v1 import common_pb2
@@ -192,7 +193,9 @@ def train_with_progress(
             bar.refresh()
 
         try:
-            done = client.wait_operation(operation, on_progress=on_progress, poll=0.25)
+            done = client.wait_operation(
+                operation, on_progress=on_progress, poll=0.25, on_unavailable=unavailable_note(client)
+            )
         except KeyboardInterrupt:
             bar.close()
             _cancel(client, operation)

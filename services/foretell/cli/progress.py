@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from google.longrunning import operations_pb2
 from tqdm import tqdm
 
-from foretell.client import Client, operation_response
+from foretell.client import Client, ForetellError, operation_response
 from foretell.v1 import common_pb2
 from foretell.v1 import dataset_pb2 as pb
 
@@ -17,12 +19,13 @@ _JOB_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]"
 
 
 def wait_with_progress(
-    client: Client, operation: operations_pb2.Operation, *, desc: str, show: bool, poll: float = 0.1
+    client: Client, operation: operations_pb2.Operation | str, *, desc: str, show: bool, poll: float = 0.1
 ) -> operations_pb2.Operation:
     """Polls the operation until done, driving a 0-100% bar from OperationMetadata.progress_percent.
 
     Ctrl-C stops waiting, not the job: the hint says how to follow or cancel it.
     """
+    name = operation if isinstance(operation, str) else operation.name
     with tqdm(total=100, desc=desc, bar_format=_JOB_BAR, disable=not show, leave=True) as bar:
 
         def on_progress(meta: common_pb2.OperationMetadata) -> None:
@@ -32,13 +35,15 @@ def wait_with_progress(
             bar.refresh()
 
         try:
-            done = client.wait_operation(operation, on_progress=on_progress, poll=poll)
+            done = client.wait_operation(
+                operation, on_progress=on_progress, poll=poll, on_unavailable=unavailable_note(client)
+            )
         except KeyboardInterrupt:
             bar.close()
             click.echo(
-                f"\ninterrupted; {operation.name} keeps running on the server. Follow it with "
-                f"`foretell operations describe {operation.name}` or stop it with "
-                f"`foretell operations cancel {operation.name}`.",
+                f"\ninterrupted; {name} keeps running on the server. Follow it with "
+                f"`foretell operations describe {name}` or stop it with "
+                f"`foretell operations cancel {name}`.",
                 err=True,
             )
             raise
@@ -46,6 +51,18 @@ def wait_with_progress(
             bar.n = 100
             bar.refresh()
     return done
+
+
+def unavailable_note(client: Client) -> Callable[[ForetellError], None]:
+    """What to print when the server stops answering during a wait (a graceful drain, a restart): the job goes on."""
+
+    def note(_error: ForetellError) -> None:
+        tqdm.write(
+            f"server unavailable (draining or restarting?); waiting up to {client.unavailable_wait:g} s for it",
+            file=sys.stderr,
+        )
+
+    return note
 
 
 def upload_csv(

@@ -66,7 +66,7 @@ class Leases:
         self._engine = engine
         self._ttl = timedelta(seconds=ttl_seconds)
         self.owner = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
-        self._sweeps: list[Callable[[], None]] = []
+        self._sweeps: list[Callable[[], object]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metadata.create_all(engine)
@@ -133,7 +133,7 @@ class Leases:
                 update(leases_table).where(leases_table.c.owner == self.owner).values(expires_at=_now() + self._ttl)
             )
 
-    def on_sweep(self, sweep: Callable[[], None]) -> None:
+    def on_sweep(self, sweep: Callable[[], object]) -> None:
         """Runs `sweep` (a service's recovery of orphaned work) once per TTL while the process runs."""
         self._sweeps.append(sweep)
 

@@ -53,15 +53,18 @@ class DatasetJobs:
         self._queued = 0
         self._queued_lock = threading.Lock()
 
-    def recover(self) -> None:
+    def recover(self) -> list[tuple[str, str]]:
         """Fails jobs a stopped server left unfinished and drops their staged rows: those no live process holds
-        (core/leases.py), so a replica never fails another's running job. At start, then once per lease TTL."""
+        (core/leases.py), so a replica never fails another's running job. At start, then once per lease TTL.
+        Returns (tenant, job) of the imports it failed."""
+        failed: list[tuple[str, str]] = []
         for tenant, kind, name, operation in self._store.unfinished_jobs():
             status = error_status(code_pb2.ABORTED, "the server stopped during this job; run it again")
             with tenancy.acting_as(tenant):
                 if self._leases.held(kind, name):
                     continue
                 if kind == "import":
+                    failed.append((tenant, name))
                     self._store.discard_all_staged(name)
                     self._store.update_import_job(name, state="FAILED", error=status.SerializeToString())
                 else:
@@ -69,6 +72,7 @@ class DatasetJobs:
             if operation:
                 self._ops.fail(operation, status)
             log.warning("marked unfinished job failed", extra={"job": name})
+        return failed
 
     def start_import(
         self,

@@ -15,6 +15,7 @@ from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
+from foretell.dataset import uploads
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.servicer import DatasetServicer, EventFeedServicer
 from foretell.dataset.store import DatasetStore
@@ -56,8 +57,15 @@ def add_dataset_service(
         leases,
         settings.max_queued_imports,
     )
-    jobs.recover()
+    failed = jobs.recover()
     leases.on_sweep(jobs.recover)
+    uploads.remove_orphans(
+        settings.artifacts / "uploads",
+        unfinished=[(tenant, name) for tenant, kind, name, _ in store.unfinished_jobs() if kind == "import"],
+        failed=failed,
+        # SQLite: this process holds the data directory's dataset lock (core/data_lock.py), nobody else spools here.
+        single_writer=engine.dialect.name == "sqlite",
+    )
     if settings.api_keys_file is not None:
         unowned = store.groups_of(tenancy.DEFAULT)
         if unowned:

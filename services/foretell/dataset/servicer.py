@@ -14,11 +14,11 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from sqlalchemy.engine import Row
 
-from foretell.core import auth, names, pagination
+from foretell.core import auth, names, pagination, tenancy
 from foretell.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations, invalid
 from foretell.core.file_roots import FileRoots, Place
 from foretell.core.idempotency import IdempotencyStore
-from foretell.dataset import convert
+from foretell.dataset import convert, uploads
 from foretell.dataset.importer import parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
@@ -232,7 +232,8 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         )
         names.check_request_id(config.request_id, "config.request_id")
         # Spooled first: the upload is part of the request a request_id is bound to.
-        path, upload_digest = self._spool(request_iterator, mapper)
+        spooled = uploads.spool_path(self._uploads, tenancy.current(), f"{dataset.name}/importJobs/{job_id}")
+        path, upload_digest = self._spool(request_iterator, mapper, spooled)
         started: list[bool] = []
 
         def start() -> operations_pb2.Operation:
@@ -254,9 +255,8 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             if not started:  # refused, failed, or a retry answered with the first call's operation
                 path.unlink(missing_ok=True)
 
-    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper) -> tuple[Path, bytes]:
-        """Writes the upload to a file, checking the header as soon as it has arrived; (file, SHA-256)."""
-        path = self._uploads / f"{uuid.uuid4().hex}.csv"
+    def _spool(self, chunks: Iterator[api.ImportDataRequest], mapper: RowMapper, path: Path) -> tuple[Path, bytes]:
+        """Writes the upload to `path`, checking the header as soon as it has arrived; (file, SHA-256)."""
         digest = hashlib.sha256()
         size = 0
         prefix = b""

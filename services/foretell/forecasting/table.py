@@ -19,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from foretell.core import formats
+
 ARRAYS = "forecast.npz"
 META = "forecast.json"
+# core/formats.py; every table ever written records it.
 FORMAT = 1
 
 DimsKey = tuple[tuple[str, str], ...]
@@ -104,10 +107,10 @@ class ForecastTable:
 
     @classmethod
     def load(cls, directory: Path) -> ForecastTable:
-        """FileNotFoundError when `directory` holds no complete table; ValueError when it is inconsistent."""
+        """FileNotFoundError when `directory` holds no complete table; ValueError when it is inconsistent;
+        NewerFormat when a newer server wrote it."""
         meta = json.loads((directory / META).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unknown forecast table format {meta.get('format')!r} in {directory}")
+        formats.check(meta, FORMAT, "forecast table", missing=None)
         with np.load(directory / ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("timestamps", "mean", "levels", "values")}
         if arrays["timestamps"].shape != (meta["series"], meta["horizon"]):

@@ -1,7 +1,7 @@
 """A trained solution version on disk: the model plus the interactions it was trained on.
 
 Layout of an artifact directory (written once, then read-only):
-  meta.json         recipe, params, snapshot_time, metrics
+  meta.json         format, recipe, params, snapshot_time, metrics
   interactions.npz  the training `Interactions` (serving derives histories, popularity and
                     item metadata from it)
   model/            whatever the recipe's `save` writes
@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from foretell.core import formats
 from foretell.recipes.base import Interactions, Recommender
 from foretell.recipes.registry import recipe_class
 
 _FEATURE = "feature:"
+# Of meta.json and everything beside it (core/formats.py). Artifacts from before formats were recorded are 1.
+FORMAT = 1
 
 
 @dataclass
@@ -77,6 +80,7 @@ def save_artifact(directory: Path, artifact: Artifact) -> None:
     artifact.model.save(directory / "model")
     save_interactions(artifact.data, directory / "interactions.npz")
     meta = {
+        "format": FORMAT,
         "recipe": artifact.recipe,
         "params": artifact.params,
         "snapshot_time": artifact.snapshot_time,
@@ -88,8 +92,9 @@ def save_artifact(directory: Path, artifact: Artifact) -> None:
 
 
 def load_artifact(directory: Path) -> Artifact:
-    """FileNotFoundError when the directory holds no complete artifact."""
+    """FileNotFoundError when the directory holds no complete artifact; NewerFormat when a newer server wrote it."""
     meta = json.loads((directory / "meta.json").read_text())
+    formats.check(meta, FORMAT, "model artifact", missing=1)
     model = recipe_class(meta["recipe"]).load(directory / "model")
     return Artifact(
         model=model,

@@ -14,9 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 
-from foretell.core import tls
 from foretell.core.async_server import AsyncServer
 from foretell.core.auth import auth_interceptor, peer_resolver
+from foretell.core.data_lock import DataDirInUse, DataDirLock, lock_for
 from foretell.core.db import make_engine
 from foretell.core.interceptors import ErrorInterceptor
 from foretell.core.leases import Leases
@@ -29,6 +29,7 @@ from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
 from foretell.dataset import service as dataset_service
 from foretell.forecast_query import service as forecast_query_service
 from foretell.recommendation import service as recommendation_service
+from foretell.runtime.ports import listen
 from foretell.training import service as training_service
 
 log = logging.getLogger("foretell.server")
@@ -47,6 +48,8 @@ class App:
     _before_stop: list[Callable[[], None]] = field(default_factory=list)
     # The /metrics endpoint (FORETELL_METRICS_PORT), None when off.
     metrics: MetricsServer | None = None
+    # The embedded database's single-writer lock (core/data_lock.py), held until stop.
+    lock: DataDirLock | None = None
 
     def start(self) -> None:
         self.server.start()
@@ -67,6 +70,8 @@ class App:
             self.metrics.close()
             self.metrics = None
         self.engine.dispose()
+        if self.lock is not None:  # last: nothing of this server writes any more
+            self.lock.release()
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -84,6 +89,22 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
 
 def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERVICES) -> App:
     wanted = list(dict.fromkeys(services))
+    try:
+        # First: a second server on this data directory must not even migrate or recover.
+        lock = lock_for(settings.database_url, wanted)
+    except DataDirInUse as error:
+        raise SystemExit(f"cannot start: {error}") from None
+    try:
+        app = _create_server(settings, wanted)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    app.lock = lock
+    return app
+
+
+def _create_server(settings: Settings, wanted: list[ServiceName]) -> App:
     engine = make_engine(settings.database_url)
     try:
         # Before any store: their create_all must not build tables Alembic does not know about.
@@ -100,9 +121,7 @@ def create_server(settings: Settings, services: Iterable[ServiceName] = ALL_SERV
         options=grpc_options(settings),
     )
     # Bound before the services are added: they need the address to call their peers here.
-    port = tls.add_port(server, settings, f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}")
+    port = listen(server, settings)
     metrics = _metrics_server(settings)
     peers = Peers(settings, f"{_dialable(settings.host)}:{port}")
     if guard:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from foretell.core import formats
 from foretell.forecasting.frequency import Frequency
 from foretell.forecasting.metrics import ErrorMetrics
 from foretell.forecasting.predictor import (
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from foretell.forecasting.deepar import DeepAr
 
 PREDICTOR_FILE = "predictor.json"
+# Of predictor.json and everything beside it (core/formats.py); predictors from before formats were recorded are 1.
+PREDICTOR_FORMAT = 1
 ITEM_ACCURACY_FILE = "item_accuracy.jsonl"
 SHARD_SERIES = "series.jsonl"
 SHARD_PART = "part.json"
@@ -124,7 +127,7 @@ def _write_predictor(
             chosen.append(entry)
     saved = {k: v for k, v in spec.items() if k not in RUN_KEYS}
     partial = artifact / (PREDICTOR_FILE + ".partial")
-    partial.write_text(json.dumps({"spec": saved, "chosen": chosen}))
+    partial.write_text(json.dumps({"format": PREDICTOR_FORMAT, "spec": saved, "chosen": chosen}))
     os.replace(partial, artifact / PREDICTOR_FILE)
 
 
@@ -261,6 +264,7 @@ def _series_entries(lines: IO[str]) -> Iterator[dict[str, Any]]:
 def generate_forecast_job(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
     predictor_dir = Path(spec["predictor_dir"])
     saved = json.loads((predictor_dir / PREDICTOR_FILE).read_text())
+    formats.check(saved, PREDICTOR_FORMAT, "predictor artifact", missing=1)
     predictor_spec = saved["spec"]
     series = _series(predictor_spec, spec["snapshot_dir"])
     config = config_of(predictor_spec)

@@ -30,6 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from google.rpc import code_pb2
+
+from foretell.core.errors import ForetellError
 from foretell.core.logs import configure_logging, failure
 from foretell.core.priority import lower_priority
 from foretell.training import shards
@@ -100,6 +103,8 @@ def _no_progress(fraction: float, message: str = "", **counters: float) -> None:
 def _error(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, WorkerError):
         return {"code": exc.code, "message": str(exc)}
+    if isinstance(exc, ForetellError):  # e.g. formats.NewerFormat: an artifact a newer server wrote
+        return {"code": code_pb2.Code.Name(exc.code), "message": exc.message}
     return {"code": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}
 
 

@@ -117,6 +117,9 @@ def create_channel(
     merged: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", json.dumps(service_config(timeout, upload_timeout))),
+        # gRPC's default lets reconnect attempts drift 2 minutes apart: a server restarted during a long wait
+        # would be found that late. Callers that wait out a restart (Client.wait_operation) try every 5 s at most.
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
     overridden = {key for key, _ in options}
     merged = [(key, value) for key, value in merged if key not in overridden] + list(options)

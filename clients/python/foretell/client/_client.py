@@ -214,15 +214,20 @@ class Client:
         private_key: bytes | str | Path | None = None,
         api_key: str | None = None,
         bearer_token: str | None = None,
+        unavailable_wait: float = 60.0,
     ) -> None:
         """``tls=True`` (implied by any of the PEM arguments, bytes or a file path) connects over TLS,
         trusting ``root_certificates`` (default: the system roots); ``certificate_chain`` and
         ``private_key`` are the client certificate for mutual TLS. ``api_key`` (sent as ``x-api-key``)
         or ``bearer_token`` (``authorization: Bearer``) goes with every call. ``credentials`` replaces
-        the TLS arguments with any channel credentials.
+        the TLS arguments with any channel credentials. ``unavailable_wait`` is how long
+        ``wait_operation`` keeps polling through UNAVAILABLE (a server draining or restarting).
         """
         if timeout <= 0 or upload_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if unavailable_wait < 0:
+            raise ValueError("unavailable_wait must not be negative")
+        self.unavailable_wait = unavailable_wait
         self.target = target
         self.timeout = timeout
         self.upload_timeout = upload_timeout
@@ -456,6 +461,8 @@ class Client:
         timeout: float | None = None,
         poll: float = 0.2,
         on_progress: Callable[[common_pb2.OperationMetadata], None] | None = None,
+        unavailable_wait: float | None = None,
+        on_unavailable: Callable[[ForetellError], None] | None = None,
     ) -> operations_pb2.Operation:
         """Polls GetOperation until the operation is done and returns it.
 
@@ -464,8 +471,18 @@ class Client:
         wait (None: no bound) and raises DEADLINE_EXCEEDED. ``on_progress`` receives
         the OperationMetadata after every poll. A failed operation is returned, not
         raised: call ``raise_for_operation`` or ``operation_response``.
+
+        A server that drains or restarts answers UNAVAILABLE while the operation goes on
+        (it is durable); polls keep trying with backoff for ``unavailable_wait`` seconds
+        (default: the client's) from the first UNAVAILABLE in a row, calling
+        ``on_unavailable`` once per outage, and raise UNAVAILABLE only after that.
         """
-        operation = self.get_operation(operation_or_name) if isinstance(operation_or_name, str) else operation_or_name
+        wait = self.unavailable_wait if unavailable_wait is None else unavailable_wait
+
+        def poll_once(name: str) -> operations_pb2.Operation:
+            return self._get_through_outage(name, wait, on_unavailable)
+
+        operation = poll_once(operation_or_name) if isinstance(operation_or_name, str) else operation_or_name
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if on_progress is not None and operation.metadata.Is(common_pb2.OperationMetadata.DESCRIPTOR):
@@ -484,7 +501,29 @@ class Client:
                     )
                 delay = min(poll, remaining)
             time.sleep(delay)
-            operation = self.get_operation(operation.name)
+            operation = poll_once(operation.name)
+
+    def _get_through_outage(
+        self, name: str, wait: float, on_unavailable: Callable[[ForetellError], None] | None
+    ) -> operations_pb2.Operation:
+        """GetOperation, retried on UNAVAILABLE with backoff for up to ``wait`` seconds."""
+        started: float | None = None
+        backoff = 0.25
+        while True:
+            try:
+                return self.get_operation(name)
+            except ForetellError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    if on_unavailable is not None:
+                        on_unavailable(error)
+                if now + backoff - started > wait:
+                    raise
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     # -- training ------------------------------------------------------------------------
 
