@@ -60,7 +60,9 @@ def add_recommendation_service(
         return peers.channel("dataset")
 
     artifacts = Artifacts(settings)
-    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset), artifacts)
+    campaigns = Campaigns(
+        store, operations, SolutionVersions(training), EventFeeds(lambda: peers.stream_channel("dataset")), artifacts
+    )
     campaigns.recover()
     batch = BatchJobs(store, operations, campaigns, artifacts)
     batch.recover()
