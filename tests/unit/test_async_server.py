@@ -173,3 +173,52 @@ def test_a_client_stream_cut_off_by_the_stop_frees_its_thread(served: Any) -> No
     hold.set()
     with pytest.raises(grpc.RpcError):
         call.result()
+
+
+def test_streams_have_threads_and_a_bound_of_their_own() -> None:
+    # One handler thread for unary calls, two streams at most: the streams never take the unary thread, a third
+    # stream is refused at once (no thread needed), and a silent client stream is ended.
+    echo = Echo()
+    server = AsyncServer(
+        futures.ThreadPoolExecutor(1), [], max_streams=2, max_streams_per_principal=2, client_stream_idle_seconds=0.3
+    )
+    server.add_registered_method_handlers(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(echo.Unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(echo.Stream),
+            "Collect": grpc.stream_unary_rpc_method_handler(echo.Collect),
+        },
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    hold = threading.Event()
+    try:
+        streams = [channel.unary_stream(f"/{SERVICE}/Stream")(b"", timeout=10) for _ in range(2)]
+        assert [next(s) for s in streams] == [b"0", b"0"]
+        assert _unary(channel)(b"hi", timeout=2) == b"echo:hi:"
+        with pytest.raises(grpc.RpcError) as raised:
+            next(channel.unary_stream(f"/{SERVICE}/Stream")(b"", timeout=2))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "FORETELL_MAX_STREAMS" in (raised.value.details() or "")
+        for s in streams:
+            s.cancel()
+        deadline = time.monotonic() + 5
+        while server.admission.streams:
+            assert time.monotonic() < deadline, "the cancelled streams kept their slots"
+            time.sleep(0.02)
+
+        def silent() -> Iterator[bytes]:
+            yield b"a"
+            hold.wait(10)
+
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.stream_unary(f"/{SERVICE}/Collect")(silent(), timeout=10)
+        # The server's ErrorInterceptor makes this DEADLINE_EXCEEDED (tests/service/test_no_starvation.py).
+        assert "FORETELL_CLIENT_STREAM_IDLE_SECONDS" in (raised.value.details() or "")
+        assert echo.collect_ended.wait(5)
+    finally:
+        hold.set()
+        channel.close()
+        server.stop(None).wait(10)

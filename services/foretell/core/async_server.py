@@ -10,12 +10,18 @@ The servicers, the interceptors and the tests stay synchronous: each call is mat
 through the (synchronous) interceptors on the loop, then its behaviour runs in the thread pool with a
 `SyncContext`, which gives it the grpc.ServicerContext it expects (abort, is_active, add_callback...).
 `AsyncServer` offers the part of grpc.Server that Foretell uses, so generated `add_*_to_server` work on it.
+
+Streaming calls (event feeds, WatchEvents, uploads, Health.Watch, reflection) last as long as their client likes,
+so they run in a pool of their own, under a bound of their own (core/admission.py): however many are open, unary
+calls and the health check keep the handler threads. A client stream that sends nothing for
+`client_stream_idle_seconds` is ended, so a stalled upload frees its thread and its spooled file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -24,10 +30,18 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from grpc_status import rpc_status
 
+from foretell.core.admission import Admission
+from foretell.core.errors import DeadlineExceeded, ForetellError
 from foretell.core.interceptors import AbortedCall, rewrap
 
 _DONE = object()
+_IDLE = object()
+# Threads of the stream pool beyond one per admitted stream: closing a stream whose client went away takes one.
+STREAM_POOL_SPARE = 8
+# Who a call comes from, by its metadata: a principal's name, or None (no key, or auth off).
+PrincipalOf = Callable[[Sequence[tuple[str, Any]]], "str | None"]
 
 
 def _wait(future: Future[Any], loop: asyncio.AbstractEventLoop) -> Any:
@@ -127,15 +141,29 @@ class SyncContext:
 class _Requests(Iterator[Any]):
     """A client stream as the blocking iterator a synchronous behaviour reads (from a pool thread)."""
 
-    def __init__(self, context: aio.ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, context: aio.ServicerContext, loop: asyncio.AbstractEventLoop, idle: float | None) -> None:
         self._context = context
         self._loop = loop
+        self._idle = idle
+
+    async def _read(self) -> Any:
+        if self._idle is None:
+            return await self._context.read()
+        try:
+            return await asyncio.wait_for(self._context.read(), self._idle)
+        except TimeoutError:
+            return _IDLE  # not raised: _wait reads a TimeoutError as its own poll
 
     def __next__(self) -> Any:
         try:
-            message = _wait(asyncio.run_coroutine_threadsafe(self._context.read(), self._loop), self._loop)
+            message = _wait(asyncio.run_coroutine_threadsafe(self._read(), self._loop), self._loop)
         except Exception:
             raise grpc.RpcError() from None  # what the synchronous server raises when the call is gone
+        if message is _IDLE:
+            raise DeadlineExceeded(
+                f"no message arrived for {self._idle:g} s (FORETELL_CLIENT_STREAM_IDLE_SECONDS): the stream is "
+                "ended and what it sent discarded; send it again"
+            )
         if message is aio.EOF:
             raise StopIteration
         return message
@@ -148,21 +176,79 @@ def _close(iterator: Iterator[Any]) -> None:
             close()
 
 
-def _to_async(
-    handler: grpc.RpcMethodHandler, loop: asyncio.AbstractEventLoop, pool: futures.Executor
-) -> grpc.RpcMethodHandler:
-    """`handler` (synchronous behaviour) as a coroutine handler that runs the behaviour in `pool`."""
+class _Serving:
+    """What adapting a call needs: the loop, the two pools, the admission counts and who is calling."""
+
+    def __init__(
+        self,
+        calls: futures.Executor,
+        streams: futures.Executor,
+        admission: Admission,
+        principal_of: PrincipalOf,
+        idle: float | None,
+    ) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.calls = calls
+        self.streams = streams
+        self.admission = admission
+        self.principal_of = principal_of
+        self.idle = idle
+
+    def admit(self, streaming: bool, context: aio.ServicerContext) -> Callable[[], None]:
+        """The release function of the call's slot, or ResourceExhausted."""
+        if not streaming:
+            return self.admission.admit_call()
+        principal = self.principal_of(context.invocation_metadata() or ())
+        return self.admission.admit_stream(principal or f"peer:{context.peer()}")
+
+
+class _Tasks:
+    """A call's work in its pool, one task at a time; `then` runs once the last task is done, so a stream's slot
+    is freed only when its thread is free too (a cancelled call's behaviour runs on until it sees is_active)."""
+
+    def __init__(self, pool: futures.Executor) -> None:
+        self._pool = pool
+        self._last: Future[Any] | None = None
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._last = self._pool.submit(function, *args)
+        return await asyncio.wrap_future(self._last)
+
+    def then(self, release: Callable[[], None]) -> None:
+        if self._last is None:
+            release()
+        else:
+            self._last.add_done_callback(lambda _: release())
+
+
+async def _refuse(context: aio.ServicerContext, error: ForetellError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _to_async(handler: grpc.RpcMethodHandler, serving: _Serving) -> grpc.RpcMethodHandler:
+    """`handler` (synchronous behaviour) as a coroutine handler that runs the behaviour in a pool: streams in
+    theirs, unary calls in the other, each admitted first (core/admission.py)."""
+    loop = serving.loop
+    assert loop is not None
     streaming_request = handler.request_streaming
+    streaming = bool(handler.request_streaming or handler.response_streaming)
+    pool = serving.streams if streaming else serving.calls
 
     def request_of(request: Any, context: aio.ServicerContext) -> Any:
-        return _Requests(context, loop) if streaming_request else request
+        return _Requests(context, loop, serving.idle) if streaming_request else request
 
     def adapt(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
         async def unary(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                release = serving.admit(streaming, context)
+            except ForetellError as error:
+                await _refuse(context, error)
             sync = SyncContext(context, loop)
+            tasks = _Tasks(pool)
             try:
                 try:
-                    response = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+                    response = await tasks.run(behavior, request_of(request, context), sync)
                 except AbortedCall:
                     response = None
                 if sync.aborted is not None:  # even if the behaviour swallowed the exception
@@ -170,9 +256,15 @@ def _to_async(
                 return response
             finally:
                 sync._end()
+                tasks.then(release)
 
         async def stream(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                release = serving.admit(streaming, context)
+            except ForetellError as error:
+                await _refuse(context, error)
             sync = SyncContext(context, loop)
+            tasks = _Tasks(pool)
             running: list[Iterator[Any]] = []
 
             def ended(_: Any) -> None:
@@ -181,15 +273,16 @@ def _to_async(
                 # is_active).
                 sync._end()
                 if running:
-                    pool.submit(_close, running[0])
+                    with contextlib.suppress(RuntimeError):  # the server stopped: its pool takes no more work
+                        pool.submit(_close, running[0])
 
             context.add_done_callback(ended)
             try:
                 try:
-                    items = await loop.run_in_executor(pool, behavior, request_of(request, context), sync)
+                    items = await tasks.run(behavior, request_of(request, context), sync)
                     running.append(iter(items))
                     while True:
-                        item = await loop.run_in_executor(pool, next, running[0], _DONE)
+                        item = await tasks.run(next, running[0], _DONE)
                         if item is _DONE:
                             break
                         yield item
@@ -199,6 +292,7 @@ def _to_async(
                     await context.abort(*sync.aborted)
             finally:
                 sync._end()
+                tasks.then(release)
 
         return stream if streaming_response else unary
 
@@ -208,12 +302,11 @@ def _to_async(
 class _Router(grpc.GenericRpcHandler):
     """Finds a call's synchronous handler, runs the synchronous interceptors, and adapts the result."""
 
-    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor], pool: futures.Executor) -> None:
+    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor], serving: _Serving) -> None:
         self.methods: dict[str, grpc.RpcMethodHandler] = {}
         self.generic: list[grpc.GenericRpcHandler] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
         self._interceptors = tuple(interceptors)
-        self._pool = pool
+        self._serving = serving
 
     def _lookup(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         found = self.methods.get(details.method)
@@ -234,8 +327,7 @@ class _Router(grpc.GenericRpcHandler):
         handler = self._intercepted(0, handler_call_details)
         if handler is None:
             return None
-        assert self.loop is not None
-        return _to_async(handler, self.loop, self._pool)
+        return _to_async(handler, self._serving)
 
 
 class AsyncServer(grpc.Server):
@@ -247,18 +339,30 @@ class AsyncServer(grpc.Server):
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         maximum_concurrent_rpcs: int | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        *,
+        max_streams: int = 256,
+        max_streams_per_principal: int = 32,
+        principal_of: PrincipalOf = lambda metadata: None,
+        client_stream_idle_seconds: float | None = None,
     ) -> None:
+        """`maximum_concurrent_rpcs` bounds unary calls; streams have their own bounds and pool, of
+        `max_streams` threads (plus a few spare): one each, so an admitted stream never waits for a thread."""
         self._pool = thread_pool
-        self._router = _Router(interceptors, thread_pool)
+        self._stream_pool = futures.ThreadPoolExecutor(
+            max_workers=max_streams + STREAM_POOL_SPARE, thread_name_prefix="stream"
+        )
+        admission = Admission(maximum_concurrent_rpcs or sys.maxsize, max_streams, max_streams_per_principal)
+        self.admission = admission
+        serving = _Serving(thread_pool, self._stream_pool, admission, principal_of, client_stream_idle_seconds)
+        self._router = _Router(interceptors, serving)
         self._loop = asyncio.new_event_loop()
-        self._router.loop = self._loop
+        serving.loop = self._loop
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
 
         async def make() -> aio.Server:
-            return aio.server(
-                handlers=[self._router], options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs
-            )
+            # No maximum_concurrent_rpcs here: gRPC's one limit would let streams take the unary calls' share.
+            return aio.server(handlers=[self._router], options=list(options))
 
         self._server = self._run(make())
         self._stopped = threading.Event()
@@ -291,6 +395,7 @@ class AsyncServer(grpc.Server):
 
         def stopped(_: Any) -> None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stream_pool.shutdown(wait=False)  # its idle threads end; running ones see is_active() false
             self._stopped.set()
 
         if self._stopped.is_set() or not self._loop.is_running():

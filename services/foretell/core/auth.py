@@ -437,6 +437,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise Unauthenticated("invalid API key or token")
         return principal
 
+    def principal_name(self, metadata: Any) -> str | None:
+        """The name of the principal whose key `metadata` carries; None without a valid one (core/admission.py
+        counts streams per principal, open services' included)."""
+        try:
+            return self.authenticate(metadata).name
+        except Unauthenticated:
+            return None
+
     def permit(self, principal: Principal, full_method: str) -> ForetellError | None:
         """Why `principal` may not call `full_method` ("/package.Service/Method") at all; None if it may.
 

@@ -43,13 +43,22 @@ class Peers:
                 self._channels[service] = self._open(self._targets[service])
             return self._channels[service]
 
-    def _open(self, target: str) -> grpc.Channel:
-        options = [
+    def stream_channel(self, service: str) -> grpc.Channel:
+        """A new channel to `service` on a connection of its own, for one long-lived stream (an event feed); the
+        caller closes it. On the shared channel, feeds would fill the connection's streams (HTTP/2
+        MAX_CONCURRENT_STREAMS, FORETELL_MAX_STREAMS_PER_CONNECTION) and the peer's unary calls would wait
+        behind them."""
+        return self._open(self._targets[service], own_connection=True)
+
+    def _open(self, target: str, own_connection: bool = False) -> grpc.Channel:
+        options: list[tuple[str, object]] = [
             # Every replica of a peer behind a headless Service, not just the first address.
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", self._max_message),
         ]
+        if own_connection:  # gRPC shares connections between channels of equal options unless told not to
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if self._credentials is None:
             channel = grpc.insecure_channel(target, options=options)
         else:

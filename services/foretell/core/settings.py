@@ -28,9 +28,18 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
-    # gRPC handler threads, and the most RPCs in flight before RESOURCE_EXHAUSTED.
+    # gRPC handler threads for unary calls, and the most unary calls in flight before RESOURCE_EXHAUSTED.
     max_workers: int = Field(default=16, ge=1)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
+    # Streaming calls (event feeds, WatchEvents, ImportData uploads, Health.Watch) have threads and bounds of their
+    # own, so however many are open, unary calls keep theirs: at most this many open at once (one thread each),
+    # and at most max_streams_per_principal per API key (per connection for callers without one; the services'
+    # internal key has no bound of its own: one feed per watched dataset group). Beyond: RESOURCE_EXHAUSTED.
+    max_streams: int = Field(default=256, ge=1)
+    max_streams_per_principal: int = Field(default=32, ge=1)
+    # A client stream (an ImportData upload) that sends nothing for this long is ended with DEADLINE_EXCEEDED
+    # and its spooled file removed.
+    client_stream_idle_seconds: float = Field(default=60.0, gt=0)
     # Calls one client connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS); its next calls wait in
     # the client until one ends. Twice the handler threads keeps them busy; a deeper queue inside the server
     # only made each call slower and, in gRPC's core, got calls dropped (docs/reliability.md).

@@ -82,7 +82,8 @@ class RecentEventStore:
 
 
 class EventFeed:
-    """Streams one dataset group's events into a store from a daemon thread."""
+    """Streams one dataset group's events into a store from a daemon thread, on a channel of its own (`channel`
+    opens one; the feed closes it): feeds never fill the connection other peer calls use."""
 
     def __init__(
         self, channel: Callable[[], grpc.Channel], dataset_group: str, start_time: int, store: RecentEventStore
@@ -91,7 +92,8 @@ class EventFeed:
         self.start_time = start_time
         self.store = store
         self.cursor = ""
-        self._channel = channel
+        self._open_channel = channel
+        self._own: grpc.Channel | None = None
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
         self._legacy = False  # the peer answered UNIMPLEMENTED for EventFeedService
@@ -109,6 +111,11 @@ class EventFeed:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def _channel(self) -> grpc.Channel:
+        if self._own is None:
+            self._own = self._open_channel()
+        return self._own
+
     def _request(self) -> dataset_service_pb2.WatchEventsRequest:
         if self.cursor:
             return dataset_service_pb2.WatchEventsRequest(dataset_group=self.dataset_group, cursor=self.cursor)
@@ -124,6 +131,13 @@ class EventFeed:
         return event_feed_service_pb2_grpc.EventFeedServiceStub(channel).WatchEvents
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:  # in the feed's thread, which alone opens it
+            if self._own is not None:
+                self._own.close()
+
+    def _follow(self) -> None:
         backoff = 0.5
         failures = 0
         while not self._stop.is_set():

@@ -62,7 +62,8 @@ def add_recommendation_service(
         return peers.channel("dataset")
 
     artifacts = Artifacts(settings)
-    campaigns = Campaigns(store, operations, SolutionVersions(training), EventFeeds(dataset), artifacts, leases)
+    feeds = EventFeeds(lambda: peers.stream_channel("dataset"))  # connections of their own (core/peers.py)
+    campaigns = Campaigns(store, operations, SolutionVersions(training), feeds, artifacts, leases)
     campaigns.recover()
     campaigns.start_sync(settings.campaign_sync_seconds)
     batch = BatchJobs(store, operations, campaigns, artifacts, leases)

@@ -119,6 +119,10 @@ def _create_server(settings: Settings, wanted: list[ServiceName]) -> App:
         interceptors=[TelemetryInterceptor(), ErrorInterceptor(), *([guard] if guard else [])],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=grpc_options(settings),
+        max_streams=settings.max_streams,
+        max_streams_per_principal=settings.max_streams_per_principal,
+        principal_of=guard.principal_name if guard else lambda metadata: None,
+        client_stream_idle_seconds=settings.client_stream_idle_seconds,
     )
     # Bound before the services are added: they need the address to call their peers here.
     port = listen(server, settings)
