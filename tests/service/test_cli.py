@@ -149,6 +149,13 @@ def test_put_events_and_export(stubs: Stubs, tmp_path: Path) -> None:
     assert f"exported 2 rows to file://{destination}" in result.stdout
     assert destination.read_text().splitlines()[0].startswith("USER_ID,ITEM_ID,TIMESTAMP")
 
+    result = invoke("delete-user-data", "shop", "--user", "u7", "--user", "nobody", stubs=stubs)
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 interactions and 0 users" in result.stdout
+    assert stubs.datasets.GetDataset(api.GetDatasetRequest(name=group.interactions), timeout=5).row_count == 0
+    result = invoke("delete-user-data", "shop", "--user", "u\x01", stubs=stubs)
+    assert result.exit_code == 1 and "user_ids[0]" in result.stderr, result.output
+
 
 def test_unreachable_server_is_an_error_not_a_traceback() -> None:
     result = invoke("--target", "127.0.0.1:1", "--timeout", "3", "dataset-group", "list")

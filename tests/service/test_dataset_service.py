@@ -339,6 +339,10 @@ def test_bad_header_is_rejected_at_once(stubs: Stubs, group: Group, data: bytes,
         (b"u1,i1,1700000000", "rows[2]"),
         (b"u1,i1,1700000000,click,\xc3\x28,web", "rows[2]"),  # malformed UTF-8
         (b"u1," + b"i" * 300 + b",1700000000,click,,web", "rows[2].ITEM_ID"),
+        (b"\x00x,i1,1700000000,click,,web", "rows[2].USER_ID"),  # NUL: stored, then broke every training
+        (b"u1,i\x1b1,1700000000,click,,web", "rows[2].ITEM_ID"),
+        (b"u1,i1,1e30,click,,web", "rows[2].TIMESTAMP"),  # passed, then failed the job with OverflowError
+        (b"u1,i1,9223372036854775808,click,,web", "rows[2].TIMESTAMP"),
     ],
 )
 def test_bad_rows_fail_the_job_with_row_numbers(stubs: Stubs, group: Group, line: bytes, field: str) -> None:
@@ -616,6 +620,144 @@ def test_put_items_and_users(stubs: Stubs, group: Group) -> None:
     assert ITEM_FIELDS  # schema used above has GENRES and PRICE
 
 
+def test_put_events_refuses_control_characters_and_far_times_naming_the_field(stubs: Stubs, group: Group) -> None:
+    d = stubs.datasets
+
+    def put(**kw: object) -> object:
+        base: dict[str, object] = {"dataset_group": group.name, "session_id": "s", "events": [_event("i1")]}
+        base.update(kw)
+        return d.PutEvents(api.PutEventsRequest(**base))  # type: ignore[arg-type]
+
+    expect_error(lambda: put(user_id="\x00x"), INVALID, "user_id")
+    expect_error(lambda: put(session_id="s\x7f"), INVALID, "session_id")
+    expect_error(lambda: put(events=[_event("a\x00b")]), INVALID, "events[0].item_id")
+    expect_error(lambda: put(events=[_event("i1", event_id="e\n1")]), INVALID, "events[0].event_id")
+    expect_error(lambda: put(events=[_event("i1", impression=["i1", "i\x002"])]), INVALID, "events[0].impression[1]")
+    status = expect_error(lambda: put(events=[_event("i1", seconds=2**62)]), INVALID, "events[0].sent_at")
+    assert "events[0].properties.TIMESTAMP" not in violations_of(status)  # named once, by the event's own field
+    props = struct_pb2.Struct()
+    props.update({"DEVICE": "we\x00b"})
+    expect_error(lambda: put(events=[_event("i1", properties=props)]), INVALID, "events[0].properties.DEVICE")
+    props = struct_pb2.Struct()
+    props.update({"DEVICE": float("nan")})
+    expect_error(lambda: put(events=[_event("i1", properties=props)]), INVALID, "events[0].properties.DEVICE")
+    assert rows(stubs, group.interactions) == 0
+
+
+def test_put_items_refuses_nan_infinity_and_control_characters(stubs: Stubs, group: Group) -> None:
+    d = stubs.datasets
+
+    def put(item_id: str, **properties: object) -> object:
+        props = struct_pb2.Struct()
+        props.update({"GENRES": "Comedy", **properties})
+        return d.PutItems(api.PutItemsRequest(dataset=group.items, items=[pb.Item(item_id=item_id, properties=props)]))
+
+    for number in (float("nan"), float("inf"), float("-inf")):
+        expect_error(lambda: put("i1", PRICE=number), INVALID, "items[0].properties.PRICE")  # noqa: B023
+    expect_error(lambda: put("i\x001"), INVALID, "items[0].item_id")
+    expect_error(lambda: put("i1", CREATION_TIMESTAMP=1e30), INVALID, "items[0].properties.CREATION_TIMESTAMP")
+    expect_error(
+        lambda: d.PutUsers(api.PutUsersRequest(dataset=group.items, users=[pb.User(user_id="u\x00")])),
+        INVALID,
+    )
+    assert rows(stubs, group.items) == 0
+
+
+def test_a_header_longer_than_the_limit_is_invalid_argument_naming_the_header(
+    stubs: Stubs, group: Group, files: Path
+) -> None:
+    huge = b'USER_ID,ITEM_ID,TIMESTAMP,"' + b"x" * ((1 << 20) + 10) + b'"\nu1,i1,1700000000,x\n'
+    expect_error(lambda: upload(stubs, group.interactions, huge, chunk=1 << 16), INVALID, "header")
+    source = files / "huge-header.csv"
+    source.write_bytes(huge)
+    expect_error(
+        lambda: stubs.datasets.CreateImportJob(
+            api.CreateImportJobRequest(parent=group.interactions, import_job=pb.ImportJob(source_uri=source.as_uri()))
+        ),
+        INVALID,
+        "import_job.source_uri.header",
+    )
+
+
+def test_a_full_import_of_no_rows_empties_a_dataset_only_when_asked(stubs: Stubs, group: Group, files: Path) -> None:
+    stubs.wait(upload(stubs, group.interactions, interactions_csv(30)))
+    header_only = b"USER_ID,ITEM_ID,TIMESTAMP,EVENT_TYPE,EVENT_VALUE,DEVICE\n"
+    op = stubs.wait(upload(stubs, group.interactions, header_only))
+    assert op.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], op
+    assert "allow_empty" in violations_of(op.error)["rows"]
+    assert rows(stubs, group.interactions) == 30  # kept
+    op = stubs.wait(upload(stubs, group.interactions, header_only, mode=pb.IMPORT_MODE_INCREMENTAL))
+    assert not op.HasField("error") and rows(stubs, group.interactions) == 30
+    source = files / "empty.csv"
+    source.write_bytes(header_only)
+    job = pb.ImportJob(source_uri=source.as_uri())
+    request = api.CreateImportJobRequest(parent=group.interactions, import_job=job)
+    assert stubs.wait(stubs.datasets.CreateImportJob(request)).error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert rows(stubs, group.interactions) == 30
+    job.allow_empty = True
+    request = api.CreateImportJobRequest(parent=group.interactions, import_job=job)
+    assert not stubs.wait(stubs.datasets.CreateImportJob(request)).HasField("error")
+    assert rows(stubs, group.interactions) == 0
+    stubs.wait(upload(stubs, group.interactions, interactions_csv(5)))
+
+    def allowed() -> Any:
+        yield api.ImportDataRequest(config=api.ImportDataConfig(dataset=group.interactions, allow_empty=True))
+        yield api.ImportDataRequest(chunk=header_only)
+
+    assert not stubs.wait(stubs.datasets.ImportData(allowed(), timeout=30)).HasField("error")
+    assert rows(stubs, group.interactions) == 0
+
+
+def test_delete_user_data_removes_a_users_events_and_user_row(stubs: Stubs, group: Group) -> None:
+    d = stubs.datasets
+    d.CreateSchema(
+        api.CreateSchemaRequest(
+            schema_id="shop-users",
+            schema=pb.Schema(
+                domain=pb.DOMAIN_RECOMMENDATION,
+                fields=[
+                    pb.SchemaField(name="USER_ID", type=pb.FIELD_TYPE_STRING),
+                    pb.SchemaField(name="AGE", type=pb.FIELD_TYPE_INT, nullable=True),
+                ],
+            ),
+        )
+    )
+    users = d.CreateDataset(
+        api.CreateDatasetRequest(
+            parent=group.name,
+            dataset_id="users",
+            dataset=pb.Dataset(dataset_type=pb.DATASET_TYPE_USERS, schema="schemas/shop-users"),
+        )
+    ).name
+    data = b"USER_ID,ITEM_ID,TIMESTAMP,EVENT_TYPE,EVENT_VALUE,DEVICE\n" + b"".join(
+        f"u{i % 3},i{i},{1_700_000_000 + i},click,,\n".encode() for i in range(30)
+    )
+    stubs.wait(upload(stubs, group.interactions, data))
+    d.PutEvents(api.PutEventsRequest(dataset_group=group.name, session_id="s", user_id="u1", events=[_event("i9")]))
+    d.PutUsers(api.PutUsersRequest(dataset=users, users=[pb.User(user_id=u) for u in ("u0", "u1", "u2")]))
+    request = api.DeleteUserDataRequest(dataset_group=group.name, user_ids=["u1", "nobody"], request_id="forget-u1")
+    answer = d.DeleteUserData(request, timeout=5)
+    assert (answer.interactions_deleted, answer.users_deleted) == (11, 1)
+    assert rows(stubs, group.interactions) == 20 and rows(stubs, users) == 2
+    assert d.DeleteUserData(request, timeout=5) == answer  # a retry answers what the first call did
+    again = d.DeleteUserData(api.DeleteUserDataRequest(dataset_group=group.name, user_ids=["u1"]), timeout=5)
+    assert (again.interactions_deleted, again.users_deleted) == (0, 0)
+
+    def delete(*user_ids: str) -> object:
+        return d.DeleteUserData(api.DeleteUserDataRequest(dataset_group=group.name, user_ids=user_ids), timeout=5)
+
+    expect_error(lambda: delete(), INVALID, "user_ids")
+    expect_error(lambda: delete(*[f"u{i}" for i in range(1001)]), INVALID, "user_ids")
+    expect_error(lambda: delete("u0", ""), INVALID, "user_ids[1]")
+    expect_error(lambda: delete("u\x000"), INVALID, "user_ids[0]")
+    expect_error(
+        lambda: d.DeleteUserData(api.DeleteUserDataRequest(dataset_group="shop", user_ids=["u0"])),
+        INVALID,
+        "dataset_group",
+    )
+    assert rows(stubs, group.interactions) == 20
+
+
 def test_malformed_utf8_in_request_names_the_field(stubs: Stubs, group: Group) -> None:
     # Hand-built wire bytes: PutEventsRequest{dataset_group=group, session_id=<invalid UTF-8>}.
     name = group.name.encode()
@@ -729,6 +871,7 @@ def test_every_rpc_rejects_bad_input_naming_the_field(
 
 
 UNKNOWN = [
+    ("DeleteUserData", api.DeleteUserDataRequest(dataset_group="datasetGroups/nope", user_ids=["u1"])),
     ("GetSchema", api.GetSchemaRequest(name="schemas/nope")),
     ("DeleteSchema", api.DeleteSchemaRequest(name="schemas/nope")),
     ("GetDataset", api.GetDatasetRequest(name="datasetGroups/shop/datasets/nope")),

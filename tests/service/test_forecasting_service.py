@@ -239,6 +239,13 @@ def test_bad_data_fails_the_job_with_a_clear_reason(stubs: Stubs) -> None:
     datasets = stubs.datasets.ListDatasets(dapi.ListDatasetsRequest(parent=group), timeout=5).datasets
     done = stubs.wait(upload(stubs, datasets[0].name, bad))
     assert done.HasField("error") and "rows[2].TARGET_VALUE" in str(done.error), done.error
+    # So is one that would overflow the forecasting models (it failed the predictor job with INTERNAL).
+    for huge in (b"1e308", b"-1e308", b"1e16"):
+        data = (
+            b"ITEM_ID,TIMESTAMP,TARGET_VALUE,store\nitem0,2024-01-01,12,north\nitem0,2024-01-02," + huge + b",north\n"
+        )
+        done = stubs.wait(upload(stubs, datasets[0].name, data))
+        assert done.HasField("error") and "rows[2].TARGET_VALUE" in str(done.error), done.error
 
 
 @pytest.mark.slow

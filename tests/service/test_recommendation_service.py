@@ -223,6 +223,9 @@ def test_filters_are_checked_when_created_and_when_used(served: tuple[Stubs, Gro
         "filter.filter_expression",
     )
     assert "position 41" in status.message
+    deep = "EXCLUDE ItemID WHERE " + "(" * 1100 + 'Items.GENRES IN ("a")' + ")" * 1100  # under 2,500 characters
+    status = expect_error(lambda: create_filter(stubs, "deep", deep), INVALID, "filter.filter_expression")
+    assert "nest more than 32" in status.message
     expect_error(
         lambda: create_filter(stubs, "f", 'EXCLUDE ItemID WHERE Items.GENRES IN ("a")', "datasetGroups/none"), NOT_FOUND
     )

@@ -133,6 +133,32 @@ def test_bad_requests_name_the_field(stubs: Stubs) -> None:
         INVALID,
         "solution.hyper_parameters[lambada]",
     )
+    # NaN passed the bounds and trained a model of zeros that "SUCCEEDED"; Infinity passed where there is no upper bound.
+    for value in ("nan", "NaN", "inf", "-Infinity"):
+        expect_error(
+            lambda: create(dataset_group=group.name, recipe="ease", hyper_parameters={"l2": value}),  # noqa: B023
+            INVALID,
+            "solution.hyper_parameters[l2]",
+        )
+    expect_error(
+        lambda: create(dataset_group=group.name, recipe="sequence", hyper_parameters={"seed": "9" * 40}),
+        INVALID,
+        "solution.hyper_parameters[seed]",
+    )
+    expect_error(
+        lambda: create(
+            dataset_group=group.name,
+            recipe="ease",
+            perform_hpo=True,
+            hpo_config=training_pb2.HpoConfig(
+                continuous_ranges=[
+                    training_pb2.ContinuousParameterRange(name="l2", min_value=float("nan"), max_value=10.0)
+                ],
+            ),
+        ),
+        INVALID,
+        "solution.hpo_config.continuous_ranges[0]",
+    )
     expect_error(lambda: create(dataset_group="datasetGroups/none", recipe="ease"), grpc.StatusCode.NOT_FOUND)
     expect_error(lambda: create(dataset_group="nonsense", recipe="ease"), INVALID, "solution.dataset_group")
     expect_error(

@@ -9,7 +9,13 @@ import pytest
 
 from foretell.core.errors import InvalidArgument
 from foretell.recommendation.engine import ItemCatalog
-from foretell.recommendation.filters import FilterSyntaxError, parse_filter, parse_values
+from foretell.recommendation.filters import (
+    MAX_EXPRESSION,
+    MAX_NESTING,
+    FilterSyntaxError,
+    parse_filter,
+    parse_values,
+)
 
 IDS = np.array(["i0", "i1", "i2", "i3", "i4", "i5"], dtype=object)
 GENRES = np.array(["Comedy", "Drama|Comedy", "Horror", "", "Drama", "Comedy|Horror"], dtype=object)
@@ -162,3 +168,13 @@ def test_parse_values() -> None:
     assert parse_values("10") == (10.0,)
     with pytest.raises(FilterSyntaxError):
         parse_values("")
+
+
+def test_deeply_nested_parentheses_are_a_syntax_error_not_a_recursion_error() -> None:
+    condition = 'Items.GENRES IN ("a")'
+    deep = "EXCLUDE ItemID WHERE " + "(" * 1100 + condition + ")" * 1100
+    assert len(deep) < MAX_EXPRESSION
+    with pytest.raises(FilterSyntaxError) as info:
+        parse_filter(deep)
+    assert "nest more than" in str(info.value)
+    parse_filter("EXCLUDE ItemID WHERE " + "(" * MAX_NESTING + condition + ")" * MAX_NESTING)

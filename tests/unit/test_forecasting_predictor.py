@@ -104,5 +104,8 @@ def test_hyper_parameters_are_typed_and_checked() -> None:
     assert info.value.name == "alpha"
     with pytest.raises(ParamError, match="not a valid int"):
         parse_hyper_parameters(["deepar"], {"epochs": "many"})
+    for value in ("nan", "inf"):
+        with pytest.raises(ParamError, match="not a valid float"):
+            parse_hyper_parameters(["deepar"], {"learning_rate": value})
     with pytest.raises(ParamError, match="<algorithm>.<parameter>"):
         parse_hyper_parameters(["ets", "theta"], {"damped": "true"})

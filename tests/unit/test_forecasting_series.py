@@ -208,6 +208,16 @@ def test_non_numeric_target_value_names_row_and_item() -> None:
     assert same(build_series(target, DAY, 1).targets[2], [2.5])
 
 
+@pytest.mark.parametrize("huge", [1e308, -1e308, "1e300", 2e15])
+def test_values_beyond_the_magnitude_bound_are_a_series_error_not_a_crash(huge: object) -> None:
+    # Stored before imports bounded them, values near float64's limit made statsmodels fail with
+    # "cannot convert float NaN to integer" (INTERNAL); now the predictor fails naming the row.
+    target = pd.DataFrame({"ITEM_ID": ["a", "a"], "TIMESTAMP": [day(0), day(1)], "TARGET_VALUE": [1.0, huge]})
+    with pytest.raises(SeriesError, match=r"row 2 \(item 'a'\) has TARGET_VALUE .* at most 1e\+15") as err:
+        build_series(target, DAY, 1)
+    assert err.value.field == "TARGET_VALUE"
+
+
 def test_missing_columns_ids_and_times() -> None:
     with pytest.raises(SeriesError, match="no TARGET_VALUE column"):
         build_series(pd.DataFrame({"ITEM_ID": ["a"], "TIMESTAMP": [0]}), DAY, 1)

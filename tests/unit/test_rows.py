@@ -80,3 +80,46 @@ def test_schema_rules() -> None:
     with pytest.raises(InvalidArgument) as info:
         validate_schema("RECOMMENDATION", [Field("user_id", "STRING")])
     assert "upper case" in info.value.violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("column", "cell"),
+    [
+        ("USER_ID", "\x00x"),
+        ("USER_ID", "a\x00b"),
+        ("ITEM_ID", "i\x1f"),
+        ("ITEM_ID", "i\x7f"),
+        ("DEVICE", "we\x00b"),  # NUL in any text cell
+    ],
+)
+def test_control_characters_in_ids_and_nul_anywhere_are_refused_naming_the_row(column: str, cell: str) -> None:
+    mapper = RowMapper("INTERACTIONS", INTERACTIONS)
+    header = ["USER_ID", "ITEM_ID", "TIMESTAMP", "DEVICE"]
+    mapper.bind_header(header)
+    values = ["u1", "i1", "1700000000", "web"]
+    values[header.index(column)] = cell
+    bad = mapper.parse(values, 7)
+    assert isinstance(bad, list) and [v.field for v in bad] == [f"rows[7].{column}"]
+    assert "character" in bad[0].description
+    # Free text may hold tabs and line breaks; ids may not.
+    assert isinstance(mapper.parse(["u1", "i1", "1700000000", "a\tb\nc"], 8), dict)
+
+
+@pytest.mark.parametrize("cell", ["1e30", "9223372036854775808", "-1", "9214646400", "2262-05-01", "1e400"])
+def test_out_of_range_timestamps_are_refused_naming_the_row(cell: str) -> None:
+    mapper = RowMapper("INTERACTIONS", INTERACTIONS)
+    mapper.bind_header(["USER_ID", "ITEM_ID", "TIMESTAMP"])
+    bad = mapper.parse(["u1", "i1", cell], 3)
+    assert isinstance(bad, list) and [v.field for v in bad] == ["rows[3].TIMESTAMP"]
+    assert parse_timestamp("9214646399") == 9_214_646_399  # 2261-12-31 23:59:59, the last accepted second
+    assert parse_timestamp("0") == 0
+
+
+@pytest.mark.parametrize("cell", ["1e308", "-1e308", "1e16", "inf", "nan"])
+def test_series_numbers_beyond_the_documented_magnitude_are_refused(cell: str) -> None:
+    fields = [Field("ITEM_ID", "STRING"), Field("TIMESTAMP", "TIMESTAMP"), Field("TARGET_VALUE", "DOUBLE")]
+    mapper = RowMapper("TARGET_TIME_SERIES", fields)
+    mapper.bind_header(["ITEM_ID", "TIMESTAMP", "TARGET_VALUE"])
+    bad = mapper.parse(["i1", "1700000000", cell], 4)
+    assert isinstance(bad, list) and [v.field for v in bad] == ["rows[4].TARGET_VALUE"]
+    assert isinstance(mapper.parse(["i1", "1700000000", "-1e15"], 5), dict)

@@ -7,6 +7,7 @@ Failures print `error: CODE: message` and the field violations, and exit with co
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -494,6 +495,23 @@ def put_events(group: str, session_id: str, user_id: str, event_specs: tuple[str
         out.print_json(response)
     else:
         out.echo(f"accepted {response.accepted} events ({response.duplicates} duplicates)")
+
+
+@cli.command("delete-user-data")
+@click.argument("group")
+@click.option("--user", "user_ids", multiple=True, required=True,
+              help="A user whose events and USERS row to delete; repeat for several (1 to 1000).")
+@json_option
+def delete_user_data(group: str, user_ids: tuple[str, ...]) -> None:
+    """Delete some users' interactions and USERS rows from GROUP (models forget them when retrained)."""
+    client = state().client
+    request = api.DeleteUserDataRequest(dataset_group=out.group_name(group), user_ids=list(user_ids),
+                                        request_id=str(uuid.uuid4()))  # a retried call deletes once
+    response = client.call(client.datasets.DeleteUserData, request)
+    if state().json:
+        out.print_json(response)
+    else:
+        out.echo(f"deleted {response.interactions_deleted} interactions and {response.users_deleted} users")
 
 
 # ---- operations ---------------------------------------------------------------------------

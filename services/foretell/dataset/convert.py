@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from sqlalchemy.engine import Row
 
+from foretell.core.errors import FieldViolation, InvalidArgument
 from foretell.core.resources import status_of, timestamp_of
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.schema_rules import Field
@@ -26,6 +28,27 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
 
 def enum_value(enum: Any, name: str, prefix: str) -> Any:
     return int(enum.Value(prefix + name)) if name else 0
+
+
+def _not_finite(value: struct_pb2.Value) -> bool:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return not math.isfinite(value.number_value)
+    if kind == "struct_value":
+        return any(_not_finite(v) for v in value.struct_value.fields.values())
+    if kind == "list_value":
+        return any(_not_finite(v) for v in value.list_value.values)
+    return False
+
+
+def properties(struct: struct_pb2.Struct, where: str) -> dict[str, Any]:
+    """A Struct as a dict; INVALID_ARGUMENT naming each property that holds NaN or Infinity (JSON has neither)."""
+    bad = [
+        FieldViolation(f"{where}.{key}", "is not a finite number") for key, v in struct.fields.items() if _not_finite(v)
+    ]
+    if bad:
+        raise InvalidArgument(bad)
+    return json_format.MessageToDict(struct) if struct.ByteSize() else {}
 
 
 def fields_from_proto(fields: Any) -> list[Field]:

@@ -23,6 +23,8 @@ from foretell.dataset.store import DatasetStore
 Progress = Callable[[float, str, dict[str, float]], None]
 
 csv.field_size_limit(1 << 20)
+# A header names at most 200 fields of 64 characters: a longer first line is not a header (nor read in full).
+MAX_HEADER_BYTES = 1 << 16
 
 
 class CountingReader(io.RawIOBase):
@@ -54,20 +56,25 @@ def _decoded_lines(binary: IO[bytes]) -> Iterator[str]:
 
 def parse_header(prefix: bytes) -> list[str] | None:
     """The header row from the first bytes of a CSV file; None if no full line arrived yet."""
-    end = prefix.find(b"\n")
+    end = prefix.find(b"\n", 0, MAX_HEADER_BYTES + 1)
     if end < 0:
+        if len(prefix) > MAX_HEADER_BYTES:
+            raise InvalidArgument(FieldViolation("header", f"the first line is longer than {MAX_HEADER_BYTES} bytes"))
         return None
     try:
         line = prefix[:end].decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidArgument(FieldViolation("header", "is not valid UTF-8")) from None
-    return next(csv.reader([line.rstrip("\r")]), [])
+    try:
+        return next(csv.reader([line.rstrip("\r")]), [])
+    except csv.Error as exc:
+        raise InvalidArgument(FieldViolation("header", f"is not valid CSV: {exc}")) from None
 
 
 def read_header(source: IO[bytes]) -> list[str]:
     with source as f:
-        prefix = f.read(1 << 16)
-    header = parse_header(prefix if b"\n" in prefix else prefix + b"\n")
+        prefix = f.read(MAX_HEADER_BYTES + 1)
+    header = parse_header(prefix if b"\n" in prefix or len(prefix) > MAX_HEADER_BYTES else prefix + b"\n")
     if not header or header == [""]:
         raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
     return header
@@ -95,12 +102,22 @@ class Importer:
         mode: str,
         progress: Progress,
         cancelled: Callable[[], bool],
+        allow_empty: bool = False,
     ) -> ImportOutcome:
         """Imports the CSV that `source()` opens (a spooled upload, or a file in the caller's area)."""
         with source() as raw:
             total = os.fstat(raw.fileno()).st_size
             try:
                 rows = self._stage(job, dataset_name, mapper, raw, total, progress, cancelled)
+                if rows == 0 and mode == "FULL" and not allow_empty:
+                    # A header-only file (an export of nothing, a truncated copy) would silently empty the dataset.
+                    raise InvalidArgument(
+                        FieldViolation(
+                            "rows",
+                            f"the file has no data rows: a FULL import would delete every row of {dataset_name}; "
+                            "set allow_empty to empty the dataset",
+                        )
+                    )
                 self._store.commit_import(
                     mapper.table, dataset_name, job, mode, state="SUCCEEDED", rows_imported=rows, bytes_total=total
                 )

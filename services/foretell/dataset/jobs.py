@@ -84,6 +84,7 @@ class DatasetJobs:
         mode: str,
         source_uri: str,
         remove_file: Path | None,
+        allow_empty: bool = False,
     ) -> operations_pb2.Operation:
         """Imports what `source()` opens; `remove_file` (a spooled upload) is deleted when the job ends."""
         job = f"{dataset.name}/importJobs/{job_id}"
@@ -118,6 +119,7 @@ class DatasetJobs:
                     mode=mode,
                     progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
                     cancelled=lambda: self._ops.cancel_requested(operation.name),
+                    allow_empty=allow_empty,
                 )
                 log.info("import done", extra={"job": job, "rows": outcome.rows})
                 metrics.rows_imported(mapper.table, outcome.rows)

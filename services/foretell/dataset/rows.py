@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,17 @@ from foretell.dataset.schema_rules import NUMERIC, RESERVED, Field
 
 MAX_ID_LENGTH = 256
 MAX_STRING_LENGTH = 10_000
+# TIMESTAMP values: epoch seconds from 1970-01-01 to 2261-12-31 23:59:59 UTC. Training reads snapshot times with
+# pandas, whose nanosecond timestamps end in April 2262; larger numbers overflowed later, in the job.
+MIN_TIMESTAMP = 0
+MAX_TIMESTAMP = 9_214_646_399
+# Numbers of time-series datasets: forecasting sums, squares and fits them in float64, which overflows (or loses
+# every digit) far below float64's own limit.
+MAX_SERIES_MAGNITUDE = 1e15
+# Fields that hold ids (and event types, impressions: lists of item ids): no control characters, as in a
+# Personalize id. NUL is refused in every text cell (PostgreSQL cannot store it; SQLite cuts the text there).
+ID_FIELDS = frozenset({"USER_ID", "ITEM_ID", "SESSION_ID", "RECOMMENDATION_ID", "EVENT_TYPE", "IMPRESSION"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 TABLE_OF = {
     "INTERACTIONS": "interactions",
@@ -52,13 +64,38 @@ class CellError(Exception):
 def _string(raw: str) -> str:
     if len(raw) > MAX_STRING_LENGTH:
         raise CellError(f"is longer than {MAX_STRING_LENGTH} characters")
+    if "\x00" in raw:
+        raise CellError("holds a NUL character")
     return raw
+
+
+def control_problem(value: str) -> str | None:
+    found = _CONTROL.search(value)
+    if found:
+        return f"holds the control character {found.group()!r} at position {found.start()}"
+    return None
+
+
+def id_problem(value: str) -> str | None:
+    """Why `value` cannot be an id (too long, or a control character), or None."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    return control_problem(value)
 
 
 def _identifier(raw: str) -> str:
-    if len(raw) > MAX_ID_LENGTH:
-        raise CellError(f"is longer than {MAX_ID_LENGTH} characters")
+    problem = id_problem(raw)
+    if problem:
+        raise CellError(problem)
     return raw
+
+
+def _id_text(raw: str) -> str:
+    """An id-like STRING field (SESSION_ID, EVENT_TYPE...): an id's characters, a string's length."""
+    problem = control_problem(raw)
+    if problem:
+        raise CellError(problem)
+    return _string(raw)
 
 
 def _integer(bits: int) -> Callable[[str], int]:
@@ -86,6 +123,16 @@ def _float(raw: str) -> float:
     return value
 
 
+def _bounded(convert: Callable[[str], float]) -> Callable[[str], float]:
+    def bounded(raw: str) -> float:
+        value = convert(raw)
+        if abs(value) > MAX_SERIES_MAGNITUDE:
+            raise CellError(f"{raw[:40]!r} is larger in magnitude than {MAX_SERIES_MAGNITUDE:g}")
+        return value
+
+    return bounded
+
+
 def _boolean(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("true", "1"):
@@ -95,26 +142,38 @@ def _boolean(raw: str) -> bool:
     raise CellError(f"{raw[:40]!r} is not a boolean (true/false)")
 
 
+def timestamp_problem(seconds: float) -> str | None:
+    """Why epoch `seconds` is not a usable time (outside 1970..2261), or None."""
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        return f"is outside {MIN_TIMESTAMP}..{MAX_TIMESTAMP} epoch seconds (years 1970 to 2261)"
+    return None
+
+
 def parse_timestamp(raw: str) -> int:
-    """Epoch seconds from epoch seconds or ISO 8601 text (naive times are UTC)."""
+    """Epoch seconds from epoch seconds or ISO 8601 text (naive times are UTC), within 1970..2261."""
     text = raw.strip()
+    seconds: float | None = None
     try:
-        return int(text)
+        seconds = int(text)
     except ValueError:
-        pass
-    try:
-        number = float(text)
-        if math.isfinite(number):
-            return int(number)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
-        raise CellError(f"{raw[:40]!r} is not epoch seconds or an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp())
+        try:
+            number = float(text)
+            if math.isfinite(number):
+                seconds = number
+        except ValueError:
+            pass
+    if seconds is None:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        except ValueError:
+            raise CellError(f"{raw[:40]!r} is not epoch seconds or an ISO 8601 time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    problem = timestamp_problem(seconds)
+    if problem:
+        raise CellError(f"{raw[:40]!r} {problem}")
+    return int(seconds)
 
 
 def format_timestamp(seconds: int) -> str:
@@ -132,11 +191,15 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def converter_for(f: Field) -> Callable[[str], Any]:
+def converter_for(f: Field, table: str = "") -> Callable[[str], Any]:
     if f.name in ("USER_ID", "ITEM_ID"):
         return _identifier
+    if f.name in ID_FIELDS:
+        return _id_text
     if f.name in ("TIMESTAMP", "CREATION_TIMESTAMP"):
         return parse_timestamp  # epoch seconds whatever the declared time type
+    if table == "series" and f.type in NUMERIC:
+        return _bounded(_CONVERTERS[f.type])
     return _CONVERTERS[f.type]
 
 
@@ -159,7 +222,7 @@ class RowMapper:
         self._slots = {
             f.name: _Slot(
                 f,
-                converter_for(f),
+                converter_for(f, self.table),
                 columns.get(f.name) if f.name in RESERVED else None,
                 # Forecast dimensions: string fields of time-series datasets.
                 dimension=self.table == "series" and f.name not in RESERVED and f.type == "STRING",

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
-from google.protobuf import json_format
 from sqlalchemy.engine import Row
 
 from foretell.core import auth, names, pagination, tenancy
@@ -21,7 +20,7 @@ from foretell.core.idempotency import IdempotencyStore
 from foretell.dataset import convert, uploads
 from foretell.dataset.importer import parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
-from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key
+from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key, id_problem, timestamp_problem
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
 from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
@@ -30,6 +29,7 @@ from foretell.v1 import dataset_service_pb2 as api
 from foretell.v1 import dataset_service_pb2_grpc, event_feed_service_pb2_grpc
 
 MAX_PUT = 100
+MAX_DELETE_USERS = 1000
 WATCH_BATCH = 500
 # How often a WatchEvents stream looks for events written by other processes.
 WATCH_POLL_SECONDS = 0.25
@@ -54,10 +54,6 @@ def _import_mode(value: int, field_name: str) -> str:
     if value and not mode:
         raise invalid(field_name, "is not a known import mode")
     return mode or "FULL"
-
-
-def _struct(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message) if message.ByteSize() else {}
 
 
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
@@ -245,6 +241,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                 mode=mode,
                 source_uri="",
                 remove_file=path,
+                allow_empty=config.allow_empty,
             )
             started.append(True)
             return operation
@@ -316,6 +313,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                 mode=mode,
                 source_uri=source.uri,
                 remove_file=None,
+                allow_empty=request.import_job.allow_empty,
             ),
         )
 
@@ -392,34 +390,47 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         if not 1 <= len(request.events) <= MAX_PUT:
             problems.add("events", f"must hold 1 to {MAX_PUT} events")
         for key, value in (("session_id", request.session_id), ("user_id", request.user_id)):
-            if len(value) > 256:
-                problems.add(key, "is longer than 256 characters")
+            if problem := id_problem(value):
+                problems.add(key, problem)
         problems.raise_if_any()
         dataset, mapper = self._typed_dataset(group, "INTERACTIONS")
         records = []
         for i, event in enumerate(request.events):
             where = f"events[{i}]"
+            bad: set[str] = set()
             if not event.HasField("sent_at"):
                 problems.add(f"{where}.sent_at", "is required")
+            elif problem := timestamp_problem(event.sent_at.seconds):
+                problems.add(f"{where}.sent_at", problem)
+                bad.add("sent_at")
             for key in ("event_type", "item_id"):
                 if not getattr(event, key):
                     problems.add(f"{where}.{key}", "is required")
             for key in ("event_id", "event_type", "item_id", "recommendation_id"):
-                if len(getattr(event, key)) > 256:
-                    problems.add(f"{where}.{key}", "is longer than 256 characters")
+                if problem := id_problem(getattr(event, key)):
+                    problems.add(f"{where}.{key}", problem)
+                    bad.add(key)
             if len(event.impression) > 500:
                 problems.add(f"{where}.impression", "holds more than 500 items")
-            props = _struct(event.properties)
+            for j, shown in enumerate(event.impression):
+                if problem := id_problem(shown):
+                    problems.add(f"{where}.impression[{j}]", problem)
+            try:
+                props = convert.properties(event.properties, f"{where}.properties")
+            except InvalidArgument as exc:
+                for v in exc.violations:
+                    problems.add(v.field, v.description)
+                continue
             reserved = [k for k in props if k.upper() in RESERVED]
             for key in reserved:
                 problems.add(f"{where}.properties.{key}", "is a reserved field; use the event's own field")
             # The event's own fields stand in for the schema's reserved columns (checked above;
-            # "-" keeps a missing one from being reported twice).
+            # "-" keeps a missing or bad one from being reported twice).
             own: dict[str, Any] = {
                 "USER_ID": request.user_id or request.session_id,
-                "ITEM_ID": event.item_id or "-",
-                "TIMESTAMP": str(event.sent_at.seconds),
-                "EVENT_TYPE": event.event_type or "-",
+                "ITEM_ID": "-" if "item_id" in bad else event.item_id or "-",
+                "TIMESTAMP": "0" if "sent_at" in bad else str(event.sent_at.seconds),
+                "EVENT_TYPE": "-" if "event_type" in bad else event.event_type or "-",
             }
             if event.HasField("event_value"):
                 own["EVENT_VALUE"] = event.event_value
@@ -496,8 +507,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             if not entity_id:
                 problems.add(f"{where}.{key.lower()}", "is required")
                 continue
+            if problem := id_problem(entity_id):
+                problems.add(f"{where}.{key.lower()}", problem)
+                continue
             try:
-                record = mapper.from_mapping({key: entity_id, **_struct(properties)}, f"{where}.properties")
+                props = convert.properties(properties, f"{where}.properties")
+                record = mapper.from_mapping({key: entity_id, **props}, f"{where}.properties")
             except InvalidArgument as exc:
                 for v in exc.violations:
                     problems.add(v.field, v.description)
@@ -515,6 +530,25 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def PutUsers(self, request: api.PutUsersRequest, context: grpc.ServicerContext) -> api.PutUsersResponse:  # noqa: N802
         entries = [(user.user_id, user.properties) for user in request.users]
         return api.PutUsersResponse(accepted=self._put_entities(request.dataset, "users", "USERS", entries))
+
+    def DeleteUserData(
+        self, request: api.DeleteUserDataRequest, context: grpc.ServicerContext
+    ) -> api.DeleteUserDataResponse:  # noqa: N802
+        group = auth.allowed(names.check_name(request.dataset_group, "dataset_group", *GROUP))
+        names.check_request_id(request.request_id)
+        problems = Violations()
+        if not 1 <= len(request.user_ids) <= MAX_DELETE_USERS:
+            problems.add("user_ids", f"must hold 1 to {MAX_DELETE_USERS} user ids")
+        for i, user_id in enumerate(request.user_ids):
+            if problem := "is required" if not user_id else id_problem(user_id):
+                problems.add(f"user_ids[{i}]", problem)
+        problems.raise_if_any()
+
+        def delete() -> api.DeleteUserDataResponse:
+            deleted, users = self._store.delete_user_data(group, list(request.user_ids))
+            return api.DeleteUserDataResponse(interactions_deleted=deleted, users_deleted=users)
+
+        return self._idem.run("DeleteUserData", request, api.DeleteUserDataResponse, delete)
 
 
 class EventFeedServicer(event_feed_service_pb2_grpc.EventFeedServiceServicer):

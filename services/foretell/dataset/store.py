@@ -535,6 +535,30 @@ class DatasetStore:
             conn.execute(insert(entities), [self._complete("entities", dataset_name, None, r) for r in latest.values()])
         return len(latest)
 
+    def delete_user_data(self, group: str, user_ids: list[str]) -> tuple[int, int]:
+        """Deletes the visible rows of `user_ids` from the group's INTERACTIONS and USERS datasets in one
+        transaction; (interactions, users) deleted. Staged rows are left to their import, which commits or drops them.
+        """
+        self.get_group(group)
+        counts = {"INTERACTIONS": 0, "USERS": 0}
+        with transaction(self.engine) as conn:
+            for dataset_name, dataset_type in conn.execute(
+                select(datasets.c.name, datasets.c.dataset_type).where(
+                    mine(datasets), datasets.c.dataset_group == group, datasets.c.dataset_type.in_(list(counts))
+                )
+            ).fetchall():
+                table = interactions if dataset_type == "INTERACTIONS" else entities
+                user = interactions.c.user_id if dataset_type == "INTERACTIONS" else entities.c.entity_id
+                where = [table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None), user.in_(user_ids)]
+                counts[dataset_type] = int(conn.execute(delete(table).where(*where)).rowcount or 0)
+                if counts[dataset_type]:
+                    conn.execute(
+                        update(datasets)
+                        .where(mine(datasets), datasets.c.name == dataset_name)
+                        .values(update_time=now())
+                    )
+        return counts["INTERACTIONS"], counts["USERS"]
+
     def iter_rows(self, dataset_name: str, table_name: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
         """Visible rows in insertion order, streamed in batches (keyset on id)."""
         table = ROW_TABLES[table_name]

@@ -21,6 +21,7 @@ alone can forecast cold-start items (items with metadata and no history).
 from __future__ import annotations
 
 import inspect
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -87,7 +88,10 @@ def _coerce(kind: type, raw: str) -> Any:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise ValueError
         return raw.lower() in ("true", "1")
-    return kind(raw)
+    value = kind(raw)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError  # NaN passes every range check
+    return value
 
 
 def parse_hyper_parameters(algorithms: Sequence[str], raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:

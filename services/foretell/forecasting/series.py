@@ -80,6 +80,11 @@ class FillPolicy:
     value: float = 0.0  # for "value"
 
 
+# The largest magnitude of a value (imports refuse larger ones too, dataset/rows.py): backtests sum and square
+# values in float64, and statsmodels' fits turn values near float64's limit into NaN and then fail.
+MAX_MAGNITUDE = 1e15
+
+
 class SeriesError(ValueError):
     """Bad data the user must fix; `field` names where (e.g. "TARGET_VALUE", "TIMESTAMP", "forecast_dimensions")."""
 
@@ -208,11 +213,12 @@ def _numbers(column: pd.Series, items: _Factor, what: str) -> np.ndarray:
         values[suspect[words == "true"]] = 1.0
         values[suspect[words == "false"]] = 0.0
         bad = np.sort(np.r_[suspect[~np.isin(words, ("true", "false", ""))], np.flatnonzero(np.isinf(values))])
+    bad = np.union1d(bad, np.flatnonzero(np.abs(values) > MAX_MAGNITUDE))  # NaN compares False: missing stays
     if len(bad):
         row = int(bad[0])
         raise SeriesError(
             f"{what}: row {row + 1} ({_describe({'ITEM_ID': items}, row)}) has {name} {column.iloc[row]!r},"
-            " not a finite number",
+            f" not a finite number of magnitude at most {MAX_MAGNITUDE:g}",
             name,
         )
     return values

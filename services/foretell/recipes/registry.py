@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 from foretell.recipes.base import Param, Recommender
@@ -41,6 +42,9 @@ def _parse(name: str, spec: Param, raw: str) -> Any:
             value = spec.kind(raw)
     except ValueError:
         raise ParamError(name, f"{raw[:40]!r} is not a valid {spec.kind.__name__}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every bound check below, and trained a model of zeros that "SUCCEEDED".
+        raise ParamError(name, f"{raw[:40]!r} is not a finite number")
     if spec.choices and value not in spec.choices:
         raise ParamError(name, f"must be one of {', '.join(spec.choices)}")
     if spec.low is not None and value < spec.low:

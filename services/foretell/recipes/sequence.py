@@ -59,7 +59,8 @@ PARAMS: dict[str, Param] = {
     "loss": Param(str, "auto", f"full softmax over the catalogue, sampled softmax, or auto (full up to "
                   f"{FULL_SOFTMAX_MAX_ITEMS} items).", choices=("auto", "full", "sampled")),
     "num_negatives": Param(int, 1024, "Uniform negatives shared by a batch (sampled loss).", 1, 1_000_000),
-    "seed": Param(int, 0, "Seed of initialisation, batching, dropout and negatives (deterministic on CPU).", 0),
+    "seed": Param(int, 0, "Seed of initialisation, batching, dropout and negatives (deterministic on CPU).", 0,
+                  2**32 - 1),
     "device": Param(str, "auto", "Training device: auto = cuda when available, else cpu.",
                     choices=("auto", "cpu", "cuda")),
     "mixed_precision": Param(bool, True, "bfloat16 autocast when training on CUDA (ignored on CPU)."),

@@ -35,6 +35,8 @@ from foretell.core.errors import invalid
 
 MAX_EXPRESSION = 2500
 MAX_VALUES = 500
+# Parentheses nest at most this deep: parsing and evaluating recurse once per level.
+MAX_NESTING = 32
 ITEMS, INTERACTIONS = "Items", "Interactions"
 _DATASETS = {"items": ITEMS, "interactions": INTERACTIONS}
 _COMPARISONS = ("=", "!=", "<", ">", "<=", ">=")
@@ -122,6 +124,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -192,8 +195,12 @@ class _Parser:
     def atom(self) -> Condition | BoolExpr:
         token = self.peek()
         if token.kind == "punct" and token.text == "(":
+            if self.depth >= MAX_NESTING:
+                raise FilterSyntaxError(token.position, f"parentheses nest more than {MAX_NESTING} deep")
             self.take()
+            self.depth += 1
             inner = self.or_expr()
+            self.depth -= 1
             self.expect_punct(")")
             return inner
         return self.condition()

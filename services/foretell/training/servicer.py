@@ -5,6 +5,7 @@ Solutions live here; predictors and forecasts in `forecasting_servicer.Forecasti
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -50,6 +51,9 @@ def check_hpo(recipe: str, config: pb.HpoConfig, path: str) -> None:
         spec = specs.get(r.name)
         if spec is None or spec.kind not in kinds:
             problems.add(f"{where}.name", f"is not a {'/'.join(k.__name__ for k in kinds)} parameter of {recipe}")
+            continue
+        if not (math.isfinite(r.min_value) and math.isfinite(r.max_value)):
+            problems.add(f"{where}", "min_value and max_value must be finite numbers")
             continue
         if r.min_value > r.max_value:
             problems.add(f"{where}.max_value", "must be at least min_value")

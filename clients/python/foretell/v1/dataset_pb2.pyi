@@ -403,6 +403,7 @@ class ImportJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     source_uri: _builtins.str
     """"file:///path/data.csv" or a plain path; empty for streamed uploads."""
@@ -412,6 +413,11 @@ class ImportJob(_message.Message):
     bytes_total: _builtins.int
     operation: _builtins.str
     """The long-running operation that tracks this job."""
+    allow_empty: _builtins.bool
+    """CreateImportJob: a FULL import of a file with no data rows empties the
+    dataset only when this is set; otherwise the job fails with
+    INVALID_ARGUMENT ("rows") and the dataset keeps its rows. Not stored.
+    """
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """Why the job failed: INVALID_ARGUMENT with BadRequest field violations
@@ -435,10 +441,11 @@ class ImportJob(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         operation: _builtins.str = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_total", b"bytes_total", "create_time", b"create_time", "error", b"error", "import_mode", b"import_mode", "name", b"name", "operation", b"operation", "rows_imported", b"rows_imported", "source_uri", b"source_uri", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "bytes_total", b"bytes_total", "create_time", b"create_time", "error", b"error", "import_mode", b"import_mode", "name", b"name", "operation", b"operation", "rows_imported", b"rows_imported", "source_uri", b"source_uri", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

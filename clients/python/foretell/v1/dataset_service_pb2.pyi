@@ -426,6 +426,7 @@ class ImportDataConfig(_message.Message):
     IMPORT_MODE_FIELD_NUMBER: _builtins.int
     IMPORT_JOB_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """The dataset to import into."""
     import_mode: _dataset_pb2.ImportMode.ValueType
@@ -433,6 +434,11 @@ class ImportDataConfig(_message.Message):
     import_job_id: _builtins.str
     """Optional id of the import job; generated when empty."""
     request_id: _builtins.str
+    allow_empty: _builtins.bool
+    """A FULL import of a file with no data rows empties the dataset only when
+    this is set; otherwise its job fails with INVALID_ARGUMENT ("rows") and
+    the dataset keeps its rows.
+    """
     def __init__(
         self,
         *,
@@ -440,10 +446,11 @@ class ImportDataConfig(_message.Message):
         import_mode: _dataset_pb2.ImportMode.ValueType = ...,
         import_job_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "import_job_id", b"import_job_id", "import_mode", b"import_mode", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "dataset", b"dataset", "import_job_id", b"import_job_id", "import_mode", b"import_mode", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -822,6 +829,59 @@ class PutUsersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutUsersResponse: _TypeAlias = PutUsersResponse  # noqa: Y015
+
+@_typing.final
+class DeleteUserDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_GROUP_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    dataset_group: _builtins.str
+    """The dataset group whose INTERACTIONS and USERS datasets lose the users' rows."""
+    request_id: _builtins.str
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 1000 user ids."""
+
+    def __init__(
+        self,
+        *,
+        dataset_group: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_group", b"dataset_group", "request_id", b"request_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserDataRequest: _TypeAlias = DeleteUserDataRequest  # noqa: Y015
+
+@_typing.final
+class DeleteUserDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTIONS_DELETED_FIELD_NUMBER: _builtins.int
+    USERS_DELETED_FIELD_NUMBER: _builtins.int
+    interactions_deleted: _builtins.int
+    """Interaction rows deleted."""
+    users_deleted: _builtins.int
+    """USERS dataset rows deleted."""
+    def __init__(
+        self,
+        *,
+        interactions_deleted: _builtins.int = ...,
+        users_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interactions_deleted", b"interactions_deleted", "users_deleted", b"users_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserDataResponse: _TypeAlias = DeleteUserDataResponse  # noqa: Y015
 
 @_typing.final
 class WatchEventsRequest(_message.Message):

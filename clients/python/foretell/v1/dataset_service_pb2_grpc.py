@@ -148,6 +148,11 @@ class DatasetServiceStub:
                 request_serializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.SerializeToString,
                 response_deserializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.FromString,
                 _registered_method=True)
+        self.DeleteUserData = channel.unary_unary(
+                '/foretell.v1.DatasetService/DeleteUserData',
+                request_serializer=foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataRequest.SerializeToString,
+                response_deserializer=foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/foretell.v1.DatasetService/WatchEvents',
                 request_serializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.SerializeToString,
@@ -304,6 +309,17 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUserData(self, request, context):
+        """Deletes what the group holds about some users: their visible rows in the
+        INTERACTIONS dataset (imported and PutEvents events) and in the USERS
+        dataset, in one transaction (Amazon Personalize's data deletion job, made
+        synchronous). Models trained before keep what they learned until the next
+        training; rows of an import still running are not touched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so
         that the change is not breaking on the wire (an older recommendation
@@ -427,6 +443,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.PutUsers,
                     request_deserializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.FromString,
                     response_serializer=foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.SerializeToString,
+            ),
+            'DeleteUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUserData,
+                    request_deserializer=foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataRequest.FromString,
+                    response_serializer=foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -1030,6 +1051,33 @@ class DatasetService:
             '/foretell.v1.DatasetService/PutUsers',
             foretell_dot_v1_dot_dataset__service__pb2.PutUsersRequest.SerializeToString,
             foretell_dot_v1_dot_dataset__service__pb2.PutUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.v1.DatasetService/DeleteUserData',
+            foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataRequest.SerializeToString,
+            foretell_dot_v1_dot_dataset__service__pb2.DeleteUserDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,13 @@ class DatasetServiceStub:
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]
     """Adds or replaces users of the group's USERS dataset."""
+    DeleteUserData: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.DeleteUserDataRequest, _dataset_service_pb2.DeleteUserDataResponse]
+    """Deletes what the group holds about some users: their visible rows in the
+    INTERACTIONS dataset (imported and PutEvents events) and in the USERS
+    dataset, in one transaction (Amazon Personalize's data deletion job, made
+    synchronous). Models trained before keep what they learned until the next
+    training; rows of an import still running are not touched.
+    """
     @_builtins.property
     @_deprecated("""This method has been marked as deprecated using proto method options.""")
     def WatchEvents(self) -> _grpc.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]:
@@ -132,6 +139,13 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Adds or replaces items of the group's ITEMS dataset."""
     PutUsers: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.PutUsersRequest, _dataset_service_pb2.PutUsersResponse]  # type: ignore[assignment]
     """Adds or replaces users of the group's USERS dataset."""
+    DeleteUserData: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.DeleteUserDataRequest, _dataset_service_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
+    """Deletes what the group holds about some users: their visible rows in the
+    INTERACTIONS dataset (imported and PutEvents events) and in the USERS
+    dataset, in one transaction (Amazon Personalize's data deletion job, made
+    synchronous). Models trained before keep what they learned until the next
+    training; rows of an import still running are not touched.
+    """
     @_builtins.property
     @_deprecated("""This method has been marked as deprecated using proto method options.""")
     def WatchEvents(self) -> _aio.UnaryStreamMultiCallable[_dataset_service_pb2.WatchEventsRequest, _dataset_service_pb2.WatchEventsResponse]:  # type: ignore[override]
@@ -314,6 +328,19 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_service_pb2.PutUsersResponse, _abc.Awaitable[_dataset_service_pb2.PutUsersResponse]]:
         """Adds or replaces users of the group's USERS dataset."""
+
+    @_abc_1.abstractmethod
+    def DeleteUserData(
+        self,
+        request: _dataset_service_pb2.DeleteUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataset_service_pb2.DeleteUserDataResponse, _abc.Awaitable[_dataset_service_pb2.DeleteUserDataResponse]]:
+        """Deletes what the group holds about some users: their visible rows in the
+        INTERACTIONS dataset (imported and PutEvents events) and in the USERS
+        dataset, in one transaction (Amazon Personalize's data deletion job, made
+        synchronous). Models trained before keep what they learned until the next
+        training; rows of an import still running are not touched.
+        """
 
     @_deprecated("""Deprecated: internal, moved to EventFeedService.WatchEvents. Kept here so\nthat the change is not breaking on the wire (an older recommendation\nservice still calls it during an upgrade), but like EventFeedService it\nnow refuses every caller but the internal principal: PERMISSION_DENIED for\nany other key, an all-groups one included. It will go with foretell.v2.""")
     @_abc_1.abstractmethod
