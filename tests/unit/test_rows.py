@@ -105,7 +105,9 @@ def test_control_characters_in_ids_and_nul_anywhere_are_refused_naming_the_row(c
     assert isinstance(mapper.parse(["u1", "i1", "1700000000", "a\tb\nc"], 8), dict)
 
 
-@pytest.mark.parametrize("cell", ["1e30", "9223372036854775808", "-1", "9214646400", "2262-05-01", "1e400"])
+@pytest.mark.parametrize(
+    "cell", ["1e30", "9223372036854775808", "-9214560001", "9214646400", "2262-05-01", "1677-06-01", "1e400"]
+)
 def test_out_of_range_timestamps_are_refused_naming_the_row(cell: str) -> None:
     mapper = RowMapper("INTERACTIONS", INTERACTIONS)
     mapper.bind_header(["USER_ID", "ITEM_ID", "TIMESTAMP"])
@@ -113,6 +115,8 @@ def test_out_of_range_timestamps_are_refused_naming_the_row(cell: str) -> None:
     assert isinstance(bad, list) and [v.field for v in bad] == ["rows[3].TIMESTAMP"]
     assert parse_timestamp("9214646399") == 9_214_646_399  # 2261-12-31 23:59:59, the last accepted second
     assert parse_timestamp("0") == 0
+    assert parse_timestamp("-189388800") == -189_388_800  # 1964: items (films) are older than 1970
+    assert parse_timestamp("-9214560000") == -9_214_560_000  # 1678-01-01, the first accepted second
 
 
 @pytest.mark.parametrize("cell", ["1e308", "-1e308", "1e16", "inf", "nan"])

@@ -19,9 +19,10 @@ from foretell.dataset.schema_rules import NUMERIC, RESERVED, Field
 
 MAX_ID_LENGTH = 256
 MAX_STRING_LENGTH = 10_000
-# TIMESTAMP values: epoch seconds from 1970-01-01 to 2261-12-31 23:59:59 UTC. Training reads snapshot times with
-# pandas, whose nanosecond timestamps end in April 2262; larger numbers overflowed later, in the job.
-MIN_TIMESTAMP = 0
+# TIMESTAMP values: epoch seconds from 1678-01-01 to 2261-12-31 23:59:59 UTC. Training reads snapshot times with
+# pandas, whose nanosecond timestamps span September 1677 to April 2262; numbers beyond overflowed later, in the
+# job. Before 1970 is fine: items are created then (MovieLens' films from the 1920s).
+MIN_TIMESTAMP = -9_214_560_000
 MAX_TIMESTAMP = 9_214_646_399
 # Numbers of time-series datasets: forecasting sums, squares and fits them in float64, which overflows (or loses
 # every digit) far below float64's own limit.
@@ -145,7 +146,7 @@ def _boolean(raw: str) -> bool:
 def timestamp_problem(seconds: float) -> str | None:
     """Why epoch `seconds` is not a usable time (outside 1970..2261), or None."""
     if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
-        return f"is outside {MIN_TIMESTAMP}..{MAX_TIMESTAMP} epoch seconds (years 1970 to 2261)"
+        return f"is outside {MIN_TIMESTAMP}..{MAX_TIMESTAMP} epoch seconds (years 1678 to 2261)"
     return None
 
 
