@@ -1,4 +1,4 @@
-"""Load test: sustained mixed traffic on a real all-in-one server, with a campaign hot swap and a killed worker.
+"""Load test: sustained mixed traffic on real servers, with a campaign hot swap, a killed worker and a killed replica.
 
 One run:
 1. starts `python -m foretell.runtime` as a separate process (temp data dir, a free loopback port,
@@ -25,6 +25,12 @@ One run:
    target QPS; events acknowledged vs stored; the hot swap and worker kill) and writes it as JSON
    (`--json`). Exit status 0 when there was no unexpected failure, no lost event and every check
    of step 4 passed; else 1.
+
+With `--replicas N` (default 2) the all-in-one server runs on a temporary PostgreSQL and N-1 more processes serve
+the recommendation service alone on the same database (their peers are the first server's dataset and training
+services); the read RPCs go round-robin over all N, as a client of a headless Service does, retrying UNAVAILABLE.
+The hot swap is then also a test of convergence (every replica must swap), and at 2/3 of the run the last replica
+is SIGKILLed: its in-flight calls must be retried on the others, so no call fails.
 
 The load processes are separate interpreters (spawn) using grpc.aio with raw bytes for the read
 RPCs (requests pre-serialized), so one Python client is not the bottleneck; on a 2-core machine
@@ -74,6 +80,24 @@ METHODS = {
     "PutEvents": "/foretell.v1.DatasetService/PutEvents",
     "QueryForecast": "/foretell.v1.ForecastQueryService/QueryForecast",
 }
+READS = ("GetRecommendations", "GetPersonalizedRanking")
+REPLICA_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "foretell.v1.RecommendationService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 GROUP_ID = "loadtest"
 FORECAST_GROUP_ID = "loadtest-fc"
 SOLUTION_ID = "loadtest"
@@ -88,6 +112,7 @@ class Scenario:
     """What the load processes need to build their requests (picklable)."""
 
     port: int
+    rec_ports: tuple[int, ...]  # the recommendation replicas (the first is the all-in-one server)
     group: str
     campaign: str
     forecast: str
@@ -109,7 +134,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    data_dir: Path, port: int, env_extra: dict[str, str], module: str = "foretell.runtime"
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "FORETELL_HOST": "127.0.0.1",
@@ -120,9 +147,7 @@ def start_server(data_dir: Path, port: int, env_extra: dict[str, str]) -> subpro
     }
     log = (data_dir.parent / "server.log").open("ab")
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "foretell.runtime"], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        proc = subprocess.Popen([sys.executable, "-m", module], stdout=log, stderr=subprocess.STDOUT, env=env)
     finally:
         log.close()
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -385,7 +410,13 @@ async def _load(
         for _ in range(1000)
     ]
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{sc.port}")
-    calls = {rpc: channel.unary_unary(METHODS[rpc]) for rpc in RPCS}
+    # Reads go round-robin over every recommendation replica, as a client with the DNS of a headless Service
+    # does; UNAVAILABLE (a replica killed under it) is retried on another one, as foretell.client's config does.
+    replicas = grpc.aio.insecure_channel(
+        "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in sc.rec_ports),
+        options=[("grpc.service_config", REPLICA_CONFIG), ("grpc.enable_retries", 1)],
+    )
+    calls = {rpc: (replicas if rpc in READS else channel).unary_unary(METHODS[rpc]) for rpc in RPCS}
     loop = asyncio.get_running_loop()
     clock_offset = time.time() - loop.time()  # loop time -> wall time, for the failure timeline
     latencies: dict[str, list[float]] = {rpc: [] for rpc in RPCS}
@@ -511,6 +542,7 @@ async def _load(
         if late > 0.5:
             anomalies.append(f"the load process itself fell {late:.2f} s behind its schedule")
     elapsed = loop.time() - measured_from
+    await replicas.close()
     await channel.close()
     return {
         "index": index,
@@ -838,6 +870,14 @@ def markdown(report: dict[str, Any]) -> str:
         )
     else:
         lines.append("Worker kill: skipped (--no-kill).")
+    replicas = report["replicas"]
+    if replicas["kill"]:
+        lines.append(
+            f"Replicas: {replicas['count']} (reads round-robin); SIGKILL of the replica on port "
+            f"{replicas['kill']['port']} at {fmt(replicas['kill'].get('at_s'), 1)} s."
+        )
+    else:
+        lines.append(f"Replicas: {replicas['count']}; none killed.")
     if report["failures_by_code"]:
         lines.append("")
         lines.append(
@@ -917,6 +957,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=14)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-kill", action="store_true", help="skip the worker kill")
+    p.add_argument(
+        "--replicas", type=int, default=2,
+        help="recommendation replicas: the all-in-one server plus N-1 recommendation-only processes on one temporary "
+        "PostgreSQL, reads round-robin over them (1: the all-in-one server alone, on SQLite)",
+    )  # fmt: skip
+    p.add_argument("--no-replica-kill", action="store_true", help="skip the SIGKILL of a replica at 2/3 of the run")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--timeline", type=Path, help="save every run call (wall time, RPC, ms, ok) as .npy here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, server log)")
@@ -932,15 +978,32 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "data").mkdir()
     port, metrics_port = free_port(), free_port()
     began, load_before = time.time(), os.getloadavg()
-    server = start_server(workdir / "data", port, {"FORETELL_METRICS_PORT": str(metrics_port)})
+    stack = contextlib.ExitStack()
+    database: dict[str, str] = {}
+    if args.replicas > 1:  # replicas share a PostgreSQL database, as in the Kubernetes base
+        from foretell.runtime import pgtemp
+
+        database["FORETELL_DATABASE_URL"] = stack.enter_context(pgtemp.temporary_postgres())
+    server = start_server(workdir / "data", port, {"FORETELL_METRICS_PORT": str(metrics_port), **database})
     print(f"server pid {server.pid} on 127.0.0.1:{port}, data in {workdir / 'data'}", flush=True)
     problems: list[str] = []
+    replicas: list[tuple[int, subprocess.Popen[bytes]]] = []
+    replica_kill: dict[str, Any] = {}
     try:
         with Client(f"127.0.0.1:{port}", timeout=60) as client:
             seeded = seed(client, args)
+            peers = {"FORETELL_DATASET_TARGET": f"127.0.0.1:{port}", "FORETELL_TRAINING_TARGET": f"127.0.0.1:{port}"}
+            for i in range(1, args.replicas):
+                (workdir / f"replica{i}" / "data").mkdir(parents=True)
+                replica_port = free_port()
+                replica = start_server(
+                    workdir / f"replica{i}" / "data", replica_port, {**database, **peers}, "foretell.recommendation"
+                )
+                replicas.append((replica_port, replica))
+                print(f"recommendation replica pid {replica.pid} on 127.0.0.1:{replica_port}", flush=True)
             scenario = Scenario(
-                port, seeded["group"], seeded["campaign"], seeded["forecast"], args.users, args.items, args.series,
-                mix, args.events_per_call, args.ranking_items, args.timeout,
+                port, (port, *(p for p, _ in replicas)), seeded["group"], seeded["campaign"], seeded["forecast"],
+                args.users, args.items, args.series, mix, args.events_per_call, args.ranking_items, args.timeout,
             )  # fmt: skip
 
             peak_results, _ = run_load(
@@ -962,12 +1025,23 @@ def main(argv: list[str] | None = None) -> int:
                 solution, campaign = f"solutions/{SOLUTION_ID}", seeded["campaign"]
                 kill = kill_worker_and_retrain(client, solution, campaign, seeded["versions"][1])
                 print(f"worker kill: {kill.get('checks')} {kill.get('error', '')}", flush=True)
+            if replicas and not args.no_replica_kill:
+                time.sleep(max(0.0, t0 + seconds * 2 / 3 - time.time()))
+                victim_port, victim = replicas[-1]
+                victim.kill()  # SIGKILL: no drain, connections cut mid-call
+                victim.wait()
+                replica_kill = {"began": time.time(), "port": victim_port, "pid": victim.pid}
+                print(f"replica kill: SIGKILL of the replica on port {victim_port}", flush=True)
             run_results = join_load(handles)
             run = summarize(run_results, mix, target)
             stored = count_stored(client, seeded["interactions_dataset"])
             handled = server_handled(metrics_port)
     finally:
         code = stop_server(server)
+        for _, replica in replicas:
+            if replica.poll() is None:
+                stop_server(replica)
+        stack.close()
     log_problems = server_log_problems(workdir / "server.log")
 
     # Events: every acknowledged event must be stored once; nothing stored that was never sent.
@@ -1034,6 +1108,10 @@ def main(argv: list[str] | None = None) -> int:
                     ("after the re-run", kill["ended"], end)]  # fmt: skip
     else:
         windows.append(("after the hot swap", swap["ended"], end))
+    if replica_kill:
+        replica_kill["at_s"] = replica_kill["began"] - t0
+        windows += [("replica kill, first 10 s", replica_kill["began"], min(replica_kill["began"] + 10, end)),
+                    ("after the replica kill", replica_kill["began"], end)]  # fmt: skip
     windows = [w for w in windows if w[2] > w[1]]
     if args.timeline:
         np.save(args.timeline, calls)
@@ -1049,6 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": events,
         "hot_swap": swap,
         "worker_kill": kill,
+        "replicas": {"count": args.replicas, "kill": replica_kill},
         "expected_failures": expected_failures,
         "unexpected_failures": unexpected,
         "failures_sample": all_failures[:20],

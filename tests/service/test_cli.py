@@ -112,6 +112,21 @@ def test_import_csv_file(stubs: Stubs, tmp_path: Path) -> None:
     assert stubs.datasets.GetDataset(api.GetDatasetRequest(name=group.interactions), timeout=5).row_count == 340
 
 
+def test_a_full_import_of_no_rows_needs_allow_empty(stubs: Stubs, tmp_path: Path) -> None:
+    group = make_recommendation_group(stubs)
+    full, empty = tmp_path / "full.csv", tmp_path / "empty.csv"
+    full.write_bytes(interactions_csv(30))
+    empty.write_text("USER_ID,ITEM_ID,TIMESTAMP\n")
+    assert invoke("import", "shop/interactions", str(full), "-q", stubs=stubs).exit_code == 0
+
+    refused = invoke("import", "shop/interactions", str(empty), "-q", stubs=stubs)
+    assert refused.exit_code == 1 and "allow_empty" in refused.stderr
+    assert stubs.datasets.GetDataset(api.GetDatasetRequest(name=group.interactions), timeout=5).row_count == 30
+    emptied = invoke("import", "shop/interactions", str(empty), "--allow-empty", "-q", stubs=stubs)
+    assert emptied.exit_code == 0, emptied.output
+    assert stubs.datasets.GetDataset(api.GetDatasetRequest(name=group.interactions), timeout=5).row_count == 0
+
+
 def test_import_reports_bad_rows(stubs: Stubs, tmp_path: Path) -> None:
     group = make_recommendation_group(stubs)
     path = tmp_path / "bad.csv"

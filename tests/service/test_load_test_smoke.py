@@ -48,4 +48,6 @@ def test_load_test_runs_every_phase_and_reports(tmp_path: Path, capsys: pytest.C
     kill = report["worker_kill"]
     assert kill["checks"] and all(kill["checks"].values()), kill
     assert kill["operation_error"]["code"] == "INTERNAL" and "worker" in kill["operation_error"]["message"]
+    # Two recommendation replicas on one PostgreSQL, one SIGKILLed mid-run: still no failed call.
+    assert report["replicas"]["count"] == 2 and report["replicas"]["kill"]["pid"]
     assert "| GetRecommendations |" in printed and "Verdict: **PASS**" in printed

@@ -423,9 +423,11 @@ def dataset_delete(name: str) -> None:
 @click.option("--server-path", is_flag=True,
               help="FILE is in your file area on the server (a path relative to it, or a file:// URI under "
                    "it) and the server reads it itself; nothing is uploaded.")
+@click.option("--allow-empty", is_flag=True,
+              help="Let a full import of a file without rows empty the dataset (refused otherwise).")
 @json_option
 @quiet_option
-def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) -> None:
+def import_command(dataset_ref: str, file: str, mode: str, server_path: bool, allow_empty: bool) -> None:
     """Import a CSV file into DATASET, showing upload and import progress.
 
     The file is streamed to the server (no shared filesystem needed). Rows become
@@ -435,7 +437,7 @@ def import_command(dataset_ref: str, file: str, mode: str, server_path: bool) ->
         raise CliError(f"{file!r} is not a readable file (use --server-path for a path on the server)")
     obj = state()
     job = import_file(obj.client, out.dataset_name(dataset_ref), file, mode=out.IMPORT_MODES[mode],
-                      server_path=server_path, show=obj.progress)
+                      server_path=server_path, show=obj.progress, allow_empty=allow_empty)
     if obj.json:
         out.print_json(job)
     else:

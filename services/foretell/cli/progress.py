@@ -66,7 +66,13 @@ def unavailable_note(client: Client) -> Callable[[ForetellError], None]:
 
 
 def upload_csv(
-    client: Client, dataset: str, path: str | os.PathLike[str], *, mode: pb.ImportMode.ValueType, show: bool
+    client: Client,
+    dataset: str,
+    path: str | os.PathLike[str],
+    *,
+    mode: pb.ImportMode.ValueType,
+    show: bool,
+    allow_empty: bool = False,
 ) -> operations_pb2.Operation:
     """Streams a local CSV file to ImportData with a bytes progress bar; returns the Operation."""
     size = Path(path).stat().st_size
@@ -77,19 +83,26 @@ def upload_csv(
         def on_sent(sent: int, _total: int) -> None:
             bar.update(sent - bar.n)
 
-        return client.import_csv(dataset, path, import_mode=mode, progress=on_sent)
+        return client.import_csv(dataset, path, import_mode=mode, progress=on_sent, allow_empty=allow_empty)
 
 
 def import_file(
-    client: Client, dataset: str, source: str, *, mode: pb.ImportMode.ValueType, server_path: bool, show: bool
+    client: Client,
+    dataset: str,
+    source: str,
+    *,
+    mode: pb.ImportMode.ValueType,
+    server_path: bool,
+    show: bool,
+    allow_empty: bool = False,
 ) -> pb.ImportJob:
     """Uploads (or, with server_path, has the server read) a CSV file and waits for the import.
 
     Raises ForetellError with the bad rows as field violations if the import failed.
     """
     if server_path:
-        operation = client.import_uri(dataset, source, import_mode=mode)
+        operation = client.import_uri(dataset, source, import_mode=mode, allow_empty=allow_empty)
     else:
-        operation = upload_csv(client, dataset, source, mode=mode, show=show)
+        operation = upload_csv(client, dataset, source, mode=mode, show=show, allow_empty=allow_empty)
     done = wait_with_progress(client, operation, desc="import", show=show)
     return operation_response(done, pb.ImportJob)

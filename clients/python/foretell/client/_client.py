@@ -368,6 +368,7 @@ class Client:
         progress: Callable[[int, int], None] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> operations_pb2.Operation:
         """Streams a CSV file (path or binary file object) to ImportData; returns the Operation.
 
@@ -375,7 +376,8 @@ class Client:
         (``import_uri`` is for files the server can read itself). ``progress(sent,
         total)`` is called with byte counts after each chunk is handed to gRPC, from
         gRPC's sending thread; ``total`` is 0 when the size cannot be known. The
-        deadline defaults to the client's ``upload_timeout``.
+        deadline defaults to the client's ``upload_timeout``. A FULL import of a file without rows fails (it would
+        empty the dataset) unless ``allow_empty``.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -384,6 +386,7 @@ class Client:
             import_mode=import_mode,
             import_job_id=import_job_id,
             request_id=_request_id(request_id),
+            allow_empty=allow_empty,
         )
         deadline = self.upload_timeout if timeout is None else timeout
 
@@ -415,12 +418,13 @@ class Client:
         import_job_id: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
+        allow_empty: bool = False,
     ) -> operations_pb2.Operation:
         """Imports a CSV file the server can read (``file:///...`` or a path); returns the Operation."""
         request = dataset_service_pb2.CreateImportJobRequest(
             parent=dataset,
             import_job_id=import_job_id,
-            import_job=dataset_pb2.ImportJob(source_uri=uri, import_mode=import_mode),
+            import_job=dataset_pb2.ImportJob(source_uri=uri, import_mode=import_mode, allow_empty=allow_empty),
             request_id=_request_id(request_id),
         )
         return self.call(self.datasets.CreateImportJob, request, timeout=timeout)
