@@ -7,16 +7,19 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from test_process import ROOT, start
 
+from foretell.client import Client
 from foretell.core.data_lock import lock_for
 from foretell.core.settings import Settings
+from foretell.dataset.store import DatasetStore
 from foretell.runtime.server import create_server
 
-from support import stopped
+from support import interactions_csv, make_recommendation_group, stopped, stubs_of, upload
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -79,3 +82,32 @@ def test_a_busy_port_is_a_one_line_error(command: tuple[str, ...], tmp_path: Pat
     assert "Traceback" not in result.stderr + result.stdout
     # Nothing was recovered or locked on the way: the directory starts at once afterwards.
     create_server(Settings(port=0, data_dir=tmp_path)).stop(None)
+
+
+def test_a_service_started_apart_on_the_directory_leaves_the_others_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Services apart on one SQLite directory: a starting process clears only the leases of its own services (the
+    ones its lock makes it alone with). Clearing all let the dataset process's own sweep fail its running import."""
+    real = DatasetStore.stage_rows
+
+    def slowly(self: DatasetStore, *args: object, **kwargs: object) -> None:
+        time.sleep(0.15)  # 20 batches: the import outlives a few sweeps of one-second leases
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DatasetStore, "stage_rows", slowly)
+    settings = Settings(port=0, data_dir=tmp_path / "data", import_batch_rows=50, lease_seconds=1.0)
+    dataset = create_server(settings, ["dataset"])
+    dataset.start()
+    training = None
+    try:
+        stubs = stubs_of(Client(f"127.0.0.1:{dataset.port}", timeout=30), dataset)
+        group = make_recommendation_group(stubs, "shop")
+        running = upload(stubs, group.interactions, interactions_csv(1000, seed=3))
+        training = create_server(settings, ["training"])
+        done = stubs.wait(running, timeout=60)
+        assert not done.HasField("error"), done.error
+    finally:
+        if training is not None:
+            training.stop(None)
+        dataset.stop(None)

@@ -7,7 +7,8 @@ the TTL. Recovery (at start and then once per TTL, `sweep`) touches only work wh
 its process died. So a replica that starts while another runs an import leaves the import alone, and a job whose
 replica was killed is failed (or resumed) by a survivor within about two TTLs.
 
-With SQLite (one server per data directory) every lease at start is a dead process's: `clear()` drops them.
+With SQLite (one process per service and data directory) every lease of a service at start is a dead process's:
+`clear()` drops them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
@@ -122,10 +123,11 @@ class Leases:
             ).first()
         return row is not None
 
-    def clear(self) -> None:
-        """Drops every lease: for a server that is, by its lock, the only one on its database (SQLite)."""
+    def clear(self, kinds: Iterable[str]) -> None:
+        """Drops every lease of `kinds`: for a process that is, by its lock, the only one running the services that
+        take them on this database (SQLite, core/data_lock.py). Other services' leases may be another process's."""
         with transaction(self._engine) as conn:
-            conn.execute(delete(leases_table))
+            conn.execute(delete(leases_table).where(leases_table.c.kind.in_(sorted(kinds))))
 
     def renew(self) -> None:
         with transaction(self._engine) as conn:

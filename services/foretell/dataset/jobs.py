@@ -28,6 +28,9 @@ from foretell.dataset.store import DatasetStore
 log = logging.getLogger("foretell.dataset.jobs")
 
 
+LEASES = ("import", "export")  # core/leases.py kinds of the jobs here, named by the job
+
+
 class DatasetJobs:
     def __init__(
         self,

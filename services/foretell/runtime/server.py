@@ -26,14 +26,23 @@ from foretell.core.operations import OperationsServicer, OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.peers import Peers
 from foretell.core.settings import ALL_SERVICES, ServiceName, Settings
+from foretell.dataset import jobs as dataset_jobs
 from foretell.dataset import service as dataset_service
 from foretell.forecast_query import service as forecast_query_service
+from foretell.recommendation import batch, campaigns
 from foretell.recommendation import service as recommendation_service
 from foretell.runtime.ports import listen
+from foretell.training import jobs as training_jobs
 from foretell.training import service as training_service
 
 log = logging.getLogger("foretell.server")
 
+# The core/leases.py kinds each service's background work takes.
+LEASE_KINDS: dict[str, tuple[str, ...]] = {
+    "dataset": dataset_jobs.LEASES,
+    "training": (training_jobs.LEASE,),
+    "recommendation": (campaigns.LEASE, batch.LEASE),
+}
 OPERATIONS = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
 
 
@@ -133,7 +142,8 @@ def _create_server(settings: Settings, wanted: list[ServiceName]) -> App:
     operations = OperationStore(engine)
     leases = Leases(engine, settings.lease_seconds)
     if engine.dialect.name == "sqlite":
-        leases.clear()  # one server per SQLite database: every lease left is a dead process's
+        # One process per service on a SQLite database (its lock): every lease of these services is a dead process's.
+        leases.clear(kind for service in wanted for kind in LEASE_KINDS.get(service, ()))
     # One secret per database, read once: every service's page tokens, and every replica's, agree.
     tokens = PageTokens.of_database(engine)
     closers: list[Callable[[bool], None]] = []
