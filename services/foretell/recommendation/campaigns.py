@@ -29,7 +29,16 @@ from google.rpc import code_pb2
 
 from foretell.core import metrics, names, tenancy
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
-from foretell.core.errors import Cancelled, FailedPrecondition, ForetellError, NotFound, Unavailable, absent, invalid
+from foretell.core.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    ForetellError,
+    NotFound,
+    Unavailable,
+    absent,
+    invalid,
+)
 from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
@@ -292,20 +301,26 @@ class Campaigns:
     def create(self, campaign_id: str, spec: CampaignSpec) -> operations_pb2.Operation:
         name = f"campaigns/{campaign_id}"
         resolved = self.resolve(spec.solution_version, "campaign.solution_version")
-        self._store.create_campaign(
-            {
-                "name": name,
-                "solution_version": spec.solution_version,
-                "dataset_group": resolved.dataset_group,
-                "artifact_uri": "",
-                **_config(spec),
-                "state": "PENDING",
-            }
-        )
+        # This process deploys it: taken before the row exists, so that no replica's sweep sees it unowned.
+        if not self._leases.acquire(LEASE, name):
+            raise AlreadyExists(name, f"campaign {name!r} already exists")
+        try:
+            self._store.create_campaign(
+                {
+                    "name": name,
+                    "solution_version": spec.solution_version,
+                    "dataset_group": resolved.dataset_group,
+                    "artifact_uri": "",
+                    **_config(spec),
+                    "state": "PENDING",
+                }
+            )
+        except BaseException:
+            self._leases.release(LEASE, name)
+            raise
         self._pins.hold(name, [spec.solution_version])  # from now on the version cannot be deleted
         operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
-        self._leases.acquire(LEASE, name)  # this process deploys it: no replica's recovery may fail it
         self._pool.submit(tenancy.carry(self._deploy), name, operation.name, spec, resolved, True)
         log.info("deploying campaign", extra={"campaign": name, "solution_version": spec.solution_version})
         return self._ops.get(operation.name)
