@@ -182,6 +182,13 @@ def visible_groups() -> frozenset[str] | None:
     return None if principal is None else principal.dataset_groups
 
 
+def identity() -> str:
+    """Who is calling, for what is bound to the caller (request ids, page tokens): the tenant and the principal
+    (a name may be a principal of two tenants, and the internal key acts for any tenant); "" with auth off."""
+    principal = current()
+    return f"{tenancy.current()}\0{principal.name}" if principal else ""
+
+
 def is_internal() -> bool:
     """Whether this call comes from a Foretell service on a peer channel (the internal key)."""
     principal = current()

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Column, DateTime, Engine, LargeBinary, MetaData, String, Table, delete, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
-from foretell.core import auth, tenancy
+from foretell.core import auth
 from foretell.core.db import transaction
 from foretell.core.errors import Aborted, invalid
 from foretell.core.names import check_request_id
@@ -62,9 +62,8 @@ def fingerprint(request: Message, *parts: bytes) -> str:
 
 
 def _scope() -> str:
-    # The tenant too: a name may be a principal of two tenants, and the internal key acts for any tenant.
-    principal = auth.current()
-    return hashlib.sha256(f"{tenancy.current()}\0{principal.name}".encode()).hexdigest() if principal else ""
+    who = auth.identity()
+    return hashlib.sha256(who.encode()).hexdigest() if who else ""
 
 
 def _now() -> datetime:

@@ -18,7 +18,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
@@ -38,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 
 from foretell.core import tenancy
 from foretell.core.db import transaction
+from foretell.core.errors import AlreadyExists
 from foretell.core.logs import failure
 
 log = logging.getLogger("foretell.leases")
@@ -98,6 +100,19 @@ class Leases:
             return True
         except IntegrityError:
             return False  # a live process holds it
+
+    @contextmanager
+    def for_new(self, kind: str, name: str, what: str) -> Iterator[None]:
+        """Holds the lease on a job or resource about to be created (`what`, e.g. "campaign") while the block
+        creates its row, so that no sweep ever sees the row unowned; ALREADY_EXISTS when a live process holds it.
+        Released if the block fails (the row was not created); else kept until the work is done."""
+        if not self.acquire(kind, name):
+            raise AlreadyExists(name, f"{what} {name!r} already exists")
+        try:
+            yield
+        except BaseException:
+            self.release(kind, name)
+            raise
 
     def release(self, kind: str, name: str) -> None:
         with transaction(self._engine) as conn:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from foretell.core import auth, tenancy
+from foretell.core import auth
 from foretell.core.errors import invalid
 from foretell.core.resources import Page
 from foretell.core.server_secrets import PAGE_TOKENS, shared_secret
@@ -70,9 +70,7 @@ class PageTokens:
         ]
 
     def _tag(self, body: bytes, scope: str) -> bytes:
-        principal = auth.current()
-        who = f"{tenancy.current()}\0{principal.name}" if principal else ""
-        bound = hashlib.sha256(who.encode()).digest()
+        bound = hashlib.sha256(auth.identity().encode()).digest()
         bound += hashlib.sha256(scope.encode()).digest()
         return hmac.digest(self._authentication, body + bound, "sha256")[:_TAG]
 

@@ -14,7 +14,7 @@ from google.rpc import code_pb2
 from sqlalchemy.engine import Row
 
 from foretell.core import metrics, tenancy
-from foretell.core.errors import AlreadyExists, Cancelled, ForetellError, ResourceExhausted
+from foretell.core.errors import Cancelled, ForetellError, ResourceExhausted
 from foretell.core.file_roots import Place
 from foretell.core.leases import Leases
 from foretell.core.logs import failure
@@ -99,13 +99,9 @@ class DatasetJobs:
                 )
             self._queued += 1
         try:
-            self._leased("import", job)
-            try:
+            with self._leases.for_new("import", job, "import job"):
                 operation = self._ops.create(job, "import", dataset.dataset_group)
                 self._store.create_import_job(job, dataset.name, source_uri, mode, operation.name)
-            except BaseException:
-                self._leases.release("import", job)
-                raise
         except BaseException:
             self._started()
             raise
@@ -134,11 +130,6 @@ class DatasetJobs:
         self._run(operation.name, work, lambda **v: self._store.update_import_job(job, **v), ("import", job))
         return self._ops.get(operation.name)
 
-    def _leased(self, kind: str, job: str) -> None:
-        """Takes the job's lease before its row exists, so that no sweep sees the row unowned."""
-        if not self._leases.acquire(kind, job):
-            raise AlreadyExists(job, f"{kind} job {job!r} already exists")
-
     def _started(self) -> None:
         with self._queued_lock:
             self._queued -= 1
@@ -147,13 +138,9 @@ class DatasetJobs:
         self, *, dataset: Row[Any], job_id: str, mapper: RowMapper, destination: Place
     ) -> operations_pb2.Operation:
         job = f"{dataset.name}/exportJobs/{job_id}"
-        self._leased("export", job)
-        try:
+        with self._leases.for_new("export", job, "export job"):
             operation = self._ops.create(job, "export", dataset.dataset_group)
             self._store.create_export_job(job, dataset.name, destination.uri, operation.name)
-        except BaseException:
-            self._leases.release("export", job)
-            raise
 
         def work() -> None:
             self._store.update_export_job(job, state="RUNNING")

@@ -27,7 +27,7 @@ from google.rpc import code_pb2
 
 from foretell.core import tenancy
 from foretell.core.artifact_store import Artifacts
-from foretell.core.errors import AlreadyExists, Cancelled, ForetellError
+from foretell.core.errors import Cancelled, ForetellError
 from foretell.core.file_roots import Place
 from foretell.core.leases import Leases
 from foretell.core.logs import failure
@@ -81,13 +81,8 @@ class BatchJobs:
 
     def start(self, spec: BatchSpec) -> operations_pb2.Operation:
         name = f"batchInferenceJobs/{spec.job_id}"
-        if not self._leases.acquire(LEASE, name):  # taken before the row exists: no sweep sees it unowned
-            raise AlreadyExists(name, f"batch inference job {name!r} already exists")
-        try:
+        with self._leases.for_new(LEASE, name, "batch inference job"):
             self._create(name, spec)
-        except BaseException:
-            self._leases.release(LEASE, name)
-            raise
         operation = self._ops.create(name, "batch-inference", spec.version.dataset_group)
         self._store.update_batch_job(name, operation=operation.name)
         self._pool.submit(tenancy.carry(self._guarded), name, operation.name, spec)

@@ -30,7 +30,6 @@ from google.rpc import code_pb2
 from foretell.core import metrics, names, tenancy
 from foretell.core.artifact_store import ArtifactNotFound, Artifacts
 from foretell.core.errors import (
-    AlreadyExists,
     Cancelled,
     FailedPrecondition,
     ForetellError,
@@ -301,10 +300,7 @@ class Campaigns:
     def create(self, campaign_id: str, spec: CampaignSpec) -> operations_pb2.Operation:
         name = f"campaigns/{campaign_id}"
         resolved = self.resolve(spec.solution_version, "campaign.solution_version")
-        # This process deploys it: taken before the row exists, so that no replica's sweep sees it unowned.
-        if not self._leases.acquire(LEASE, name):
-            raise AlreadyExists(name, f"campaign {name!r} already exists")
-        try:
+        with self._leases.for_new(LEASE, name, "campaign"):  # this process deploys it
             self._store.create_campaign(
                 {
                     "name": name,
@@ -315,9 +311,6 @@ class Campaigns:
                     "state": "PENDING",
                 }
             )
-        except BaseException:
-            self._leases.release(LEASE, name)
-            raise
         self._pins.hold(name, [spec.solution_version])  # from now on the version cannot be deleted
         operation = self._ops.create(name, "deploy", resolved.dataset_group)
         self._store.update_campaign(name, operation=operation.name)
