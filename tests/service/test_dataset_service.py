@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,9 @@ import grpc
 import pytest
 from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from foretell.core.file_roots import Place
 from foretell.core.settings import Settings
-from foretell.dataset import export_worker
-from foretell.dataset import jobs as jobs_module
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 
@@ -377,50 +372,6 @@ def test_import_stream_protocol_errors(stubs: Stubs, group: Group) -> None:
         INVALID,
         "config.import_mode",
     )
-
-
-def test_a_large_export_runs_in_a_process_of_its_own_and_writes_what_the_job_thread_writes(
-    stubs: Stubs, group: Group, files: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stubs.wait(upload(stubs, group.interactions, interactions_csv(300, seed=4)))
-    in_thread = files / "thread.csv"
-    stubs.wait(
-        stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_thread)))
-    )
-
-    children: list[int] = []
-    real_popen = export_worker.subprocess.Popen
-
-    def popen(*args: Any, **kwargs: Any) -> Any:
-        child = real_popen(*args, **kwargs)
-        children.append(child.pid)
-        return child
-
-    monkeypatch.setattr(jobs_module, "PROCESS_ROWS", 100)  # 300 rows now count as large
-    monkeypatch.setattr(export_worker.subprocess, "Popen", popen)
-    in_child = files / "child.csv"
-    op = stubs.wait(
-        stubs.datasets.ExportDataset(api.ExportDatasetRequest(name=group.interactions, destination_uri=str(in_child)))
-    )
-    assert len(children) == 1 and children[0] != os.getpid()
-    export = pb.ExportJob()
-    op.response.Unpack(export)
-    assert export.rows_exported == 300 and export.state == pb.JOB_STATE_SUCCEEDED
-    assert in_child.read_bytes() == in_thread.read_bytes()
-
-
-def test_an_export_process_passes_on_its_error_with_its_code(tmp_path: Path) -> None:
-    empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(export_worker.ExportFailed) as info:
-        export_worker.ExportProcesses().run(
-            empty, "datasetGroups/g/datasets/d", "operations/o", Place.server_chosen(tmp_path, ("o.csv",), "uri")
-        )
-    assert info.value.to_status().code == code_pb2.NOT_FOUND and "datasetGroups/g/datasets/d" in str(info.value)
-    assert not (tmp_path / "o.csv").exists()
-    assert not export_worker.shared_with_other_processes("sqlite://")
-    assert not export_worker.shared_with_other_processes("sqlite:///:memory:")
-    assert export_worker.shared_with_other_processes(empty)
-    assert export_worker.shared_with_other_processes("postgresql+psycopg://u:p@db/foretell")
 
 
 def test_import_from_uri_and_export_round_trip(stubs: Stubs, group: Group, files: Path) -> None:
@@ -794,22 +745,28 @@ def test_health_and_restart_recovery(settings, tmp_path) -> None:  # type: ignor
         )
     group = make_recommendation_group(stubs)
     stubs.wait(upload(stubs, group.interactions, interactions_csv(100)))
-    # Simulate a crash mid-import: a RUNNING job with staged rows and an unfinished operation.
+    # Simulate a crash mid-import: a RUNNING job with a Parquet part written and an unfinished operation.
+    import pyarrow as pa
+
+    from foretell.core.artifacts import uri_of
+    from foretell.dataset.columns import arrow_schema
+    from foretell.dataset.convert import mapper_of
+    from foretell.dataset.parts import PartFiles
     from foretell.dataset.store import DatasetStore
 
-    store = DatasetStore(stubs.app.engine)
-    op = stubs.app.engine  # same engine, same file
+    files = PartFiles(uri_of(settings.artifacts))
+    store = DatasetStore(stubs.app.engine, files)
     from foretell.core.operations import OperationStore
 
-    ops = OperationStore(op)
-    pending = ops.create(f"{group.interactions}/importJobs/crashed", "import")
-    store.create_import_job(f"{group.interactions}/importJobs/crashed", group.interactions, "", "FULL", pending.name)
-    store.stage_rows(
-        "interactions",
-        group.interactions,
-        f"{group.interactions}/importJobs/crashed",
-        [{"user_id": "u", "item_id": "i", "ts": 1}] * 10,
-    )
+    ops = OperationStore(stubs.app.engine)
+    crashed = f"{group.interactions}/importJobs/crashed"
+    pending = ops.create(crashed, "import")
+    store.create_import_job(crashed, group.interactions, "", "FULL", pending.name)
+    schema = arrow_schema(mapper_of(store.get_dataset(group.interactions)).fields)
+    writer = files.writer(group.interactions, crashed, schema)
+    writer.write(pa.Table.from_pylist([{"USER_ID": "u", "ITEM_ID": "i", "TIMESTAMP": 1}] * 10, schema=schema))
+    (orphan,) = [uri for uri, _, _ in writer.finish()]
+    assert Path(orphan.removeprefix("file://")).exists()
     stubs.channel.close()
     stubs.app.stop(None)
     restarted = start_stubs(settings)
@@ -819,12 +776,7 @@ def test_health_and_restart_recovery(settings, tmp_path) -> None:  # type: ignor
         assert op_after.done and op_after.error.code == grpc.StatusCode.ABORTED.value[0]
         job = restarted.datasets.GetImportJob(api.GetImportJobRequest(name=f"{group.interactions}/importJobs/crashed"))
         assert job.state == pb.JOB_STATE_FAILED
-        assert (
-            restarted.app.engine.connect()
-            .exec_driver_sql("select count(*) from interactions where import_job is not null")
-            .scalar()
-            == 0
-        )
+        assert not Path(orphan.removeprefix("file://")).exists()  # the crashed import's part is gone
     finally:
         restarted.channel.close()
         restarted.app.stop(None)

@@ -21,13 +21,8 @@ INTERNAL_METHODS: frozenset[str] = frozenset(
         # training -> dataset: interactions present (CreateSolutionVersion) and the datasets a snapshot
         # exports (training/snapshot.py)
         "/foretell.v1.DatasetService/ListDatasets",
-        # training -> dataset: the snapshot of a group, written into artifacts/snapshots only (the internal
-        # principal has no other file area, core/file_roots.py)
-        "/foretell.v1.DatasetService/ExportDataset",
-        # training -> dataset: polls and cancels those snapshot exports (core/operations.py refuses the
-        # internal principal any other operation)
-        "/google.longrunning.Operations/GetOperation",
-        "/google.longrunning.Operations/CancelOperation",
+        # training -> dataset: the Parquet files of each dataset of a group a job reads (training/snapshot.py)
+        "/foretell.v1.EventFeedService/SnapshotDataset",
         # recommendation -> dataset: the event feed of a deployed campaign (recommendation/events.py), on the
         # internal service (DatasetService.WatchEvents is deprecated: only a recommendation service older than
         # its dataset service would call it)

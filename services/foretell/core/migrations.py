@@ -36,6 +36,7 @@ def target_metadata() -> MetaData:
     """Every service's tables in one MetaData: what migrations must produce."""
     # Imported here: the stores import foretell.core, so a module-level import would be circular.
     from foretell.core import idempotency, leases, operations, pins, server_secrets
+    from foretell.dataset import parts as dataset_parts
     from foretell.dataset import store as dataset_store
     from foretell.recommendation import store as recommendation_store
     from foretell.training import store as training_store
@@ -48,6 +49,7 @@ def target_metadata() -> MetaData:
         leases.metadata,
         pins.metadata,
         dataset_store.metadata,
+        dataset_parts.metadata,
         training_store.metadata,
         recommendation_store.metadata,
     ):

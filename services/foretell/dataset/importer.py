@@ -15,8 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
 from foretell.core.errors import Cancelled, FieldViolation, InvalidArgument
 from foretell.core.file_roots import Place
+from foretell.dataset.columns import BatchValidator, arrow_schema, csv_ready
+from foretell.dataset.parts import PartWriter
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.store import DatasetStore
 
@@ -86,7 +93,17 @@ class ImportOutcome:
     bytes_total: int
 
 
+PARQUET_MAGIC = b"PAR1"
+BLOCK_BYTES = 1 << 22  # CSV bytes parsed per batch: ~100k rows, a few MB of Arrow memory
+
+
 class Importer:
+    """Reads a CSV or Parquet file a block at a time, validates each block vectorized (dataset/columns.py),
+    writes the typed rows into new Parquet parts and makes them visible in one commit (dataset/plane.py).
+
+    Memory stays flat: one block in flight, whatever the file size. If any row is bad (or the job is
+    cancelled) the new parts are deleted and the dataset is untouched."""
+
     def __init__(self, store: DatasetStore, batch_rows: int, max_violations: int) -> None:
         self._store = store
         self._batch_rows = batch_rows
@@ -104,91 +121,154 @@ class Importer:
         cancelled: Callable[[], bool],
         allow_empty: bool = False,
     ) -> ImportOutcome:
-        """Imports the CSV that `source()` opens (a spooled upload, or a file in the caller's area)."""
-        with source() as raw:
-            total = os.fstat(raw.fileno()).st_size
-            try:
-                rows = self._stage(job, dataset_name, mapper, raw, total, progress, cancelled)
-                if rows == 0 and mode == "FULL" and not allow_empty:
-                    # A header-only file (an export of nothing, a truncated copy) would silently empty the dataset.
-                    raise InvalidArgument(
-                        FieldViolation(
-                            "rows",
-                            f"the file has no data rows: a FULL import would delete every row of {dataset_name}; "
-                            "set allow_empty to empty the dataset",
-                        )
+        """Imports the file that `source()` opens (a spooled upload, or a file in the caller's area)."""
+        writer = self._store.plane.files.writer(dataset_name, job, arrow_schema(mapper.fields))
+        try:
+            with source() as raw:
+                total = os.fstat(raw.fileno()).st_size
+                rows = self._write(mapper, raw, total, writer, progress, cancelled, source)
+            if rows == 0 and mode == "FULL" and not allow_empty:
+                # A header-only file (an export of nothing, a truncated copy) would silently empty the dataset.
+                raise InvalidArgument(
+                    FieldViolation(
+                        "rows",
+                        f"the file has no data rows: a FULL import would delete every row of {dataset_name}; "
+                        "set allow_empty to empty the dataset",
                     )
-                self._store.commit_import(
-                    mapper.table, dataset_name, job, mode, state="SUCCEEDED", rows_imported=rows, bytes_total=total
                 )
-            except BaseException:
-                self._store.discard_import(mapper.table, job)
-                raise
+            progress(95.0, f"{rows} rows written; committing", {"rows_processed": float(rows)})
+            self._store.commit_parts(
+                mapper,
+                dataset_name,
+                job,
+                mode,
+                writer.finish(),
+                state="SUCCEEDED",
+                rows_imported=rows,
+                bytes_total=total,
+            )
+        except BaseException:
+            writer.abort()
+            raise
         return ImportOutcome(rows, total)
 
-    def _stage(
+    def _write(
         self,
-        job: str,
-        dataset_name: str,
         mapper: RowMapper,
         raw: IO[bytes],
         total: int,
+        writer: PartWriter,
         progress: Progress,
         cancelled: Callable[[], bool],
+        source: Callable[[], IO[bytes]],
     ) -> int:
+        counter = CountingReader(raw)
+        buffered = io.BufferedReader(counter, 1 << 20)
+        is_parquet = buffered.peek(4)[:4] == PARQUET_MAGIC
         problems: list[FieldViolation] = []
-        batch: list[dict[str, Any]] = []
         rows = 0
         last_report = time.monotonic()
-        counter = CountingReader(raw)
-        # Decode line by line (not in big blocks) so a UTF-8 error is pinned to its row.
-        reader = csv.reader(_decoded_lines(io.BufferedReader(counter, 1 << 20)))
-        row = 0
         try:
-            header = next(reader, None)
-            if not header:
-                raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
-            mapper.bind_header(header)
-            for row, values in enumerate(reader, start=1):
-                if not values:
-                    continue
-                parsed = mapper.parse(values, row)
-                if isinstance(parsed, list):
-                    problems += parsed
+            header, blocks = _parquet_blocks(raw) if is_parquet else _csv_blocks(buffered)
+            validator = BatchValidator(mapper, header)
+            for cells in blocks:
+                table, found = validator.convert(cells, rows + 1)
+                rows += table.num_rows
+                if found or problems:
+                    problems += found
                     if len(problems) >= self._max_violations:
                         break
-                    continue
-                if problems:
-                    continue  # keep reading to report more bad rows, but stage nothing
-                batch.append(parsed)
-                rows += 1
-                if len(batch) >= self._batch_rows:
-                    self._store.stage_rows(mapper.table, dataset_name, job, batch)
-                    batch = []
-                    if cancelled():
-                        raise Cancelled("import cancelled by request")
-                    if time.monotonic() - last_report > 0.5:
-                        last_report = time.monotonic()
-                        progress(
-                            95.0 * counter.count / max(total, 1),
-                            f"{rows} rows staged",
-                            {"rows_processed": float(rows), "bytes_read": float(counter.count)},
-                        )
-        except UnicodeDecodeError:
-            problems.append(FieldViolation(f"rows[{row + 1}]", "is not valid UTF-8"))
-        except csv.Error as exc:
-            problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
+                    continue  # keep reading to report more bad rows, but write nothing
+                writer.write(table)
+                if cancelled():
+                    raise Cancelled("import cancelled by request")
+                if time.monotonic() - last_report > 0.5:
+                    last_report = time.monotonic()
+                    done = raw.tell() if is_parquet else counter.count
+                    progress(
+                        95.0 * done / max(total, 1),
+                        f"{rows} rows written",
+                        {"rows_processed": float(rows), "bytes_read": float(done)},
+                    )
+        except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as exc:
+            # The file's structure is broken (a row with the wrong number of columns, bytes that are not
+            # UTF-8): the row reader says where, in the row parser's words.
+            problems = self._row_problems(mapper, source) or [
+                FieldViolation("rows", f"is not valid {'Parquet' if is_parquet else 'CSV'}: {exc}")
+            ]
         if problems:
             raise InvalidArgument(
                 problems[: self._max_violations],
                 f"{len(problems)}{'+' if len(problems) >= self._max_violations else ''} bad rows; "
                 f"first: {problems[0].field}: {problems[0].description}",
             )
-        self._store.stage_rows(mapper.table, dataset_name, job, batch)
         if cancelled():
             raise Cancelled("import cancelled by request")
-        progress(95.0, f"{rows} rows staged; committing", {"rows_processed": float(rows)})
         return rows
+
+    def _row_problems(self, mapper: RowMapper, source: Callable[[], IO[bytes]]) -> list[FieldViolation]:
+        """The bad rows of a CSV file as the row parser reads it, up to max_violations."""
+        problems: list[FieldViolation] = []
+        row = 0
+        with source() as raw:
+            reader = csv.reader(_decoded_lines(io.BufferedReader(CountingReader(raw), 1 << 20)))
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
+                mapper.bind_header(header)
+                for row, values in enumerate(reader, start=1):
+                    if not values:
+                        continue
+                    parsed = mapper.parse(values, row)
+                    if isinstance(parsed, list):
+                        problems += parsed
+                        if len(problems) >= self._max_violations:
+                            break
+            except UnicodeDecodeError:
+                problems.append(FieldViolation(f"rows[{row + 1}]", "is not valid UTF-8"))
+            except csv.Error as exc:
+                problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
+        return problems
+
+
+def _csv_blocks(raw: Any) -> tuple[list[str], Iterator[list[pa.Array]]]:
+    """The header, and the data rows as text columns a block at a time."""
+    header = parse_header(raw.peek(MAX_HEADER_BYTES + 1)[: MAX_HEADER_BYTES + 1])
+    if header is None:  # one line, no newline: a header alone (or nothing)
+        header = parse_header(raw.peek(MAX_HEADER_BYTES + 1) + b"\n")
+    if not header or header == [""]:
+        raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
+    names = [f"c{i}" for i in range(len(header))]
+    reader = pacsv.open_csv(
+        raw,
+        read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=BLOCK_BYTES),
+        # Quoted cells may hold newlines, as Python's csv module allows.
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
+    return header, (batch.columns for batch in reader)
+
+
+def _parquet_blocks(raw: IO[bytes]) -> tuple[list[str], Iterator[list[pa.Array]]]:
+    """A Parquet file's column names, and its rows as text columns (times as epoch seconds) a batch at a time."""
+    parquet = pq.ParquetFile(raw)
+    header = list(parquet.schema_arrow.names)
+
+    def blocks() -> Iterator[list[pa.Array]]:
+        for batch in parquet.iter_batches(batch_size=100_000):
+            yield [pc.fill_null(_as_text(column), "") for column in batch.columns]
+
+    return header, blocks()
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+        seconds = pc.cast(pc.cast(column, pa.timestamp("s"), safe=False), pa.int64())
+        return pc.cast(seconds, pa.string())
+    return pc.cast(column, pa.string())
 
 
 def export_csv(
@@ -200,16 +280,21 @@ def export_csv(
     cancelled: Callable[[], bool],
 ) -> int:
     """Writes the visible rows as CSV (the import format) to a new file, complete or not at all."""
-    total = max(store.row_count(dataset_name, mapper.table), 1)
+    total = max(store.row_count(dataset_name, mapper), 1)
     written = 0
-    with destination.writing() as out:
-        writer = csv.writer(out)
-        writer.writerow([f.name for f in mapper.fields])
-        for record in store.iter_rows(dataset_name, mapper.table):
-            writer.writerow(mapper.to_csv(record))
-            written += 1
-            if written % 50_000 == 0:
-                if cancelled():
-                    raise Cancelled("export cancelled by request")
-                progress(100.0 * written / total, f"{written} rows written", {"rows_processed": float(written)})
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    with destination.writing(text=False) as out:
+        out.write((",".join(_quoted(f.name) for f in mapper.fields) + "\r\n").encode())
+        for table in store.plane.batches(dataset_name, mapper):
+            if not table.num_rows:
+                continue
+            pacsv.write_csv(csv_ready(table, mapper.fields), out, options)
+            written += table.num_rows
+            if cancelled():
+                raise Cancelled("export cancelled by request")
+            progress(100.0 * written / total, f"{written} rows written", {"rows_processed": float(written)})
     return written
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"' if any(c in name for c in ',"\r\n') else name

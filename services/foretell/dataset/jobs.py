@@ -20,8 +20,7 @@ from foretell.core.leases import Leases
 from foretell.core.logs import failure
 from foretell.core.operations import OperationStore, error_status
 from foretell.dataset import convert
-from foretell.dataset.export_worker import PROCESS_ROWS, ExportProcesses, export_reporting, shared_with_other_processes
-from foretell.dataset.importer import Importer
+from foretell.dataset.importer import Importer, export_csv
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.store import DatasetStore
 
@@ -47,10 +46,6 @@ class DatasetJobs:
         self._leases = leases
         self._importer = Importer(store, batch_rows, max_violations)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dataset-job")
-        # Large exports run in a process of their own (export_worker), which must see the same database.
-        url = store.engine.url.render_as_string(hide_password=False)
-        self._database_url = url if shared_with_other_processes(url) else ""
-        self._exports = ExportProcesses()
         # Imports accepted but not started: each holds its upload on disk, so their number is bounded.
         self._max_queued = max_queued_imports
         self._queued = 0
@@ -144,10 +139,14 @@ class DatasetJobs:
 
         def work() -> None:
             self._store.update_export_job(job, state="RUNNING")
-            if self._database_url and self._store.row_count(dataset.name, mapper.table) >= PROCESS_ROWS:
-                rows = self._exports.run(self._database_url, dataset.name, operation.name, destination)
-            else:
-                rows = export_reporting(self._store, self._ops, dataset.name, mapper, destination, operation.name)
+            rows = export_csv(
+                self._store,
+                dataset.name,
+                mapper,
+                destination,
+                progress=lambda p, m, c: self._ops.report_progress(operation.name, p, m, c),
+                cancelled=lambda: self._ops.cancel_requested(operation.name),
+            )
             self._ops.finish(
                 operation.name,
                 convert.export_job(self._store.update_export_job(job, state="SUCCEEDED", rows_exported=rows)),
@@ -182,6 +181,4 @@ class DatasetJobs:
         self._pool.submit(guarded)
 
     def shutdown(self, wait: bool = True) -> None:
-        if not wait:
-            self._exports.stop()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -342,17 +342,16 @@ class RowMapper:
 
     def to_csv(self, record: Mapping[str, Any]) -> list[str]:
         """The CSV cells of a stored record, in schema order (the export format)."""
-        out: list[str] = []
-        for f in self.fields:
-            slot = self._slots[f.name]
-            if slot.column:
-                value = record.get(slot.column)
-            elif slot.dimension:
-                value = (record.get("dimensions") or {}).get(f.name)
-            else:
-                value = (record.get("attributes") or {}).get(f.name)
-            out.append(_cell(f, value))
-        return out
+        return [_cell(f, self.value_of(record, f.name)) for f in self.fields]
+
+    def value_of(self, record: Mapping[str, Any], name: str) -> Any:
+        """Field `name`'s typed value in a stored record (a storage column, a dimension or an attribute)."""
+        slot = self._slots[name]
+        if slot.column:
+            return record.get(slot.column)
+        if slot.dimension:
+            return (record.get("dimensions") or {}).get(name)
+        return (record.get("attributes") or {}).get(name)
 
 
 def _cell(f: Field, value: Any) -> str:

@@ -9,6 +9,7 @@ import grpc
 from sqlalchemy import Engine
 
 from foretell.core import tenancy
+from foretell.core.artifacts import uri_of
 from foretell.core.file_roots import FileRoots
 from foretell.core.idempotency import IdempotencyStore
 from foretell.core.leases import Leases
@@ -17,6 +18,7 @@ from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
 from foretell.dataset import uploads
 from foretell.dataset.jobs import DatasetJobs
+from foretell.dataset.parts import PartFiles
 from foretell.dataset.servicer import DatasetServicer, EventFeedServicer
 from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
@@ -47,7 +49,10 @@ def add_dataset_service(
 
     Appends to `before_stop` what must end before the server drains (open WatchEvents streams).
     """
-    store = DatasetStore(engine)
+    store = DatasetStore(
+        engine,
+        PartFiles(settings.artifact_uri or uri_of(settings.artifacts), settings.s3_endpoint_url, settings.s3_region),
+    )
     jobs = DatasetJobs(
         store,
         operations,

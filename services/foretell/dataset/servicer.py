@@ -20,13 +20,14 @@ from foretell.core.idempotency import IdempotencyStore
 from foretell.dataset import convert, uploads
 from foretell.dataset.importer import parse_header, read_header
 from foretell.dataset.jobs import DatasetJobs
-from foretell.dataset.rows import TABLE_OF, RowMapper, entity_key, id_problem, timestamp_problem
+from foretell.dataset.rows import RowMapper, entity_key, id_problem, timestamp_problem
 from foretell.dataset.schema_rules import DOMAIN_TYPES, RESERVED, check_fits, validate_schema
 from foretell.dataset.store import DatasetStore
 from foretell.dataset.watch import EventBell
 from foretell.v1 import dataset_pb2 as pb
 from foretell.v1 import dataset_service_pb2 as api
 from foretell.v1 import dataset_service_pb2_grpc, event_feed_service_pb2_grpc
+from foretell.v1 import event_feed_service_pb2 as feed_api
 
 MAX_PUT = 100
 MAX_DELETE_USERS = 1000
@@ -194,14 +195,14 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def GetDataset(self, request: api.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:  # noqa: N802
         row, mapper = self._dataset(request.name, "name")
-        return convert.dataset(row, self._store.row_count(row.name, mapper.table))
+        return convert.dataset(row, self._store.row_count(row.name, mapper))
 
     def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.ServicerContext) -> api.ListDatasetsResponse:  # noqa: N802
         parent = auth.allowed(names.check_name(request.parent, "parent", *GROUP))
         self._store.get_group(parent)
         rows, token = self._tokens.paged(request, parent, lambda n, after: self._store.list_datasets(parent, n, after))
         return api.ListDatasetsResponse(
-            datasets=[convert.dataset(r, self._store.row_count(r.name, TABLE_OF[r.dataset_type])) for r in rows],
+            datasets=[convert.dataset(r, self._store.row_count(r.name, convert.mapper_of(r))) for r in rows],
             next_page_token=token,
         )
 
@@ -469,6 +470,17 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         auth.authorize_internal()
         return self.watch_events(request, context)
 
+    def snapshot(self, name: str) -> feed_api.DatasetSnapshot:
+        """The dataset's parts after folding in its SQL tail (dataset/plane.py): what a job reads in place."""
+        row = self._store.get_dataset(names.check_name(name, "name", *DATASET))
+        parts = self._store.plane.compact(row.name, convert.mapper_of(row))
+        return feed_api.DatasetSnapshot(
+            dataset=row.name,
+            dataset_type=pb.DatasetType.Value(f"DATASET_TYPE_{row.dataset_type}"),
+            part_uris=[p.uri for p in parts],
+            row_count=sum(p.rows for p in parts),
+        )
+
     def watch_events(
         self, request: api.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[api.WatchEventsResponse]:
@@ -562,3 +574,9 @@ class EventFeedServicer(event_feed_service_pb2_grpc.EventFeedServiceServicer):
     ) -> Iterator[api.WatchEventsResponse]:
         auth.authorize_internal()
         return self._datasets.watch_events(request, context)
+
+    def SnapshotDataset(  # noqa: N802
+        self, request: feed_api.SnapshotDatasetRequest, context: grpc.ServicerContext
+    ) -> feed_api.DatasetSnapshot:
+        auth.authorize_internal()
+        return self._datasets.snapshot(request.name)

@@ -11,8 +11,9 @@ the default tenant's rows are stored as they were before tenants existed, so no 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +30,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
     delete,
     func,
     insert,
@@ -44,6 +44,8 @@ from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition
 from foretell.core.resources import Page, get_row, in_groups, insert_row, name_column, now, page_rows, tenant_key, times
 from foretell.core.tenancy import mine
+from foretell.dataset.parts import PartCatalog, PartFiles
+from foretell.dataset.rows import RowMapper
 from foretell.dataset.schema_rules import Field
 
 metadata = MetaData()
@@ -183,9 +185,12 @@ def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> No
 
 
 class DatasetStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, files: PartFiles | None = None) -> None:
+        from foretell.dataset.plane import DataPlane  # the plane reads the row tables defined here
+
         self.engine = engine
         metadata.create_all(engine)
+        self.plane = DataPlane(engine, PartCatalog(engine), files or PartFiles(""))
         self._templates: dict[str, dict[str, Any]] = {
             name: {c.name: None for c in table.columns if c.name != "id"} for name, table in ROW_TABLES.items()
         }
@@ -310,22 +315,15 @@ class DatasetStore:
             self._delete_dataset(conn, name)
 
     def _delete_dataset(self, conn: Connection, name: str) -> None:
+        self.plane.catalog.retire_all(conn, name)
         for table in ROW_TABLES.values():
             conn.execute(delete(table).where(table.c.dataset == row_key(name)))
         conn.execute(delete(import_jobs).where(mine(import_jobs), import_jobs.c.dataset == name))
         conn.execute(delete(export_jobs).where(mine(export_jobs), export_jobs.c.dataset == name))
         conn.execute(delete(datasets).where(mine(datasets), datasets.c.name == name))
 
-    def row_count(self, dataset_name: str, table_name: str) -> int:
-        table = ROW_TABLES[table_name]
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(table)
-                    .where(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None))
-                ).scalar_one()
-            )
+    def row_count(self, dataset_name: str, mapper: RowMapper) -> int:
+        return self.plane.count(dataset_name, mapper)
 
     # ---- import / export jobs --------------------------------------------------------
 
@@ -413,45 +411,18 @@ class DatasetStore:
             full["dims_key"] = dims_key(full.get("dimensions"))
         return full
 
-    def stage_rows(self, table_name: str, dataset_name: str, job: str, records: Iterable[dict[str, Any]]) -> None:
-        rows = [self._complete(table_name, dataset_name, job, r) for r in records]
-        if not rows:
-            return
-        table = ROW_TABLES[table_name]
-        with transaction(self.engine) as conn:
-            if conn.dialect.name == "postgresql":
-                _copy_rows(conn, table, rows)
-            else:
-                conn.execute(insert(table), rows)
+    def commit_parts(
+        self,
+        mapper: RowMapper,
+        dataset_name: str,
+        job: str,
+        mode: str,
+        written: list[tuple[str, int, int]],
+        **job_values: Any,
+    ) -> None:
+        """Makes an import's Parquet parts visible (dataset/plane.py) and records the job, in one transaction."""
 
-    def commit_import(self, table_name: str, dataset_name: str, job: str, mode: str, **job_values: Any) -> None:
-        """Makes the staged rows of `job` visible (replacing the old ones in FULL mode), atomically."""
-        table = ROW_TABLES[table_name]
-        staged_rows = and_(table.c.dataset == row_key(dataset_name), table.c.import_job == row_key(job))
-        visible = and_(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None))
-        with transaction(self.engine) as conn:
-            if mode == "FULL":
-                conn.execute(delete(table).where(visible))
-            elif table_name == "entities":
-                staged_ids = select(table.c.entity_id).where(staged_rows)
-                conn.execute(delete(table).where(visible, table.c.entity_id.in_(staged_ids)))
-            elif table_name == "series":
-                staged = select(table.c.item_id, table.c.ts, table.c.dims_key).where(staged_rows).subquery()
-                clash = (
-                    select(staged.c.item_id)
-                    .where(
-                        staged.c.item_id == table.c.item_id,
-                        staged.c.ts == table.c.ts,
-                        staged.c.dims_key == table.c.dims_key,
-                    )
-                    .exists()
-                )
-                conn.execute(delete(table).where(visible, clash))
-            if table_name == "entities":
-                # Within one import the last row of an id wins.
-                newest = select(func.max(table.c.id)).where(staged_rows).group_by(table.c.entity_id)
-                conn.execute(delete(table).where(staged_rows, table.c.id.not_in(newest)))
-            conn.execute(update(table).where(staged_rows).values(import_job=None))
+        def finish(conn: Connection) -> None:
             conn.execute(
                 update(import_jobs)
                 .where(mine(import_jobs), import_jobs.c.name == job)
@@ -461,14 +432,15 @@ class DatasetStore:
                 update(datasets).where(mine(datasets), datasets.c.name == dataset_name).values(update_time=now())
             )
 
-    def discard_import(self, table_name: str, job: str) -> None:
-        table = ROW_TABLES[table_name]
-        with transaction(self.engine) as conn:
-            conn.execute(delete(table).where(table.c.import_job == row_key(job)))
+        self.plane.commit_import(dataset_name, job, mapper, mode, written, finish)
 
     def discard_all_staged(self, job: str) -> None:
-        for name in ROW_TABLES:
-            self.discard_import(name, job)
+        """Drops what an import a stopped server left behind: its Parquet parts, and the rows a release before
+        the columnar plane staged in SQL."""
+        self.plane.files.delete_job(job)
+        with transaction(self.engine) as conn:
+            for table in ROW_TABLES.values():
+                conn.execute(delete(table).where(table.c.import_job == row_key(job)))
 
     def put_events(self, dataset_name: str, records: list[dict[str, Any]]) -> tuple[int, int]:
         """Stores events whose event_id is new; returns (accepted, duplicates)."""
@@ -536,43 +508,37 @@ class DatasetStore:
         return len(latest)
 
     def delete_user_data(self, group: str, user_ids: list[str]) -> tuple[int, int]:
-        """Deletes the visible rows of `user_ids` from the group's INTERACTIONS and USERS datasets in one
-        transaction; (interactions, users) deleted. Staged rows are left to their import, which commits or drops them.
-        """
+        """Deletes the rows of `user_ids` from the group's INTERACTIONS and USERS datasets: each dataset's
+        Parquet parts holding them are rewritten and its SQL rows deleted in one commit.
+        (interactions, users) deleted. Staged rows are left to their import, which commits or drops them."""
         self.get_group(group)
         counts = {"INTERACTIONS": 0, "USERS": 0}
-        with transaction(self.engine) as conn:
-            for dataset_name, dataset_type in conn.execute(
-                select(datasets.c.name, datasets.c.dataset_type).where(
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(datasets).where(
                     mine(datasets), datasets.c.dataset_group == group, datasets.c.dataset_type.in_(list(counts))
                 )
-            ).fetchall():
-                table = interactions if dataset_type == "INTERACTIONS" else entities
-                user = interactions.c.user_id if dataset_type == "INTERACTIONS" else entities.c.entity_id
-                where = [table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None), user.in_(user_ids)]
-                counts[dataset_type] = int(conn.execute(delete(table).where(*where)).rowcount or 0)
-                if counts[dataset_type]:
-                    conn.execute(
-                        update(datasets)
-                        .where(mine(datasets), datasets.c.name == dataset_name)
-                        .values(update_time=now())
-                    )
+            ).fetchall()
+        for row in found:
+            counts[row.dataset_type] = self._erase_users(row, user_ids)
         return counts["INTERACTIONS"], counts["USERS"]
 
-    def iter_rows(self, dataset_name: str, table_name: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Visible rows in insertion order, streamed in batches (keyset on id)."""
-        table = ROW_TABLES[table_name]
-        last = 0
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(table)
-                    .where(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None), table.c.id > last)
-                    .order_by(table.c.id)
-                    .limit(batch)
-                ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield dict(row._mapping)
-            last = rows[-1].id
+    def _erase_users(self, dataset: Row[Any], user_ids: list[str]) -> int:
+        """One dataset's rows of `user_ids`: its parts rewritten without them, its SQL rows deleted, one commit."""
+        table = interactions if dataset.dataset_type == "INTERACTIONS" else entities
+        user = interactions.c.user_id if dataset.dataset_type == "INTERACTIONS" else entities.c.entity_id
+        where = [table.c.dataset == row_key(dataset.name), table.c.import_job.is_(None), user.in_(user_ids)]
+        sql_rows = 0
+
+        @contextlib.contextmanager
+        def committing() -> Iterator[Connection]:
+            nonlocal sql_rows
+            with transaction(self.engine) as conn:
+                yield conn
+                sql_rows = int(conn.execute(delete(table).where(*where)).rowcount or 0)
+                conn.execute(
+                    update(datasets).where(mine(datasets), datasets.c.name == dataset.name).values(update_time=now())
+                )
+
+        mapper = RowMapper(dataset.dataset_type, [Field(**f) for f in dataset.fields])
+        return self.plane.remove_rows(committing, dataset.name, mapper, "USER_ID", user_ids) + sql_rows

@@ -56,7 +56,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from foretell.core import snapshot_files
 from foretell.forecasting.frequency import Frequency, iso
 from foretell.recipes.data import parse_times
 
@@ -620,6 +622,29 @@ def _read(path: Path, text: Sequence[str] | None, inferred: Sequence[str] = ()) 
     return frame
 
 
+def _snapshot_frame(
+    directory: Path, name: str, text: Sequence[str] | None, inferred: Sequence[str] = ()
+) -> pd.DataFrame | None:
+    """Dataset `name` of a snapshot as `_read` gives a CSV: from its CSV, or typed from its Parquet files
+    (text columns categorical, booleans 1/0, times epoch seconds), or None when the snapshot lacks it."""
+    csv = directory / f"{name}.csv"
+    if csv.exists():
+        return _read(csv, text, inferred)
+    table = snapshot_files.read_table(directory, name)
+    if table is None:
+        return None
+    frame = {}
+    for spec in table.schema:
+        column = table.column(spec.name)
+        if pa.types.is_string(spec.type) and (text is None or spec.name in text or spec.name == "ITEM_ID"):
+            frame[spec.name] = column.to_pandas().astype("category")
+        elif pa.types.is_boolean(spec.type):
+            frame[spec.name] = column.cast(pa.float64()).to_pandas()
+        else:
+            frame[spec.name] = column.to_pandas()
+    return pd.DataFrame(frame)
+
+
 def _float_cells(column: pd.Series) -> bool:
     """Whether every value is a float as the export writes one (Python's repr: with a "." or an exponent).
 
@@ -645,13 +670,10 @@ def load_snapshot(
     other than ITEM_ID and the target's dimensions are typed by pandas (numbers, true/false).
     """
     directory = Path(directory)
-    path = directory / TARGET_FILE
-    if not path.exists():
+    target = _snapshot_frame(directory, "target_time_series", None, (TARGET,))
+    if target is None:
         raise SeriesError(f"the snapshot has no {TARGET_FILE}: the dataset group needs a target time series", TARGET)
-    target = _read(path, None, (TARGET,))
     keys = ["ITEM_ID", *dimensions, *(str(c) for c in target.columns if c not in _KEYS and _is_text(target[c]))]
-    related_path = directory / RELATED_FILE
-    related = _read(related_path, keys) if related_path.exists() else None
-    metadata_path = directory / METADATA_FILE
-    metadata = _read(metadata_path, None) if metadata_path.exists() else None
+    related = _snapshot_frame(directory, "related_time_series", keys)
+    metadata = _snapshot_frame(directory, "item_metadata", None)
     return build_series(target, frequency, horizon, dimensions, fill_policies, related, metadata)

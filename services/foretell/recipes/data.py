@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from foretell.core import snapshot_files
 from foretell.recipes.base import Interactions
 
 # Reserved columns that are not item metadata.
@@ -159,24 +162,43 @@ def _read_csv(path: Path, usecols: Any = None, dtype: Any = str) -> pd.DataFrame
     return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""], usecols=usecols, engine="c")
 
 
+def _snapshot_frame(directory: Path, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
+    """Dataset `name` of a snapshot as text cells (numbers in EVENT_VALUE), from its Parquet files or its CSV."""
+    csv = directory / f"{name}.csv"
+    if csv.exists():
+        header = pd.read_csv(csv, nrows=0).columns
+        wanted = [c for c in header if columns is None or c in columns]
+        # EVENT_VALUE is left to the parser (floats, fast); from_frame coerces anything else.
+        return _read_csv(csv, usecols=wanted, dtype={c: str for c in wanted if c != "EVENT_VALUE"})
+    table = snapshot_files.read_table(directory, name, columns)
+    if table is None:
+        return None
+    texts = {}
+    for field in table.schema:
+        column = table.column(field.name)
+        if field.name in ("EVENT_VALUE", "TIMESTAMP", "CREATION_TIMESTAMP"):
+            texts[field.name] = column  # numbers: epoch seconds, values
+        elif pa.types.is_boolean(field.type):
+            texts[field.name] = pc.if_else(column, "true", "false")  # as the CSV export writes them
+        else:
+            texts[field.name] = pc.cast(column, pa.string())
+    return pa.table(texts).to_pandas()
+
+
 def load_snapshot(directory: Path, event_type: str = "") -> Interactions:
-    """Interactions of a dataset snapshot: `interactions.csv` plus the optional `items.csv`.
+    """Interactions of a dataset snapshot (training/snapshot.py): the interactions plus the optional items.
 
     With `event_type`, only interactions of that type are kept; every item seen in any
-    interaction or in items.csv stays in the catalogue. `users.csv` is not read: `Interactions`
+    interaction or in the items stays in the catalogue. Users are not read: `Interactions`
     carries no user metadata.
     """
-    path = directory / "interactions.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: the snapshot has no interactions")
-    header = pd.read_csv(path, nrows=0).columns
-    columns = [c for c in header if c in _INTERACTION_COLUMNS]
-    # EVENT_VALUE is left to the parser (floats, fast); from_frame coerces anything else.
-    df = _read_csv(path, usecols=columns, dtype={c: str for c in columns if c != "EVENT_VALUE"})
+    directory = Path(directory)
+    df = _snapshot_frame(directory, "interactions", _INTERACTION_COLUMNS)
+    if df is None:
+        raise FileNotFoundError(f"{directory} has no interactions: the snapshot has no interactions")
     if df["USER_ID"].isna().any() or df["ITEM_ID"].isna().any():
-        raise ValueError("interactions.csv has rows without USER_ID or ITEM_ID")
-    items_path = directory / "items.csv"
-    items_df = _read_csv(items_path) if items_path.exists() else None
+        raise ValueError("the interactions have rows without USER_ID or ITEM_ID")
+    items_df = _snapshot_frame(directory, "items")
     if event_type:
         seen = df["ITEM_ID"].unique()
         kinds = df["EVENT_TYPE"] if "EVENT_TYPE" in df.columns else pd.Series("", index=df.index)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, insert, select, update
 
 from foretell.core import operations, tenancy
+from foretell.dataset import parts
 from foretell.dataset import store as dataset_store
 from foretell.recommendation import store as recommendation_store
 from foretell.training import store as training_store
@@ -105,7 +106,7 @@ class _Plan:
             ).rowcount
             moved.add(what, done)
         old, new = tenancy.prefix(self.source), tenancy.prefix(self.target)
-        for table in dataset_store.ROW_TABLES.values():
+        for table in (*dataset_store.ROW_TABLES.values(), parts.dataset_parts, parts.dataset_marks):
             for name in self.datasets:
                 done = self.conn.execute(
                     update(table).where(table.c.dataset == old + name).values(dataset=new + name)

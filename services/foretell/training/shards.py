@@ -52,22 +52,25 @@ def plan_snapshot(spec: dict[str, Any], snapshot_dir: Path, settings: Settings) 
 
 
 def count_series(snapshot_dir: Path, dimensions: Sequence[str]) -> int:
-    """Distinct (item, forecast dimensions) keys of the snapshot's target time series, read in chunks; 0 when
-    the file does not read (the worker then reports what is wrong with it)."""
+    """Distinct (item, forecast dimensions) keys of the snapshot's target time series; 0 when they do not read
+    (the worker then reports what is wrong with them)."""
     import pandas as pd
 
+    from foretell.core import snapshot_files
     from foretell.forecasting.series import TARGET_FILE
 
-    seen: set[tuple[str, ...]] = set()
+    keys = ["ITEM_ID", *dimensions]
     try:
+        table = snapshot_files.read_table(snapshot_dir, "target_time_series", keys)
+        if table is not None:
+            if not set(keys) <= set(table.column_names):
+                return 0
+            return table.group_by(keys).aggregate([]).num_rows
+        seen: set[tuple[str, ...]] = set()
         for chunk in pd.read_csv(
-            snapshot_dir / TARGET_FILE,
-            usecols=["ITEM_ID", *dimensions],
-            dtype=str,
-            keep_default_na=False,
-            chunksize=1_000_000,
+            snapshot_dir / TARGET_FILE, usecols=keys, dtype=str, keep_default_na=False, chunksize=1_000_000
         ):
-            seen.update(chunk[["ITEM_ID", *dimensions]].itertuples(index=False, name=None))
+            seen.update(chunk[keys].itertuples(index=False, name=None))
     except (OSError, ValueError):
         return 0
     return len(seen)

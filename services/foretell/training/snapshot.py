@@ -1,38 +1,43 @@
 """Takes an immutable snapshot of a dataset group through the dataset service's contract.
 
-Each dataset of the group is exported (ExportDataset) as `<type>.csv` into a fresh directory;
-training reads only that directory, so imports and events that arrive later cannot change a
-run halfway (the DESIGN's "snapshot URI").
+For each dataset of the group, the dataset service's SnapshotDataset names the Parquet files that hold its
+rows (after folding in the rows written one at a time); the snapshot is that list, written as
+`snapshot.json` into a fresh directory. Training reads the files in place (core/snapshot_files.py): nothing
+is exported or copied, and imports and events that arrive later cannot change a run halfway (the DESIGN's
+"snapshot URI"), as the files are immutable.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.rpc import status_pb2
 
 from foretell.core.artifact_store import Artifacts
-from foretell.core.artifacts import uri_of
 from foretell.core.errors import Cancelled, FailedPrecondition
-from foretell.core.polling import intervals
-from foretell.v1 import dataset_pb2, dataset_service_pb2, dataset_service_pb2_grpc
+from foretell.core.snapshot_files import MANIFEST
+from foretell.v1 import (
+    dataset_pb2,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    event_feed_service_pb2,
+    event_feed_service_pb2_grpc,
+)
 
-# Longest pause between two looks at an export's operation, and how long to wait for the dataset service.
-POLL_SECONDS = 0.1
+# How long to wait for the dataset service.
 READY_SECONDS = 60.0
 
-FILE_OF = {
-    dataset_pb2.DATASET_TYPE_INTERACTIONS: "interactions.csv",
-    dataset_pb2.DATASET_TYPE_ITEMS: "items.csv",
-    dataset_pb2.DATASET_TYPE_USERS: "users.csv",
-    dataset_pb2.DATASET_TYPE_TARGET_TIME_SERIES: "target_time_series.csv",
-    dataset_pb2.DATASET_TYPE_RELATED_TIME_SERIES: "related_time_series.csv",
-    dataset_pb2.DATASET_TYPE_ITEM_METADATA: "item_metadata.csv",
+NAME_OF = {
+    dataset_pb2.DATASET_TYPE_INTERACTIONS: "interactions",
+    dataset_pb2.DATASET_TYPE_ITEMS: "items",
+    dataset_pb2.DATASET_TYPE_USERS: "users",
+    dataset_pb2.DATASET_TYPE_TARGET_TIME_SERIES: "target_time_series",
+    dataset_pb2.DATASET_TYPE_RELATED_TIME_SERIES: "related_time_series",
+    dataset_pb2.DATASET_TYPE_ITEM_METADATA: "item_metadata",
 }
 
 
@@ -48,39 +53,31 @@ def take_snapshot(
     directory: Path,
     cancelled: Callable[[], bool],
     timeout: float = 3600,
-    required: str = "interactions.csv",
+    required: str = "interactions",
 ) -> list[str]:
-    """Exports the group's datasets into `directory`; returns the files written."""
+    """Writes the group's snapshot (`snapshot.json`) into `directory`; returns the datasets it holds."""
     datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
-    operations = operations_pb2_grpc.OperationsStub(channel)
+    feed = event_feed_service_pb2_grpc.EventFeedServiceStub(channel)
     directory.mkdir(parents=True, exist_ok=True)
     listed = _list_datasets(datasets, dataset_group, cancelled)
-    written = []
+    manifest: dict[str, dict[str, object]] = {}
     for dataset in listed.datasets:
-        file_name = FILE_OF.get(dataset.dataset_type)
-        if file_name is None:
+        name = NAME_OF.get(dataset.dataset_type)
+        if name is None:
             continue
-        operation = datasets.ExportDataset(
-            dataset_service_pb2.ExportDatasetRequest(name=dataset.name, destination_uri=uri_of(directory / file_name)),
-            timeout=30,
-        )
-        deadline = time.monotonic() + timeout
-        waits = intervals(POLL_SECONDS)
-        while not operation.done:
-            if cancelled():
-                operations.CancelOperation(operations_pb2.CancelOperationRequest(name=operation.name), timeout=30)
-                raise Cancelled("cancelled while taking the dataset snapshot")
-            if time.monotonic() > deadline:
-                raise FailedPrecondition(f"the snapshot of {dataset.name} took longer than {timeout:.0f} s")
-            time.sleep(next(waits))
-            operation = operations.GetOperation(operations_pb2.GetOperationRequest(name=operation.name), timeout=30)
-        if operation.HasField("error"):
-            raise FailedPrecondition(f"the snapshot of {dataset.name} failed: {_message(operation.error)}")
-        written.append(file_name)
-    if required not in written:
-        kind = required.removesuffix(".csv").upper()
-        raise FailedPrecondition(f"dataset group {dataset_group!r} has no {kind} dataset")
-    return written
+        if cancelled():
+            raise Cancelled("cancelled while taking the dataset snapshot")
+        try:
+            snapshot = feed.SnapshotDataset(
+                event_feed_service_pb2.SnapshotDatasetRequest(name=dataset.name), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise FailedPrecondition(f"the snapshot of {dataset.name} failed: {exc.details()}") from None
+        manifest[name] = {"part_uris": list(snapshot.part_uris), "row_count": snapshot.row_count}
+    if required not in manifest:
+        raise FailedPrecondition(f"dataset group {dataset_group!r} has no {required.upper()} dataset")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return list(manifest)
 
 
 def _list_datasets(
@@ -99,7 +96,3 @@ def _list_datasets(
                 raise
         if cancelled():
             raise Cancelled("cancelled while waiting for the dataset service")
-
-
-def _message(status: status_pb2.Status) -> str:
-    return status.message or f"code {status.code}"

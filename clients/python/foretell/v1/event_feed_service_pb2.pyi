@@ -3,6 +3,71 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
+from foretell.v1 import dataset_pb2 as _dataset_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class SnapshotDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The dataset: datasetGroups/{group}/datasets/{dataset}."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotDatasetRequest: _TypeAlias = SnapshotDatasetRequest  # noqa: Y015
+
+@_typing.final
+class DatasetSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    DATASET_TYPE_FIELD_NUMBER: _builtins.int
+    PART_URIS_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    dataset_type: _dataset_pb2.DatasetType.ValueType
+    row_count: _builtins.int
+    @_builtins.property
+    def part_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Parquet files (file:// or s3:// URIs) of the rows, in storage order; one
+        column per schema field, named as the field, times as int64 epoch seconds.
+        """
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        dataset_type: _dataset_pb2.DatasetType.ValueType = ...,
+        part_uris: _abc.Iterable[_builtins.str] | None = ...,
+        row_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dataset_type", b"dataset_type", "part_uris", b"part_uris", "row_count", b"row_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetSnapshot: _TypeAlias = DatasetSnapshot  # noqa: Y015

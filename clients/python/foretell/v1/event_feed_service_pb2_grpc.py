@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from foretell.v1 import dataset_service_pb2 as foretell_dot_v1_dot_dataset__service__pb2
+from foretell.v1 import event_feed_service_pb2 as foretell_dot_v1_dot_event__feed__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,8 +27,10 @@ if _version_not_supported:
 
 
 class EventFeedServiceStub:
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -46,11 +49,18 @@ class EventFeedServiceStub:
                 request_serializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.SnapshotDataset = channel.unary_unary(
+                '/foretell.v1.EventFeedService/SnapshotDataset',
+                request_serializer=foretell_dot_v1_dot_event__feed__service__pb2.SnapshotDatasetRequest.SerializeToString,
+                response_deserializer=foretell_dot_v1_dot_event__feed__service__pb2.DatasetSnapshot.FromString,
+                _registered_method=True)
 
 
 class EventFeedServiceServicer:
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -66,6 +76,16 @@ class EventFeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotDataset(self, request, context):
+        """An immutable view of a dataset's rows for a job to read in place: the
+        Parquet files that hold them, after folding the rows written one at a time
+        (PutEvents, PutItems, PutUsers) into a file of their own. The files stay
+        readable for at least a day, whatever imports and deletes follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventFeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +93,11 @@ def add_EventFeedServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'SnapshotDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotDataset,
+                    request_deserializer=foretell_dot_v1_dot_event__feed__service__pb2.SnapshotDatasetRequest.FromString,
+                    response_serializer=foretell_dot_v1_dot_event__feed__service__pb2.DatasetSnapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -83,8 +108,10 @@ def add_EventFeedServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EventFeedService:
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -109,6 +136,33 @@ class EventFeedService:
             '/foretell.v1.EventFeedService/WatchEvents',
             foretell_dot_v1_dot_dataset__service__pb2.WatchEventsRequest.SerializeToString,
             foretell_dot_v1_dot_dataset__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foretell.v1.EventFeedService/SnapshotDataset',
+            foretell_dot_v1_dot_event__feed__service__pb2.SnapshotDatasetRequest.SerializeToString,
+            foretell_dot_v1_dot_event__feed__service__pb2.DatasetSnapshot.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from foretell.v1 import dataset_service_pb2 as _dataset_service_pb2
+from foretell.v1 import event_feed_service_pb2 as _event_feed_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -27,8 +28,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EventFeedServiceStub:
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -44,11 +47,19 @@ class EventFeedServiceStub:
     """Streams a group's events as they are stored, oldest first. Delivery is at
     least once: resume with the last cursor received.
     """
+    SnapshotDataset: _grpc.UnaryUnaryMultiCallable[_event_feed_service_pb2.SnapshotDatasetRequest, _event_feed_service_pb2.DatasetSnapshot]
+    """An immutable view of a dataset's rows for a job to read in place: the
+    Parquet files that hold them, after folding the rows written one at a time
+    (PutEvents, PutItems, PutUsers) into a file of their own. The files stay
+    readable for at least a day, whatever imports and deletes follow.
+    """
 
 @_typing.type_check_only
 class EventFeedServiceAsyncStub(EventFeedServiceStub):
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -61,10 +72,18 @@ class EventFeedServiceAsyncStub(EventFeedServiceStub):
     """Streams a group's events as they are stored, oldest first. Delivery is at
     least once: resume with the last cursor received.
     """
+    SnapshotDataset: _aio.UnaryUnaryMultiCallable[_event_feed_service_pb2.SnapshotDatasetRequest, _event_feed_service_pb2.DatasetSnapshot]  # type: ignore[assignment]
+    """An immutable view of a dataset's rows for a job to read in place: the
+    Parquet files that hold them, after folding the rows written one at a time
+    (PutEvents, PutItems, PutUsers) into a file of their own. The files stay
+    readable for at least a day, whatever imports and deletes follow.
+    """
 
 class EventFeedServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal: the feed of events stored through DatasetService.PutEvents, which
-    the recommendation service's campaigns follow to react to the latest events.
+    """Internal: what the dataset service feeds the other services. The events
+    stored through DatasetService.PutEvents, which the recommendation service's
+    campaigns follow to react to the latest events; and the snapshots training
+    and predictor jobs read.
 
     Only the internal principal may call it (the credential services send their
     peers, FORETELL_INTERNAL_API_KEY); any other key, a read-only or an
@@ -80,6 +99,18 @@ class EventFeedServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_dataset_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_dataset_service_pb2.WatchEventsResponse]]:
         """Streams a group's events as they are stored, oldest first. Delivery is at
         least once: resume with the last cursor received.
+        """
+
+    @_abc_1.abstractmethod
+    def SnapshotDataset(
+        self,
+        request: _event_feed_service_pb2.SnapshotDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_feed_service_pb2.DatasetSnapshot, _abc.Awaitable[_event_feed_service_pb2.DatasetSnapshot]]:
+        """An immutable view of a dataset's rows for a job to read in place: the
+        Parquet files that hold them, after folding the rows written one at a time
+        (PutEvents, PutItems, PutUsers) into a file of their own. The files stay
+        readable for at least a day, whatever imports and deletes follow.
         """
 
 def add_EventFeedServiceServicer_to_server(servicer: EventFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

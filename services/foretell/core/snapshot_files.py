@@ -1,0 +1,88 @@
+"""Reading a dataset snapshot: `snapshot.json` names each dataset's Parquet files (training/snapshot.py).
+
+Jobs read the files in place, local or on S3 (pyarrow's own S3 client reads several columns and files at
+once). A directory holding `<name>.csv` instead (a snapshot taken by a release before the columnar plane,
+or one a test writes by hand) is read as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from foretell.core.artifacts import is_s3, parse_s3, path_of
+
+MANIFEST = "snapshot.json"
+
+
+@functools.cache
+def _s3(endpoint_url: str, region: str) -> pafs.FileSystem:
+    return pafs.S3FileSystem(
+        endpoint_override=endpoint_url or None,
+        region=region or "us-east-1",
+        scheme="http" if endpoint_url.startswith("http://") else "https",
+    )
+
+
+def filesystem(uri: str, s3_endpoint_url: str = "", s3_region: str = "") -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for a file:// (or plain path) or s3:// URI, and the path within it."""
+    if is_s3(uri):
+        bucket, key = parse_s3(uri)
+        return _s3(s3_endpoint_url, s3_region), f"{bucket}/{key}"
+    return pafs.LocalFileSystem(), str(path_of(uri))
+
+
+def part_uris(directory: Path, name: str) -> list[str] | None:
+    """The Parquet files of dataset `name` ("interactions", "target_time_series"...) in the snapshot, or None."""
+    manifest = Path(directory) / MANIFEST
+    if not manifest.exists():
+        return None
+    entry = json.loads(manifest.read_text()).get(name)
+    return None if entry is None else list(entry["part_uris"])
+
+
+def has(directory: Path, name: str) -> bool:
+    return (Path(directory) / f"{name}.csv").exists() or part_uris(directory, name) is not None
+
+
+def read_table(directory: Path, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """Dataset `name` of the snapshot as one Arrow table (only `columns` that exist, when given), or None."""
+    uris = part_uris(directory, name)
+    if uris is None:
+        return None
+    from foretell.core.settings import Settings
+
+    settings = Settings()
+    tables = []
+    for uri in uris:
+        fs, path = filesystem(uri, settings.s3_endpoint_url, settings.s3_region)
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+            tables.append(parquet.read(columns=wanted))
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def columns_of(directory: Path, name: str) -> list[str]:
+    """The column names of dataset `name` in the snapshot (CSV header or Parquet schema)."""
+    csv = Path(directory) / f"{name}.csv"
+    if csv.exists():
+        return [str(c) for c in pd.read_csv(csv, nrows=0).columns]
+    uris = part_uris(directory, name) or []
+    if not uris:
+        return []
+    from foretell.core.settings import Settings
+
+    settings = Settings()
+    fs, path = filesystem(uris[0], settings.s3_endpoint_url, settings.s3_region)
+    with fs.open_input_file(path) as f:
+        return list(pq.ParquetFile(f).schema_arrow.names)
