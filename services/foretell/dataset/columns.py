@@ -159,11 +159,7 @@ def _fast(kind: str, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Ar
     """(values, doubtful): the cells converted where the vectorized checks vouch for them, and a mask of
     those they do not (their values are placeholders until the row parser's converter sees them)."""
     if kind in ("identifier", "id_text", "string"):
-        limit = MAX_ID_LENGTH if kind == "identifier" else MAX_STRING_LENGTH
-        doubtful = pc.greater(pc.utf8_length(text), limit)
-        pattern = _CONTROL if kind != "string" else "\x00"
-        doubtful = pc.or_(doubtful, pc.match_substring_regex(text, pattern))
-        return text, doubtful
+        return text, _text_doubts(kind, text)
     if kind == "boolean":
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
         true = pc.is_in(lowered, pa.array(["true", "1"]))
@@ -172,8 +168,7 @@ def _fast(kind: str, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Ar
     if kind == "time":
         return _times(text, present)
     if kind in ("int", "long", "bounded_int"):
-        ok = pc.match_substring_regex(text, _INTEGER)
-        values = pc.cast(pc.if_else(ok, text, "0"), pa.int64())
+        values, ok = _cast(text, present, pa.int64(), _INTEGER)
         if kind == "int":
             low, high = -(2**31), 2**31 - 1
         elif kind == "long":
@@ -181,25 +176,50 @@ def _fast(kind: str, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Ar
         else:
             low, high = -int(MAX_SERIES_MAGNITUDE), int(MAX_SERIES_MAGNITUDE)
         inside = pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
-        target = pa.int32() if kind == "int" else pa.int64()
         doubtful = pc.invert(pc.and_(ok, inside))
         values = pc.if_else(doubtful, 0, values)
-        return (pc.cast(values, target) if kind == "int" else values), doubtful
+        return (pc.cast(values, pa.int32()) if kind == "int" else values), doubtful
     if kind in ("float", "double", "bounded_float"):
-        ok = pc.match_substring_regex(text, _DECIMAL)
-        values = pc.cast(pc.if_else(ok, text, "0"), pa.float64())
+        values, ok = _cast(text, present, pa.float64(), _DECIMAL)
         bound = float(MAX_SERIES_MAGNITUDE if kind == "bounded_float" else np.finfo(np.float64).max)
-        inside = pc.less_equal(pc.abs(values), bound)  # also false for inf (a "1e999" cell)
-        doubtful = pc.invert(pc.and_(ok, inside))
+        inside = pc.less_equal(pc.abs(values), bound)  # false for inf and NaN: the row parser says why
+        doubtful = pc.invert(pc.fill_null(pc.and_(ok, inside), False))
         return pc.if_else(doubtful, 0.0, values), doubtful
     raise ValueError(f"no fast check for {kind}")
 
 
+def _cast(text: pa.Array, present: pa.Array, target: pa.DataType, pattern: str) -> tuple[pa.Array, pa.Array]:
+    """(values, ok): Arrow's own cast of the whole column when every cell parses (the common case, one pass);
+    else the cells matching `pattern` cast and the rest marked not ok."""
+    filled = pc.if_else(present, text, "0")
+    try:
+        return pc.cast(filled, target), pc.fill_null(present, True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = pc.match_substring_regex(text, pattern)
+        return pc.cast(pc.if_else(ok, text, "0"), target), ok
+
+
+def _text_doubts(kind: str, text: pa.Array) -> pa.Array:
+    """Cells that may be too long or hold a control character (a NUL, for free text). Both are checked on the
+    column's bytes first: a cell of at most `limit` bytes has at most `limit` characters, and in UTF-8 a byte
+    below 0x20 (or 0x7f) is always that ASCII control character."""
+    limit = MAX_ID_LENGTH if kind == "identifier" else MAX_STRING_LENGTH
+    doubtful = pc.greater(pc.binary_length(text), limit)
+    data = text.buffers()[2]
+    if data is not None and len(data):
+        start, end = text.offset, text.offset + len(text)
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[start : end + 1]
+        chunk = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        suspect = (chunk == 0).any() if kind == "string" else ((chunk < 0x20) | (chunk == 0x7F)).any()
+        if suspect:
+            pattern = "\x00" if kind == "string" else _CONTROL
+            doubtful = pc.or_(doubtful, pc.match_substring_regex(text, pattern))
+    return doubtful
+
+
 def _times(text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Epoch seconds from epoch-second cells or "YYYY-MM-DD[ T]HH:MM:SS" (UTC) cells, within range."""
-    epoch = pc.match_substring_regex(text, _EPOCH)
-    values = pc.cast(pc.if_else(epoch, text, "0"), pa.int64())
-    known = epoch
+    values, known = _cast(text, present, pa.int64(), _EPOCH)
     for pattern in _ISO_FORMATS:
         rest = pc.and_(pc.invert(known), present)
         if not pc.any(rest).as_py():
