@@ -482,6 +482,33 @@ def test_train_deploy_and_serve_end_to_end(stubs: Stubs, trained: Group) -> None
     assert len(similar.item_list) == 5
 
 
+def test_a_campaign_is_active_and_serving_before_any_user_is_warmed(
+    stubs: Stubs, trained: Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foretell.recommendation.engine import Engine
+
+    release, warming = threading.Event(), threading.Event()
+    real = Engine.warm
+
+    def held(self: Engine, *args: Any, **kwargs: Any) -> int:
+        warming.set()
+        release.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "warm", held)
+    try:
+        version = _train(stubs, trained, "pop-lazy", "popularity-count")
+        start = time.monotonic()
+        name = _deploy(stubs, "lazy", version)
+        assert time.monotonic() - start < 20  # warming is held for 30 s: the deployment did not wait for it
+        campaign = stubs.recommendations.GetCampaign(api.GetCampaignRequest(name=name), timeout=5)
+        assert campaign.state == pb.DEPLOYMENT_STATE_ACTIVE
+        assert len(recommend(stubs, campaign=name, user_id="u1", num_results=10).item_list) == 10
+        assert warming.wait(10)  # and warming follows, in the background
+    finally:
+        release.set()
+
+
 def test_a_served_version_is_not_deleted_under_its_campaign(stubs: Stubs, trained: Group) -> None:
     """Found: deleting the version a campaign served removed its model; the next restart marked the campaign FAILED."""
     version = _train(stubs, trained, "kept", "popularity-count")

@@ -30,6 +30,19 @@ class Param:
     choices: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Factors:
+    """A factor model's scores as inner products, so that serving can search them approximately (recommendation/ann.py).
+
+    score(users, histories) == queries(users, histories) @ items.T + bias, and
+    similar(items) == cosine of items[items] with every row of items, + bias.
+    """
+
+    items: np.ndarray  # (n_items, f) float32
+    bias: np.ndarray  # (n_items,) float32
+    queries: Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]  # (users, histories) -> (len(users), f)
+
+
 @dataclass
 class Interactions:
     """Interactions of one dataset group with users and items indexed 0..n-1, sorted by time.
@@ -96,6 +109,10 @@ class Recommender(ABC):
     def similar(self, items: np.ndarray) -> np.ndarray:
         """(len(items), n_items) item-to-item scores; by default the score of a one-item history."""
         return self.score(np.full(len(items), -1), [np.array([i]) for i in items])
+
+    def factors(self) -> Factors | None:
+        """The model as inner products (see Factors) when it is a factor model; None otherwise."""
+        return None
 
     @abstractmethod
     def save(self, directory: Path) -> None:

@@ -9,6 +9,11 @@ State machine (stored in the campaigns table): PENDING -> ACTIVE | FAILED | CANC
 ACTIVE -> UPDATING -> ACTIVE on update (a failed update keeps the old version serving and sets
 `error`). A restart reloads ACTIVE campaigns before the server starts listening, from the
 artifact URI recorded at deployment (no call to training), and warms their caches afterwards.
+
+A deployment is ACTIVE as soon as its artifact is loaded: candidates are computed per user on first
+request (engine.py). Afterwards, in the background, big catalogues get their nearest-neighbour index and
+the most recently active users' candidates are cached for up to WARM_SECONDS (`_warm`). Precomputing
+every user before ACTIVE took 187 s at 500k users x 100k items (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -56,9 +61,11 @@ from foretell.v1 import (
 
 log = logging.getLogger("foretell.recommendation")
 
-# Cached top candidates per user, and how many users' caches a deployment warms up.
+# Cached top candidates per user, and how many users' candidates a deployment keeps (least recently used go).
 CANDIDATES = 100
 CACHE_USERS = 100_000
+# How long a new deployment spends caching its most recent users' candidates, in the background.
+WARM_SECONDS = 10.0
 # Serialized answers cached per deployment (about 1 KB each for 25 items).
 ANSWERS = 50_000
 PEER_TIMEOUT = 10.0
@@ -229,19 +236,6 @@ def check_dataset_group(channel: Callable[[], grpc.Channel], name: str, field_na
         ) from None
 
 
-class _Throttled:
-    """Reports operation progress at most twice a second (each report is a database write)."""
-
-    def __init__(self, operations: OperationStore, operation: str, low: float, high: float, message: str) -> None:
-        self._ops, self._op, self._low, self._high, self._message = operations, operation, low, high, message
-        self._last = 0.0
-
-    def __call__(self, fraction: float) -> None:
-        if time.monotonic() - self._last >= 0.5:
-            self._last = time.monotonic()
-            self._ops.report_progress(self._op, self._low + (self._high - self._low) * fraction, self._message)
-
-
 class Campaigns:
     def __init__(
         self,
@@ -263,6 +257,8 @@ class Campaigns:
         self._feeds = feeds
         self._warm_users = warm_users
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="campaign-deploy")
+        # Index builds and warming: apart, so that they never delay the next deployment.
+        self._warmer = ThreadPoolExecutor(1, thread_name_prefix="campaign-warm")
         # Serializes publishing, deleting and state changes of campaigns in this process.
         self._lock = threading.RLock()
         self._loading: set[tuple[str, str]] = set()
@@ -373,10 +369,6 @@ class Campaigns:
             self._ops.report_progress(operation, 5, f"loading {resolved.solution_version}")
             engine = load_engine(resolved.artifact_uri, self._artifacts)
             self._check_cancel(operation)
-            warm = _Throttled(self._ops, operation, 30, 95, "caching top candidates per user")
-            self._ops.report_progress(operation, 30, "caching top candidates per user")
-            cached = engine.warm(self._warm_users, warm, lambda: self._ops.cancel_requested(operation))
-            self._check_cancel(operation)
             events = self._feeds.acquire(resolved.dataset_group, engine.artifact.snapshot_time)
             deployment = Deployment(name, spec, resolved.artifact_uri, resolved.dataset_group, engine, events)
             deployment.prepare()
@@ -401,10 +393,8 @@ class Campaigns:
             if old is not None:
                 self._feeds.release(old.dataset_group)
             self._ops.finish(operation, to_campaign(row))
-            log.info(
-                "campaign active",
-                extra={"campaign": name, "solution_version": spec.solution_version, "warm_users": cached},
-            )
+            log.info("campaign active", extra={"campaign": name, "solution_version": spec.solution_version})
+            self._warm_later(deployment)
         except Exception as exc:
             if events is not None:
                 self._feeds.release(resolved.dataset_group)
@@ -486,7 +476,7 @@ class Campaigns:
 
         def load() -> None:
             try:
-                self._warm(self._activate(row))
+                self._warm_later(self._activate(row))
             except Exception as exc:
                 log.error("loading campaign failed", extra={"campaign": row.name, **failure(exc)})
             finally:
@@ -495,12 +485,28 @@ class Campaigns:
 
         self._pool.submit(tenancy.carry(load))
 
+    def _warm_later(self, deployment: Deployment) -> None:
+        with contextlib.suppress(RuntimeError):  # closing: nothing left to warm for
+            self._warmer.submit(self._warm, deployment)
+
     def _warm(self, deployment: Deployment) -> None:
+        """The nearest-neighbour index of a big catalogue, then the most recent users' candidates."""
         start = time.monotonic()
-        users = deployment.engine.warm(self._warm_users)
+        try:
+            indexed = deployment.engine.build_index()
+            built = time.monotonic() - start
+            users = deployment.engine.warm(self._warm_users, WARM_SECONDS)
+        except Exception as exc:  # the engine keeps answering exactly, from the catalogue
+            log.error("warming campaign failed", extra={"campaign": deployment.name, **failure(exc)})
+            return
         log.info(
             "campaign warm",
-            extra={"campaign": deployment.name, "warm_users": users, "seconds": round(time.monotonic() - start, 2)},
+            extra={
+                "campaign": deployment.name,
+                "warm_users": users,
+                "index_seconds": round(built, 2) if indexed else None,
+                "seconds": round(time.monotonic() - start, 2),
+            },
         )
 
     def sweep(self) -> None:
@@ -532,8 +538,8 @@ class Campaigns:
                     log.info("campaign synced", extra={"campaign": name, "generation": row.generation})
                 except Exception as exc:  # retried on the next round; this replica keeps what it served
                     log.error("could not sync campaign", extra={"campaign": name, **failure(exc)})
-        for deployment in swapped:  # after every swap: warming does not delay the next campaign's
-            self._warm(deployment)
+        for deployment in swapped:
+            self._warm_later(deployment)
         for tenant, name in self.deployments.keys() - wanted.keys():
             with tenancy.acting_as(tenant), self._lock:
                 try:
@@ -578,7 +584,7 @@ class Campaigns:
                     log.error("could not reload campaign", extra={"campaign": row.name, **failure(exc)})
                     self._store.update_campaign(row.name, state="FAILED", error=status.SerializeToString())
         for deployment in loaded:
-            self._pool.submit(self._warm, deployment)
+            self._warm_later(deployment)
         if loaded:
             log.info("reloaded campaigns", extra={"campaigns": [d.name for d in loaded]})
 
@@ -587,6 +593,7 @@ class Campaigns:
         if self._sync is not None:
             self._sync.join(10.0)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._warmer.shutdown(wait=wait, cancel_futures=True)
         self._feeds.close()
 
 

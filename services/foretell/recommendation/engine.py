@@ -1,11 +1,15 @@
 """Serving engine: a loaded artifact turned into fast answers. Pure numpy (the model may use torch).
 
 Speed comes from not touching the whole catalogue per request where possible:
-- each user's top candidates (training and recent history excluded) are cached, computed in
-  batches at deploy time (`warm`) or on first use; an entry carries the `stamp` of the recent
-  events it was computed with, so a new event for the user makes it stale without any callback;
+- each user's top candidates (training and recent history excluded) are computed on the user's first
+  request and kept in an LRU cache of `cache_size` users, so memory follows the users served, not the
+  users trained on (`warm` fills it for the most recent users after activation, within a time budget);
+  an entry carries the `stamp` of the recent events it was computed with, so a new event for the user
+  makes it stale without any callback;
+- catalogues of ann.MIN_ITEMS items and more take candidates from an approximate nearest-neighbour index
+  over the model's factors (ann.py), once `build_index` has built it, and score only those exactly;
 - filters become item masks (cached per filter and values) applied to the cached candidates;
-  only when a filter leaves fewer than `n` candidates is the full catalogue scored again;
+  only when a filter leaves fewer than `n` candidates is the full catalogue scored again (exactly);
 - ranking scores only the listed items (`Recommender.score_items`).
 
 Exploration (cold start): items with no interactions (unless their creation time is older than
@@ -18,8 +22,11 @@ spread evenly through the list, carry reason "exploration" and no score.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Collection, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -28,6 +35,7 @@ import numpy as np
 
 from foretell.recipes.artifact import Artifact
 from foretell.recipes.base import Recommender
+from foretell.recommendation import ann
 from foretell.recommendation.filters import BoundFilter
 
 NEG = np.float32(-np.inf)
@@ -87,6 +95,34 @@ class _Candidates:
     items: np.ndarray  # int32, best first, interacted items excluded
     scores: np.ndarray  # float32
     complete: bool  # every item not excluded is here
+
+
+class _Lru:
+    """At most `capacity` entries; the least recently used goes first. Reads take no lock."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[Any, _Candidates] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> _Candidates | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile
+                self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Any, entry: _Candidates, replace: bool = True) -> None:
+        with self._lock:
+            if not replace and key in self._entries:
+                return
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -320,7 +356,7 @@ class Engine:
         # Histories as CSR; a stable sort by user keeps each user's events in time order.
         order = np.argsort(data.users, kind="stable")
         self.hist_items: np.ndarray = data.items[order].astype(np.int32)
-        self.hist_types: np.ndarray = data.event_types[order].astype(np.int64)
+        self.hist_types: np.ndarray = data.event_types[order]
         self.hist_ptr: np.ndarray = np.concatenate([[0], np.cumsum(np.bincount(data.users, minlength=data.n_users))])
         self._last_seen = np.full(data.n_users, np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(self._last_seen, data.users, data.timestamps.astype(np.int64))
@@ -332,8 +368,10 @@ class Engine:
         self._newest = float(data.timestamps.max()) if len(data.timestamps) else 0.0
         self._created = data.item_created
         self.catalog = ItemCatalog(self.item_ids, self.item_index, data.item_features, data.item_created)
-        self._cache: dict[Any, _Candidates] = {}
-        self._similar: dict[int, _Candidates] = {}
+        self._cache = _Lru(cache_size)
+        self._similar = _Lru(cache_size)
+        self._factors = ann.factors_of(self.model) if self.n_items >= ann.MIN_ITEMS else None
+        self.index: ann.ItemIndex | None = None  # set by build_index
         self._masks: dict[Any, np.ndarray | None] = {}
         self._new_items: dict[float, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -381,16 +419,37 @@ class Engine:
         scores = self.model.score(np.array([req.user], dtype=np.int64), [req.sequence])
         return np.array(scores[0], dtype=np.float32, copy=True)
 
-    def _remember(self, cache: dict[Any, _Candidates], key: Any, entry: _Candidates) -> None:
-        with self._lock:
-            if key not in cache and len(cache) >= self.cache_size:
-                cache.pop(next(iter(cache)))  # oldest insertion first
-            cache[key] = entry
-
-    def _candidates_from(self, scores: np.ndarray, excluded: np.ndarray, stamp: tuple[int, ...]) -> _Candidates:
+    def _candidates_from(
+        self, scores: np.ndarray, excluded: np.ndarray, stamp: tuple[int, ...], m: int | None = None
+    ) -> _Candidates:
+        m = self.candidates if m is None else m
         scores[excluded] = NEG
-        top = top_k(scores, self.candidates)
-        return _Candidates(stamp, top.astype(np.int32), scores[top], len(top) < self.candidates)
+        top = top_k(scores, m)
+        return _Candidates(stamp, top.astype(np.int32), scores[top], len(top) < m)
+
+    def _candidates(self, req: _Request, m: int, excluded: np.ndarray) -> _Candidates:
+        """The request's best m items without `excluded`: from the index when there is one, else exactly."""
+        index = self.index
+        if index is None:
+            return self._candidates_from(self._score_row(req), excluded, req.stamp, m)
+        # Over-fetch by the exclusions, so that m are left once they are dropped.
+        k = min(self.n_items, m + len(excluded))
+        queries = index.factors.queries(np.array([req.user], dtype=np.int64), [req.sequence])
+        found, scores = index.recommend(queries, k)
+        keep = (scores[0] > NEG) & ~np.isin(found[0], excluded)
+        items, scores = found[0][keep][:m], scores[0][keep][:m]
+        return _Candidates(req.stamp, items.astype(np.int32), scores, complete=k >= self.n_items and len(items) < m)
+
+    def build_index(self) -> bool:
+        """Builds the nearest-neighbour index of a big catalogue (ann.py); until then answers are exact.
+
+        False when the catalogue is small or the model has no factors. Entries cached before stay valid (exact).
+        """
+        if self._factors is None:
+            return False
+        if self.index is None:
+            self.index = ann.ItemIndex(self._factors)
+        return True
 
     # ---- recommendations ------------------------------------------------------------------
 
@@ -427,22 +486,21 @@ class Engine:
         return items, self.popularity[items]
 
     def _model_top(self, req: _Request, n: int, exclude: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores: np.ndarray | None = None
+        entry: _Candidates | None = None
         if exclude and n <= self.candidates:
             key: Any = req.user if req.user >= 0 else ("anon", *req.stamp)
             entry = self._cache.get(key)
             if entry is None or entry.stamp != req.stamp:
-                scores = self._score_row(req)
-                entry = self._candidates_from(scores.copy(), req.excluded, req.stamp)
-                self._remember(self._cache, key, entry)
-            if req.allowed is None:
-                return entry.items[:n], entry.scores[:n]
-            keep = np.flatnonzero(req.allowed[entry.items])[:n]
-            if len(keep) == n or entry.complete:
-                return entry.items[keep], entry.scores[keep]
-        # The filter ate the cached candidates (or no cache applies): score the whole catalogue.
-        if scores is None:
-            scores = self._score_row(req)
+                entry = self._candidates(req, self.candidates, req.excluded)
+                self._cache.put(key, entry)
+        elif self.index is not None:
+            entry = self._candidates(req, n, req.excluded if exclude else req.excluded[:0])
+        if entry is not None:
+            keep = np.arange(len(entry.items)) if req.allowed is None else np.flatnonzero(req.allowed[entry.items])
+            if len(keep) >= n or entry.complete:
+                return entry.items[keep[:n]], entry.scores[keep[:n]]
+        # The filter ate the candidates (or no cache applies): score the whole catalogue.
+        scores = self._score_row(req)
         if exclude:
             scores[req.excluded] = NEG
         if req.allowed is not None:
@@ -535,9 +593,15 @@ class Engine:
         allowed = self.filter_mask(item_filter, -1, ()) if item_filter is not None else None
         entry = self._similar.get(item)
         if entry is None:
-            row = np.array(self.model.similar(np.array([item]))[0], dtype=np.float32, copy=True)
-            entry = self._candidates_from(row, np.array([item]), ())
-            self._remember(self._similar, item, entry)
+            if self.index is not None:
+                found, found_scores = self.index.similar(item, self.candidates + 1)
+                keep = (found != item) & (found_scores > NEG)
+                top = found[keep][: self.candidates]
+                entry = _Candidates((), top.astype(np.int32), found_scores[keep][: self.candidates], False)
+            else:
+                row = np.array(self.model.similar(np.array([item]))[0], dtype=np.float32, copy=True)
+                entry = self._candidates_from(row, np.array([item]), ())
+            self._similar.put(item, entry)
         keep = np.arange(len(entry.items)) if allowed is None else np.flatnonzero(allowed[entry.items])
         if len(keep) >= n or entry.complete:
             top, scores = entry.items[keep[:n]], entry.scores[keep[:n]]
@@ -560,47 +624,50 @@ class Engine:
         values = {c: self.catalog.value(c, item) for c in columns}
         return {c: v for c, v in values.items() if v}
 
-    def warm(
-        self,
-        max_users: int | None = None,
-        progress: Callable[[float], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-        batch_bytes: int = 64 * 1024 * 1024,
-    ) -> int:
-        """Caches the top candidates of the most recently active users, scoring them in batches.
+    def warm(self, max_users: int | None = None, seconds: float | None = None) -> int:
+        """Caches the top candidates of the most recently active users, in batches, for at most `seconds`.
 
         Returns how many users were cached. Entries computed meanwhile from newer events win.
         """
+        deadline = time.monotonic() + seconds if seconds is not None else float("inf")
         limit = min(self.cache_size, max_users if max_users is not None else len(self._last_seen))
         users = np.argsort(-self._last_seen, kind="stable")[:limit]
-        chunk = max(1, min(1024, batch_bytes // (4 * max(1, self.n_items))))
-        m = min(self.candidates, self.n_items)
+        chunk = max(1, min(1024, 64 * 1024 * 1024 // (4 * max(1, self.n_items))))
         done = 0
         for start in range(0, len(users), chunk):
-            if cancelled is not None and cancelled():
+            if time.monotonic() >= deadline:
                 break
-            batch = users[start : start + chunk]
-            histories = [self.history(u) for u in batch.tolist()]
-            scores = np.array(self.model.score(batch.astype(np.int64), histories), dtype=np.float32, copy=True)
-            lengths = np.array([len(h) for h in histories])
-            scores[np.repeat(np.arange(len(batch)), lengths), np.concatenate(histories)] = NEG
-            if m < self.n_items:
-                part = np.argpartition(scores, self.n_items - m, axis=1)[:, self.n_items - m :]
+            batch = users[start : start + chunk].tolist()
+            if self.index is not None:
+                entries = [self._candidates(_Request(u, h, [], (), excluded=h), self.candidates, h)
+                           for u, h in ((u, self.history(u)) for u in batch)]  # fmt: skip
             else:
-                part = np.tile(np.arange(self.n_items), (len(batch), 1))
-            part_scores = np.take_along_axis(scores, part, axis=1)
-            order = np.argsort(-part_scores, axis=1, kind="stable")
-            best = np.take_along_axis(part, order, axis=1).astype(np.int32)
-            best_scores = np.take_along_axis(part_scores, order, axis=1)
-            for row, user in enumerate(batch.tolist()):
-                finite = best_scores[row] > NEG
-                entry = _Candidates((), best[row][finite], best_scores[row][finite], int(finite.sum()) < m)
-                if user not in self._cache:
-                    self._remember(self._cache, user, entry)
+                entries = self._exact_batch(batch)
+            for user, entry in zip(batch, entries, strict=True):
+                self._cache.put(user, entry, replace=False)
             done += len(batch)
-            if progress is not None:
-                progress(done / max(1, len(users)))
         return done
+
+    def _exact_batch(self, users: list[int]) -> list[_Candidates]:
+        """Exact top candidates of training users (their training history excluded), scored as one matrix."""
+        histories = [self.history(u) for u in users]
+        scores = np.array(self.model.score(np.array(users, dtype=np.int64), histories), dtype=np.float32, copy=True)
+        lengths = np.array([len(h) for h in histories])
+        scores[np.repeat(np.arange(len(users)), lengths), np.concatenate(histories)] = NEG
+        m = min(self.candidates, self.n_items)
+        if m < self.n_items:
+            part = np.argpartition(scores, self.n_items - m, axis=1)[:, self.n_items - m :]
+        else:
+            part = np.tile(np.arange(self.n_items), (len(users), 1))
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        best = np.take_along_axis(part, order, axis=1).astype(np.int32)
+        best_scores = np.take_along_axis(part_scores, order, axis=1)
+        entries = []
+        for row in range(len(users)):
+            finite = best_scores[row] > NEG
+            entries.append(_Candidates((), best[row][finite], best_scores[row][finite], int(finite.sum()) < m))
+        return entries
 
 
 def _spread(main: list[Scored], extra: list[Scored]) -> list[Scored]:
