@@ -466,6 +466,7 @@ class SizeResult:
     memory: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    load_average: dict[str, float] = field(default_factory=dict)  # 1-minute, at the start and end of the size
     error: str = ""
 
 
@@ -486,6 +487,7 @@ def run_size(size: int, args: argparse.Namespace, previous: SizeResult | None) -
     began = time.perf_counter()
     estimate, available = estimate_bytes(size, args, previous), meminfo()
     result.estimate_mb, result.available_mb = estimate / 2**20, available / 2**20
+    result.load_average["start"] = os.getloadavg()[0]
     if available and estimate > available * args.memory_margin:
         result.status = OOM
         result.error = (f"estimated peak {estimate / 2**30:.1f} GiB > {args.memory_margin:.0%} of "
@@ -517,6 +519,7 @@ def run_size(size: int, args: argparse.Namespace, previous: SizeResult | None) -
             shutil.rmtree(run_dir, ignore_errors=True)
     result.memory["bench_peak_mb"] = proc_status("self", "VmHWM") / 2**20
     result.seconds_total = time.perf_counter() - began
+    result.load_average["end"] = os.getloadavg()[0]
     if result.status == "ok":
         f, r = result.foretell, result.floors
         result.ratios = {
