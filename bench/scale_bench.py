@@ -471,14 +471,15 @@ class SizeResult:
 
 
 def estimate_bytes(size: int, args: argparse.Namespace, previous: SizeResult | None) -> int:
-    """Memory a size needs at its peak: the static estimate, or the last completed size's peaks scaled."""
-    static = args.mem_base_mb * 2**20 + args.mem_bytes_per_row * size
-    if previous is None or previous.status != "ok" or not previous.memory:
-        return int(static)
+    """Memory a size needs at its peak: --mem-base-mb + --mem-bytes-per-row x size, or, once a smaller size has
+    run, its measured peak (server tree or this process's floors, whichever is larger) with the part above the
+    base scaled linearly to this size."""
     base = args.mem_base_mb * 2**20
+    if previous is None or previous.status != "ok" or not previous.memory:
+        return int(base + args.mem_bytes_per_row * size)
     peak = max(previous.memory.get("tree_peak_mb", 0), previous.memory.get("bench_peak_mb", 0)) * 2**20
-    scaled = base + max(0.0, peak - base) * size / previous.size
-    return int(max(scaled, args.mem_base_mb * 2**20))
+    base = min(base, peak / 2)
+    return int(base + (peak - base) * size / previous.size)
 
 
 def run_size(size: int, args: argparse.Namespace, previous: SizeResult | None) -> SizeResult:
@@ -783,10 +784,13 @@ def parser() -> argparse.ArgumentParser:
         help="generated CSV files (kept and reused) and the servers' data dirs (removed unless --keep)",
     )
     p.add_argument("--keep", action="store_true", help="keep each size's server data dir and log")
-    p.add_argument("--mem-base-mb", type=float, default=1500, help="memory estimate: fixed part, MB (default 1500)")
-    p.add_argument("--mem-bytes-per-row", type=float, default=1500,
-                   help="memory estimate: bytes per interaction at the peak (default 1500); once a size has run, "
-                        "its measured peak scaled linearly is used instead")  # fmt: skip
+    p.add_argument(
+        "--mem-base-mb", type=float, default=300, help="memory estimate: fixed part, MB (default 300: an idle server)"
+    )
+    p.add_argument("--mem-bytes-per-row", type=float, default=1000,
+                   help="memory estimate: bytes per interaction at the peak (default 1000; the 1M run of "
+                        "docs/benchmarks.md peaked at 1,212 MB); once a size has run, its measured peak above "
+                        "the fixed part, scaled linearly, is used instead")  # fmt: skip
     p.add_argument(
         "--memory-margin",
         type=float,
