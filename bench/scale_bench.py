@@ -618,7 +618,10 @@ def foretell_stages(
 
             # ---- serving
             mem.stage = "serve"
-            for user in sample_users[: min(20, len(sample_users))]:  # warm-up, not counted
+            t0 = time.perf_counter()
+            client.get_recommendations(campaign.name, user_id=sample_users[0], num_results=NUM_RESULTS)
+            first_call = time.perf_counter() - t0
+            for user in sample_users[1 : min(20, len(sample_users))]:  # warm-up, not counted
                 client.get_recommendations(campaign.name, user_id=user, num_results=NUM_RESULTS)
             latencies = []
             empty = 0
@@ -638,9 +641,7 @@ def foretell_stages(
             f["recommend_p99_ms"] = float(np.percentile(lat, 99))
             f["recommend_mean_ms"] = float(lat.mean())
             say(f"serve: p50 {f['recommend_p50_ms']:.2f} ms, p99 {f['recommend_p99_ms']:.2f} ms")
-            f["first_recommendation_s"] = (
-                f["import_s"] + f["solution_version_s"] + f["campaign_active_s"] + lat[0] / 1e3
-            )
+            f["first_recommendation_s"] = f["import_s"] + f["solution_version_s"] + f["campaign_active_s"] + first_call
             mem.sample()
         result.memory.update({
             "tree_peak_mb": mem.tree_peak / 2**20,
