@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from foretell.core.artifact_store import MARKER
@@ -202,3 +203,56 @@ def test_predictors_forecasts_and_exports_live_in_s3(stubs: Stubs, settings: Set
     stubs.training.DeletePredictor(api.DeletePredictorRequest(name=predictor.name), timeout=10)
     assert keys(raw, bucket, "foretell/forecasts/") == set()
     assert keys(raw, bucket, "foretell/predictors/") == set()
+
+
+def test_imports_read_csv_and_parquet_from_s3_and_parts_live_there(stubs: Stubs, raw: Any, bucket: str) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from foretell.v1 import dataset_pb2 as dpb
+    from foretell.v1 import dataset_service_pb2 as dapi
+
+    group = make_recommendation_group(stubs)
+    data = interactions_csv(300, users=20, items=40)
+    raw.put_object(Bucket=bucket, Key="in/events.csv", Body=data)
+    as_parquet = io.BytesIO()
+    pq.write_table(
+        pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True)), as_parquet
+    )
+    raw.put_object(Bucket=bucket, Key="in/events.parquet", Body=as_parquet.getvalue())
+
+    def import_from(key: str, mode: int) -> None:
+        _ok(
+            stubs,
+            stubs.datasets.CreateImportJob(
+                dapi.CreateImportJobRequest(
+                    parent=group.interactions,
+                    import_job=dpb.ImportJob(source_uri=f"s3://{bucket}/in/{key}", import_mode=mode),
+                ),
+                timeout=10,
+            ),
+            60,
+        )
+
+    import_from("events.csv", dpb.IMPORT_MODE_FULL)
+    import_from("events.parquet", dpb.IMPORT_MODE_INCREMENTAL)
+    count = stubs.datasets.GetDataset(dapi.GetDatasetRequest(name=group.interactions), timeout=5).row_count
+    assert count == 600
+    parts = [k for k in keys(raw, bucket, "foretell/data/") if k.endswith(".parquet")]
+    assert len(parts) == 2, parts
+    stored = pa.concat_tables(
+        [pq.read_table(io.BytesIO(raw.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in parts]
+    )
+    assert stored.num_rows == 600 and stored.schema.field("TIMESTAMP").type == pa.int64()
+    # A missing object is the caller's error, named by field, before any job starts.
+    with pytest.raises(grpc.RpcError) as info:
+        stubs.datasets.CreateImportJob(
+            dapi.CreateImportJobRequest(
+                parent=group.interactions, import_job=dpb.ImportJob(source_uri=f"s3://{bucket}/in/missing.csv")
+            ),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "import_job.source_uri" in info.value.details()

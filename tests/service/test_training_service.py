@@ -82,8 +82,8 @@ def test_train_a_version_read_its_metrics_and_delete_it(stubs: Stubs) -> None:
     assert _meta(done).progress_percent == 100.0
     assert (path_of(version.artifact_uri) / "meta.json").is_file()
     snapshot = json.loads((path_of(version.dataset_snapshot_uri) / "snapshot.json").read_text())
-    assert snapshot["interactions"]["row_count"] > 0
-    assert all(path_of(uri).is_file() for uri in snapshot["interactions"]["part_uris"])
+    assert snapshot["datasets"]["interactions"]["row_count"] > 0
+    assert all(path_of(uri).is_file() for uri in snapshot["datasets"]["interactions"]["part_uris"])
     assert version.training_duration.seconds >= 0 and version.tuned_hyper_parameters
 
     metrics = stubs.training.GetSolutionMetrics(api.GetSolutionMetricsRequest(name=version.name), timeout=5).metrics

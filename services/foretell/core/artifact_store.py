@@ -100,6 +100,11 @@ class Artifacts:
         self.local_root = settings.artifacts
         self.root_uri = settings.artifact_uri.rstrip("/") or uri_of(settings.artifacts)
 
+    @property
+    def s3(self) -> tuple[str, str]:
+        """(endpoint URL, region) of the S3-compatible store, for a job that reads files there itself."""
+        return self.settings.s3_endpoint_url, self.settings.s3_region
+
     def local_dir(self, collection: str, *parts: str) -> Path:
         """`collection/[tenants/<tenant>/]parts`: names are per tenant, so each tenant's artifacts have a
         directory of their own (the default tenant's are where they were before tenants existed)."""

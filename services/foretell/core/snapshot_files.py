@@ -11,8 +11,8 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -39,17 +39,22 @@ def filesystem(uri: str, s3_endpoint_url: str = "", s3_region: str = "") -> tupl
     return pafs.LocalFileSystem(), str(path_of(uri))
 
 
+def _manifest(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def part_uris(directory: Path, name: str) -> list[str] | None:
     """The Parquet files of dataset `name` ("interactions", "target_time_series"...) in the snapshot, or None."""
-    manifest = Path(directory) / MANIFEST
-    if not manifest.exists():
-        return None
-    entry = json.loads(manifest.read_text()).get(name)
+    manifest = _manifest(directory)
+    entry = None if manifest is None else manifest["datasets"].get(name)
     return None if entry is None else list(entry["part_uris"])
 
 
-def has(directory: Path, name: str) -> bool:
-    return (Path(directory) / f"{name}.csv").exists() or part_uris(directory, name) is not None
+def _open(directory: Path, uri: str) -> Any:
+    store = (_manifest(directory) or {}).get("store", {})
+    fs, path = filesystem(uri, store.get("s3_endpoint_url", ""), store.get("s3_region", ""))
+    return fs.open_input_file(path)
 
 
 def read_table(directory: Path, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
@@ -57,32 +62,12 @@ def read_table(directory: Path, name: str, columns: Sequence[str] | None = None)
     uris = part_uris(directory, name)
     if uris is None:
         return None
-    from foretell.core.settings import Settings
-
-    settings = Settings()
     tables = []
     for uri in uris:
-        fs, path = filesystem(uri, settings.s3_endpoint_url, settings.s3_region)
-        with fs.open_input_file(path) as f:
+        with _open(directory, uri) as f:
             parquet = pq.ParquetFile(f)
             wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
             tables.append(parquet.read(columns=wanted))
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
-
-
-def columns_of(directory: Path, name: str) -> list[str]:
-    """The column names of dataset `name` in the snapshot (CSV header or Parquet schema)."""
-    csv = Path(directory) / f"{name}.csv"
-    if csv.exists():
-        return [str(c) for c in pd.read_csv(csv, nrows=0).columns]
-    uris = part_uris(directory, name) or []
-    if not uris:
-        return []
-    from foretell.core.settings import Settings
-
-    settings = Settings()
-    fs, path = filesystem(uris[0], settings.s3_endpoint_url, settings.s3_region)
-    with fs.open_input_file(path) as f:
-        return list(pq.ParquetFile(f).schema_arrow.names)

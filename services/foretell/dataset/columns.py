@@ -73,7 +73,7 @@ def _kind(f: Field, table: str) -> str:
     if f.type in ("FLOAT", "DOUBLE"):
         return "bounded_float" if table == "series" else "float"
     if f.type in ("INT", "LONG"):
-        return "bounded_int" if table == "series" else f.type.lower()
+        return f"bounded_{f.type.lower()}" if table == "series" else f.type.lower()
     return f.type.lower()  # string, boolean
 
 
@@ -167,18 +167,16 @@ def _fast(kind: str, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Ar
         return true, pc.invert(pc.or_(true, false))
     if kind == "time":
         return _times(text, present)
-    if kind in ("int", "long", "bounded_int"):
+    if kind in ("int", "long", "bounded_int", "bounded_long"):
         values, ok = _cast(text, present, pa.int64(), _INTEGER)
-        if kind == "int":
-            low, high = -(2**31), 2**31 - 1
-        elif kind == "long":
-            low, high = -(2**63), 2**63 - 1
-        else:
-            low, high = -int(MAX_SERIES_MAGNITUDE), int(MAX_SERIES_MAGNITUDE)
+        bits = 32 if kind.endswith("int") else 64
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        if kind.startswith("bounded"):
+            low, high = max(low, -int(MAX_SERIES_MAGNITUDE)), min(high, int(MAX_SERIES_MAGNITUDE))
         inside = pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
         doubtful = pc.invert(pc.and_(ok, inside))
         values = pc.if_else(doubtful, 0, values)
-        return (pc.cast(values, pa.int32()) if kind == "int" else values), doubtful
+        return (pc.cast(values, pa.int32()) if bits == 32 else values), doubtful
     if kind in ("float", "double", "bounded_float"):
         values, ok = _cast(text, present, pa.float64(), _DECIMAL)
         bound = float(MAX_SERIES_MAGNITUDE if kind == "bounded_float" else np.finfo(np.float64).max)

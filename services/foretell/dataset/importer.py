@@ -78,9 +78,16 @@ def parse_header(prefix: bytes) -> list[str] | None:
         raise InvalidArgument(FieldViolation("header", f"is not valid CSV: {exc}")) from None
 
 
-def read_header(source: IO[bytes]) -> list[str]:
+def read_header(source: Any) -> list[str]:
+    """The column names of a CSV file (its header row) or of a Parquet file (its schema)."""
     with source as f:
         prefix = f.read(MAX_HEADER_BYTES + 1)
+        if prefix[:4] == PARQUET_MAGIC:
+            f.seek(0)
+            try:
+                return list(pq.ParquetFile(f).schema_arrow.names)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InvalidArgument(FieldViolation("header", f"is not a readable Parquet file: {exc}")) from None
     header = parse_header(prefix if b"\n" in prefix or len(prefix) > MAX_HEADER_BYTES else prefix + b"\n")
     if not header or header == [""]:
         raise InvalidArgument(FieldViolation("header", "the file is empty or has no header row"))
@@ -127,7 +134,7 @@ class Importer:
         try:
             try:
                 with source() as raw:
-                    total = os.fstat(raw.fileno()).st_size
+                    total = _size(raw)
                     rows = self._write(mapper, raw, total, writer, progress, cancelled, source, False)
             except _QuotedNewlines:
                 # A quoted cell spans lines: read again with the (3x slower) chunker that follows quotes.
@@ -241,6 +248,13 @@ class Importer:
             except csv.Error as exc:
                 problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
         return problems
+
+
+def _size(raw: Any) -> int:
+    """Bytes in a local file or in pyarrow's S3 input file."""
+    if hasattr(raw, "size"):
+        return int(raw.size())
+    return os.fstat(raw.fileno()).st_size
 
 
 class _QuotedNewlines(Exception):

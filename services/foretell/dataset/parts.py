@@ -21,7 +21,9 @@ into (or superseded by) the parts. Readers take the parts plus the SQL rows afte
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,8 +38,10 @@ from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, 
 from sqlalchemy.engine import Connection, Engine
 
 from foretell.core import tenancy
-from foretell.core.artifacts import is_s3, parse_s3, path_of
+from foretell.core.artifact_store import _s3_client
+from foretell.core.artifacts import is_s3, parse_s3
 from foretell.core.resources import now
+from foretell.core.snapshot_files import filesystem
 
 RETAIN_SECONDS = 24 * 3600  # a retired part outlives any snapshot job that may still read it
 ROWS_PER_PART = 4_000_000  # a part per ~4M rows: parallel reads, bounded rewrite cost
@@ -84,7 +88,6 @@ class PartFiles:
         self.root_uri = root_uri.rstrip("/")
         self._s3_endpoint_url = s3_endpoint_url
         self._s3_region = s3_region
-        self._s3: pafs.FileSystem | None = None
 
     def new_uri(self, dataset_name: str, job: str, index: int) -> str:
         if not self.root_uri:
@@ -102,16 +105,7 @@ class PartFiles:
         )
 
     def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        if is_s3(uri):
-            if self._s3 is None:
-                self._s3 = pafs.S3FileSystem(
-                    endpoint_override=self._s3_endpoint_url or None,
-                    region=self._s3_region or "us-east-1",
-                    scheme="http" if self._s3_endpoint_url.startswith("http://") else "https",
-                )
-            bucket, key = parse_s3(uri)
-            return self._s3, f"{bucket}/{key}"
-        return pafs.LocalFileSystem(), str(path_of(uri))
+        return filesystem(uri, self._s3_endpoint_url, self._s3_region)
 
     def delete_job(self, job: str) -> None:
         """Deletes the parts an unfinished import (`<dataset>/importJobs/<id>`) wrote: none is in the manifest."""
@@ -143,6 +137,10 @@ class PartFiles:
     def read_table(self, uris: Sequence[str], schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
         wanted = schema if not columns else pa.schema([schema.field(c) for c in columns])
         return pa.Table.from_batches(list(self.read(uris, schema, columns)), schema=wanted)
+
+    def upload(self, local_file: str, uri: str) -> None:
+        bucket, key = parse_s3(uri)
+        _s3_client(self._s3_endpoint_url, self._s3_region).upload_file(local_file, bucket, key)
 
     def delete(self, uri: str) -> None:
         fs, path = self.filesystem(uri)
@@ -181,6 +179,7 @@ class PartWriter:
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._spool = ""
 
     def write(self, table: pa.Table) -> None:
         if self._thread is None:
@@ -240,9 +239,17 @@ class PartWriter:
 
     def _open(self) -> None:
         self._uri = self._files.new_uri(self._dataset, self._job, len(self.written))
-        fs, path = self._files.filesystem(self._uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        self._sink = fs.open_output_stream(path)
+        if is_s3(self._uri):
+            # Written locally, then uploaded whole (boto3, as every artifact): S3-compatible servers differ in
+            # how they complete pyarrow's multipart uploads (moto's fails), never in a plain upload.
+            spool = tempfile.NamedTemporaryFile(prefix="part-", suffix=".parquet", delete=False)  # noqa: SIM115
+            spool.close()
+            self._spool = spool.name
+            self._sink = pa.OSFile(self._spool, "wb")
+        else:
+            fs, path = self._files.filesystem(self._uri)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            self._sink = fs.open_output_stream(path)
         # No dictionary pages: on 1M interactions they doubled the write time and tripled the read time, for
         # the same size once zstd has seen the repeated ids.
         self._writer = pq.ParquetWriter(
@@ -255,8 +262,14 @@ class PartWriter:
         self._writer.close()
         size = self._sink.tell()
         self._sink.close()
-        self.written.append((self._uri, self._rows, int(size)))
         self._writer = None
+        if self._spool:
+            try:
+                self._files.upload(self._spool, self._uri)
+            finally:
+                os.unlink(self._spool)
+                self._spool = ""
+        self.written.append((self._uri, self._rows, int(size)))
 
 
 class PartCatalog:

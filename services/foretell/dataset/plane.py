@@ -61,7 +61,7 @@ def without_keys_of(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Tab
     left = _key_columns(old, keys).append_column("__row", pa.array(range(old.num_rows), pa.int64()))
     right = _key_columns(new, keys).group_by(names).aggregate([])
     kept = left.join(right, names, join_type="left anti")
-    return old.take(pc.sort_indices(kept.column("__row")))
+    return old.take(_ascending(kept.column("__row")))
 
 
 def last_of_each(table: pa.Table, keys: Sequence[str]) -> pa.Table:
@@ -71,7 +71,12 @@ def last_of_each(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     names = [f"k{i}" for i in range(len(keys))]
     indexed = _key_columns(table, keys).append_column("__row", pa.array(range(table.num_rows), pa.int64()))
     last = indexed.group_by(names).aggregate([("__row", "max")]).column("__row_max")
-    return table.take(pc.sort_indices(last))
+    return table.take(_ascending(last))
+
+
+def _ascending(positions: pa.ChunkedArray) -> pa.Array:
+    """Row positions in storage order (joins and group-bys return them in any order)."""
+    return pc.take(positions, pc.sort_indices(positions))
 
 
 class DataPlane:

@@ -117,7 +117,9 @@ class PredictorJobs(_ModelJobs):
     def prepare(self, job: Row[Any], job_dir: Path, cancelled: Any) -> None:
         row = self._store.get_predictor(job.target)
         snapshot = new_snapshot_dir(self._artifacts, row.dataset_group)
-        take_snapshot(self._channel, row.dataset_group, snapshot, cancelled, required="target_time_series")
+        take_snapshot(
+            self._channel, row.dataset_group, snapshot, cancelled, required="target_time_series", s3=self._artifacts.s3
+        )
         self._store.update_predictor(row.name, state="RUNNING", snapshot_uri=uri_of(snapshot))
         spec = predictor_spec(pb.Predictor.FromString(row.spec))
         spec.update(
@@ -162,7 +164,14 @@ class ForecastJobs(_ModelJobs):
         predictor = self._store.get_predictor(row.predictor)
         # The latest data: new imports since training are forecast from without retraining.
         snapshot = new_snapshot_dir(self._artifacts, predictor.dataset_group)
-        take_snapshot(self._channel, predictor.dataset_group, snapshot, cancelled, required="target_time_series")
+        take_snapshot(
+            self._channel,
+            predictor.dataset_group,
+            snapshot,
+            cancelled,
+            required="target_time_series",
+            s3=self._artifacts.s3,
+        )
         self._store.update_forecast(row.name, state="RUNNING")
         spec = {
             "kind": "forecast",

@@ -54,8 +54,11 @@ def take_snapshot(
     cancelled: Callable[[], bool],
     timeout: float = 3600,
     required: str = "interactions",
+    s3: tuple[str, str] = ("", ""),
 ) -> list[str]:
-    """Writes the group's snapshot (`snapshot.json`) into `directory`; returns the datasets it holds."""
+    """Writes the group's snapshot (`snapshot.json`) into `directory`; returns the datasets it holds.
+
+    `s3` (endpoint URL, region) says how the job reaches files on S3: its workers get no settings but the spec."""
     datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
     feed = event_feed_service_pb2_grpc.EventFeedServiceStub(channel)
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,8 @@ def take_snapshot(
         manifest[name] = {"part_uris": list(snapshot.part_uris), "row_count": snapshot.row_count}
     if required not in manifest:
         raise FailedPrecondition(f"dataset group {dataset_group!r} has no {required.upper()} dataset")
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    store = {"s3_endpoint_url": s3[0], "s3_region": s3[1]}
+    (directory / MANIFEST).write_text(json.dumps({"store": store, "datasets": manifest}, indent=1))
     return list(manifest)
 
 

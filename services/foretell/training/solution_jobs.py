@@ -42,7 +42,7 @@ class SolutionVersionJobs:
         solution = self._store.get_solution(version.solution)
         snapshot_dir = new_snapshot_dir(self._artifacts, solution.dataset_group)
         snapshot_time = int(time.time())
-        take_snapshot(self._channel, solution.dataset_group, snapshot_dir, cancelled)
+        take_snapshot(self._channel, solution.dataset_group, snapshot_dir, cancelled, s3=self._artifacts.s3)
         self._store.update_version(version.name, state="RUNNING", snapshot_uri=uri_of(snapshot_dir))
         previous = ""
         if version.training_mode == "UPDATE":
