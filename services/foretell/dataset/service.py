@@ -16,7 +16,7 @@ from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.pagination import PageTokens
 from foretell.core.settings import Settings
-from foretell.dataset import uploads
+from foretell.dataset import parts, uploads
 from foretell.dataset.jobs import DatasetJobs
 from foretell.dataset.parts import PartFiles
 from foretell.dataset.servicer import DatasetServicer, EventFeedServicer
@@ -64,6 +64,8 @@ def add_dataset_service(
     )
     failed = jobs.recover()
     leases.on_sweep(jobs.recover)
+    # Retired Parquet parts outlive the snapshots that may still list them (parts.RETAIN_SECONDS), then go.
+    leases.on_sweep(lambda: parts.sweep(store.plane.catalog, store.plane.files))
     uploads.remove_orphans(
         settings.artifacts / "uploads",
         unfinished=[(tenant, name) for tenant, kind, name, _ in store.unfinished_jobs() if kind == "import"],
