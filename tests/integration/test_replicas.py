@@ -27,6 +27,8 @@ from foretell.core.db import make_engine
 from foretell.core.leases import Leases
 from foretell.core.operations import OperationStore
 from foretell.core.settings import ServiceName, Settings
+from foretell.dataset import importer
+from foretell.dataset.columns import BatchValidator
 from foretell.dataset.store import DatasetStore
 from foretell.runtime.server import App, create_server
 from foretell.v1 import dataset_pb2 as dpb
@@ -218,13 +220,14 @@ def test_a_starting_replica_leaves_another_replicas_running_import_alone(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found: a second server's start-up recovery marked a running import FAILED while the first committed it."""
-    real = DatasetStore.stage_rows
+    real = BatchValidator.convert
 
-    def slowly(self: DatasetStore, *args: object, **kwargs: object) -> None:
-        time.sleep(0.1)  # 20 batches: the import runs for about two seconds
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
+    def slowly(self: BatchValidator, *args: object, **kwargs: object) -> object:
+        time.sleep(0.1)  # about 20 blocks: the import outlives a few sweeps of the leases
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(DatasetStore, "stage_rows", slowly)
+    monkeypatch.setattr(BatchValidator, "convert", slowly)
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 2048)
     first = create_server(Settings(port=0, data_dir=tmp_path / "a", database_url=pg_url, import_batch_rows=50))
     first.start()
     try:

@@ -75,7 +75,8 @@ def test_scale_bench_runs_one_size_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert ratios["training_vs_implicit_seconds"] == pytest.approx(f["training_s"] / floors["implicit_fit_s"])
     # The tree holds the server: its sampled peak is at least the server's own RSS at some sample.
     assert memory["tree_peak_mb"] >= memory["worker_peak_mb"] and memory["server_peak_mb"] > 50
-    assert set(memory["tree_peak_by_stage_mb"]) == {"import", "train", "campaign", "serve"}
+    # A stage shorter than the 0.5 s sampling period (activation, now lazy, often is) may have no sample.
+    assert {"train", "serve"} <= set(memory["tree_peak_by_stage_mb"]) <= {"import", "train", "campaign", "serve"}
     # The training operation's progress was followed past the snapshot, into the worker's own messages.
     messages = [s["message"] for s in result["stages"]]
     assert "worker started" in messages and messages[-1] == "done", messages

@@ -482,7 +482,7 @@ def test_health_and_reflection_stay_open(tenants: Tenants) -> None:
 # by the method's resource), with plausible values elsewhere, and is sent with tenant B's key.
 
 METHODS = {f"{m.containing_service.name}.{m.name}": m for m in rpc_methods().values()}
-VERBS = ("Create", "Get", "List", "Delete", "Update", "Cancel", "Wait", "Export", "Import", "Put", "Watch", "Query")
+VERBS = ("Create", "Get", "List", "Delete", "Update", "Cancel", "Wait", "Export", "Import", "Put", "Watch", "Query", "Snapshot")
 READS = ("Get", "List", "Query", "Watch", "Wait")
 # Reference fields of foretell.v1 messages -> the kind of resource they name.
 REFERENCES = {

@@ -16,7 +16,8 @@ from test_process import ROOT, start
 from foretell.client import Client
 from foretell.core.data_lock import lock_for
 from foretell.core.settings import Settings
-from foretell.dataset.store import DatasetStore
+from foretell.dataset import importer
+from foretell.dataset.columns import BatchValidator
 from foretell.runtime.server import create_server
 
 from support import interactions_csv, make_recommendation_group, stopped, stubs_of, upload
@@ -89,13 +90,14 @@ def test_a_service_started_apart_on_the_directory_leaves_the_others_leases(
 ) -> None:
     """Services apart on one SQLite directory: a starting process clears only the leases of its own services (the
     ones its lock makes it alone with). Clearing all let the dataset process's own sweep fail its running import."""
-    real = DatasetStore.stage_rows
+    real = BatchValidator.convert
 
-    def slowly(self: DatasetStore, *args: object, **kwargs: object) -> None:
-        time.sleep(0.15)  # 20 batches: the import outlives a few sweeps of one-second leases
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
+    def slowly(self: BatchValidator, *args: object, **kwargs: object) -> object:
+        time.sleep(0.15)  # about 20 blocks: the import outlives a few sweeps of the leases
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(DatasetStore, "stage_rows", slowly)
+    monkeypatch.setattr(BatchValidator, "convert", slowly)
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 2048)
     settings = Settings(port=0, data_dir=tmp_path / "data", import_batch_rows=50, lease_seconds=1.0)
     dataset = create_server(settings, ["dataset"])
     dataset.start()

@@ -7,9 +7,12 @@ otherwise they are made visible in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -187,7 +190,7 @@ class Importer:
         try:
             header, blocks = _parquet_blocks(raw) if is_parquet else _csv_blocks(buffered, newlines_in_values)
             validator = BatchValidator(mapper, header)
-            for cells in blocks:
+            for cells in _prefetched(blocks):
                 table, found = validator.convert(cells, rows + 1)
                 rows += table.num_rows
                 if found or problems:
@@ -248,6 +251,40 @@ class Importer:
             except csv.Error as exc:
                 problems.append(FieldViolation(f"rows[{row + 1}]", f"is not valid CSV: {exc}"))
         return problems
+
+
+def _prefetched(blocks: Iterator[list[pa.Array]], depth: int = 2) -> Iterator[list[pa.Array]]:
+    """`blocks`, parsed by a thread of its own while the caller checks the previous one (pyarrow parses without
+    the GIL); at most `depth` blocks wait, so memory stays flat. A parse error arrives where it happened."""
+    waiting: queue.Queue[tuple[list[pa.Array] | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def parse() -> None:
+        try:
+            for block in blocks:
+                if stop.is_set():
+                    return
+                waiting.put((block, None))
+            waiting.put((None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            waiting.put((None, exc))
+
+    thread = threading.Thread(target=parse, name="csv-blocks", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block, failure = waiting.get()
+            if failure is not None:
+                raise failure
+            if block is None:
+                return
+            yield block
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a parser waiting for room, then let it see `stop`
+            with contextlib.suppress(queue.Empty):
+                waiting.get(timeout=0.1)
+        thread.join()
 
 
 def _size(raw: Any) -> int:

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from foretell.v1 import dataset_pb2 as foretell_dot_v1_dot_dataset__pb2
 from foretell.v1 import dataset_service_pb2 as foretell_dot_v1_dot_dataset__service__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$foretell/v1/event_feed_service.proto\x12\x0b\x66oretell.v1\x1a\x19\x66oretell/v1/dataset.proto\x1a!foretell/v1/dataset_service.proto\x1a\x1fgoogle/api/field_behavior.proto\",\n\x16SnapshotDatasetRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"x\n\x0f\x44\x61tasetSnapshot\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12.\n\x0c\x64\x61taset_type\x18\x02 \x01(\x0e\x32\x18.foretell.v1.DatasetType\x12\x11\n\tpart_uris\x18\x03 \x03(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x32\xbc\x01\n\x10\x45ventFeedService\x12R\n\x0bWatchEvents\x12\x1f.foretell.v1.WatchEventsRequest\x1a .foretell.v1.WatchEventsResponse0\x01\x12T\n\x0fSnapshotDataset\x12#.foretell.v1.SnapshotDatasetRequest\x1a\x1c.foretell.v1.DatasetSnapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$foretell/v1/event_feed_service.proto\x12\x0b\x66oretell.v1\x1a\x19\x66oretell/v1/dataset.proto\x1a!foretell/v1/dataset_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\"D\n\x16SnapshotDatasetRequest\x12*\n\x04name\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x66oretell.io/Dataset\"x\n\x0f\x44\x61tasetSnapshot\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12.\n\x0c\x64\x61taset_type\x18\x02 \x01(\x0e\x32\x18.foretell.v1.DatasetType\x12\x11\n\tpart_uris\x18\x03 \x03(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x32\xbc\x01\n\x10\x45ventFeedService\x12R\n\x0bWatchEvents\x12\x1f.foretell.v1.WatchEventsRequest\x1a .foretell.v1.WatchEventsResponse0\x01\x12T\n\x0fSnapshotDataset\x12#.foretell.v1.SnapshotDatasetRequest\x1a\x1c.foretell.v1.DatasetSnapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +36,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'foretell.v1.event_feed_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SNAPSHOTDATASETREQUEST'].fields_by_name['name']._loaded_options = None
-  _globals['_SNAPSHOTDATASETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
-  _globals['_SNAPSHOTDATASETREQUEST']._serialized_start=148
-  _globals['_SNAPSHOTDATASETREQUEST']._serialized_end=192
-  _globals['_DATASETSNAPSHOT']._serialized_start=194
-  _globals['_DATASETSNAPSHOT']._serialized_end=314
-  _globals['_EVENTFEEDSERVICE']._serialized_start=317
-  _globals['_EVENTFEEDSERVICE']._serialized_end=505
+  _globals['_SNAPSHOTDATASETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\025\n\023foretell.io/Dataset'
+  _globals['_SNAPSHOTDATASETREQUEST']._serialized_start=175
+  _globals['_SNAPSHOTDATASETREQUEST']._serialized_end=243
+  _globals['_DATASETSNAPSHOT']._serialized_start=245
+  _globals['_DATASETSNAPSHOT']._serialized_end=365
+  _globals['_EVENTFEEDSERVICE']._serialized_start=368
+  _globals['_EVENTFEEDSERVICE']._serialized_end=556
 # @@protoc_insertion_point(module_scope)
