@@ -60,7 +60,9 @@ def temporal_holdout(
     train = subset(data, ~held)
     # Held-out pairs that are not in the user's train part, deduplicated, grouped by user.
     n_items = np.int64(data.n_items)
-    train_keys = train.users.astype(np.int64) * n_items + train.items
+    # Only the held-out users' train pairs can match (a few % of the data when max_users samples).
+    of_held = n_hold[train.users] > 0
+    train_keys = train.users[of_held].astype(np.int64) * n_items + train.items[of_held]
     keys = np.unique(data.users[held].astype(np.int64) * n_items + data.items[held])
     keys = keys[~np.isin(keys, train_keys)]
     users, items = keys // n_items, (keys % n_items).astype(np.int32)
