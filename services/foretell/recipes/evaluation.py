@@ -66,12 +66,9 @@ def temporal_holdout(
     keys = np.unique(data.users[held].astype(np.int64) * n_items + data.items[held])
     keys = keys[~np.isin(keys, train_keys)]
     users, items = keys // n_items, (keys % n_items).astype(np.int32)
-    bounds = np.flatnonzero(np.diff(users)) + 1
-    holdout = {
-        int(group[0]): part
-        for group, part in zip(np.split(users, bounds), np.split(items, bounds), strict=True)
-        if len(part)
-    }
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(users)) + 1, [len(users)]]).tolist()
+    # Slices, not np.split: its per-group overhead was a second per 10k users.
+    holdout = {int(users[lo]): items[lo:hi] for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo}
     return train, holdout
 
 
