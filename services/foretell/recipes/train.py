@@ -9,7 +9,7 @@ one fit on the training part):
   3. fit on the training part with the chosen parameters, evaluate on the test hold-out
      (a full ranking over the catalogue) -> metrics;
   4. refit on ALL interactions with the same parameters: the model that gets deployed. It starts
-     from the model of step 3 (`Recommender.refit`): for als a quarter of the iterations instead
+     from the model of step 3 (`Recommender.refit`): for als a fifth of the iterations instead
      of a second full fit (the hold-out is a few percent of the data, the factors barely move).
 A dataset too small for a hold-out (no user with >= 5 interactions) skips 2-3: no metrics.
 """
