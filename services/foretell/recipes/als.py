@@ -11,7 +11,7 @@ confidences (`recent_half_life` 0 -> 10: 0.138 -> 0.180) and a larger, unscaled 
 half-life 0: 0.124 -> 0.138). implicit takes the matrix it is given as the confidences
 themselves, so c_ui = 1 + alpha * n_ui is built here and passed with implicit's alpha at 1. The
 popularity prior only breaks ties (cold items); serving folds new events in with the same weights.
-Our former numpy CG solver reached the same NDCG 4.5x slower (bench/als_speed.py, docs/benchmarks.md).
+Our former numpy CG solver reached the same NDCG with 3.4-3.7x the CPU time (bench/als_speed.py).
 
 `refit` continues from a fitted model's factors for a few iterations: train.py's final fit on all
 the data starts from the hold-out fit instead of from random factors.
