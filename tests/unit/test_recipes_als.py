@@ -166,7 +166,11 @@ def test_fit_leaves_the_callers_blas_threads_alone(
     with threadpool_limits(limits=1, user_api="blas"):
         Als.fit(split[1], parse_params("als", {"factors": "8", "iterations": "1"}))
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+    import implicit.cpu.als  # noqa: F401  (loads its OpenMP runtime, which threadpoolctl then sees)
+
     assert als_module.cpu_threads() >= 1
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert als_module.cpu_threads() == 1  # bounded by the process's OpenMP limit
 
 
 def test_artifact_round_trip(tmp_path: Path, split: tuple[Interactions, Interactions, dict[int, np.ndarray]]) -> None:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress
 from foretell.recipes.data import recency_weights, user_item_matrix
@@ -69,8 +69,11 @@ def use_gpu() -> bool:
 
 
 def cpu_threads() -> int:
-    """implicit's OpenMP threads: the CPUs this process may run on (never implicit's 0 = every core)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """implicit's OpenMP threads: the CPUs this process may run on, fewer where an OpenMP limit is set
+    (OMP_NUM_THREADS, threadpoolctl: tests/conftest.py gives each test process its share); never
+    implicit's 0, which means every core of the machine."""
+    limits = [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "openmp"]
+    return max(1, min([len(os.sched_getaffinity(0)), *limits]))
 
 
 def solve(
