@@ -89,6 +89,14 @@ class Recommender(ABC):
     def fit(cls, data: Interactions, params: dict[str, Any], progress: Progress = no_progress) -> Recommender:
         """Trains on `data` with typed, validated `params` (see `registry.parse_params`)."""
 
+    def refit(self, data: Interactions, params: dict[str, Any], progress: Progress = no_progress) -> Recommender:
+        """The model fitted on `data`: the data this one was fitted on plus more, in the same index spaces.
+
+        train.py's final fit on everything after the hold-out fit. By default a fit from scratch;
+        an iterative recipe overrides it to start from this model (als: a few passes, not a full fit).
+        """
+        return type(self).fit(data, params, progress)
+
     @abstractmethod
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(len(users), n_items) float32 scores, higher is better.
