@@ -63,7 +63,7 @@ def database() -> str:
 @pytest.fixture
 def settings(tmp_path: Path, database: str, request: pytest.FixtureRequest) -> Settings:
     url = request.getfixturevalue("pg_url") if database == "postgres" else ""
-    return Settings(port=0, data_dir=tmp_path / "data", database_url=url, import_batch_rows=50)
+    return Settings(port=0, data_dir=tmp_path / "data", database_url=url)
 
 
 @pytest.fixture(scope="session")

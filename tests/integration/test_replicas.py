@@ -228,7 +228,7 @@ def test_a_starting_replica_leaves_another_replicas_running_import_alone(
 
     monkeypatch.setattr(BatchValidator, "convert", slowly)
     monkeypatch.setattr(importer, "BLOCK_BYTES", 2048)
-    first = create_server(Settings(port=0, data_dir=tmp_path / "a", database_url=pg_url, import_batch_rows=50))
+    first = create_server(Settings(port=0, data_dir=tmp_path / "a", database_url=pg_url))
     first.start()
     try:
         stubs = stubs_of(Client(f"127.0.0.1:{first.port}", timeout=30), first)

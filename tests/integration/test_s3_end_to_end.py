@@ -34,7 +34,6 @@ def settings(tmp_path: Path, pg_url: str, endpoint: str, bucket: str) -> Setting
         port=0,
         data_dir=tmp_path / "data",
         database_url=pg_url,
-        import_batch_rows=500,
         artifact_uri=f"s3://{bucket}/foretell/",
         s3_endpoint_url=endpoint,
         s3_region="us-east-1",

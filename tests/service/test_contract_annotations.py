@@ -302,7 +302,7 @@ def _run_every_long_running_rpc(stubs: Stubs, tmp: Path) -> Ran:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
     tmp = tmp_path_factory.mktemp("operation-info")
     settings = Settings(
-        port=0, data_dir=tmp / "data", import_batch_rows=500, training_workers=1, import_roots=[tmp], export_roots=[tmp]
+        port=0, data_dir=tmp / "data", training_workers=1, import_roots=[tmp], export_roots=[tmp]
     )
     stubs = start_stubs(settings)
     try:

@@ -176,7 +176,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
     # tmp is the one file root (the caller's area: auth is off); it also holds the server's data directory,
     # which file_roots must keep out of reach.
     settings = Settings(
-        port=0, data_dir=tmp / "data", import_batch_rows=500, training_workers=1, import_roots=[tmp], export_roots=[tmp]
+        port=0, data_dir=tmp / "data", training_workers=1, import_roots=[tmp], export_roots=[tmp]
     )
     stubs = start_stubs(settings)
     try:

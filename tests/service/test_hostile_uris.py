@@ -403,7 +403,7 @@ def test_forecast_export_and_batch_inference_write_new_files_in_the_area(world: 
 
 def test_with_auth_off_a_root_holding_the_data_dir_still_keeps_the_servers_files_out(tmp_path: Path) -> None:
     from foretell.core.errors import InvalidArgument
-    from foretell.core.file_roots import FileRoots, Place
+    from foretell.core.file_roots import FileRoots
 
     data = tmp_path / "data"
     (data / "artifacts" / "snapshots" / "g" / "s1").mkdir(parents=True)
@@ -418,9 +418,8 @@ def test_with_auth_off_a_root_holding_the_data_dir_still_keeps_the_servers_files
     for uri in (str(snapshot), "data/artifacts/snapshots/g/s1/interactions.csv"):
         with pytest.raises(InvalidArgument):
             roots.source(uri, "import_job.source_uri")
-    # The snapshot area takes new files (training's own exports), never a replacement.
-    with pytest.raises(InvalidArgument, match="already exists"):
-        roots.destination(str(snapshot), "destination_uri", snapshots=True)
-    fresh = roots.destination(str(snapshot.with_name("items.csv")), "destination_uri", snapshots=True)
-    assert isinstance(fresh, Place) and fresh.base == str((data / "artifacts" / "snapshots").resolve())
+    # Snapshots are the training service's lists of Parquet parts now: nobody exports into the artifact area.
+    for uri in (str(snapshot.with_name("items.csv")), "data/artifacts/snapshots/g/s1/items.csv"):
+        with pytest.raises(InvalidArgument, match="server's own files"):
+            roots.destination(uri, "destination_uri")
     assert (data / "foretell.db").read_text() == CANARY and snapshot.read_text() == CANARY

@@ -27,7 +27,7 @@ ITEMS = 30
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(port=0, data_dir=tmp_path / "data", import_batch_rows=500, forecast_shard_series=10)
+    return Settings(port=0, data_dir=tmp_path / "data", forecast_shard_series=10)
 
 
 def _numbers(message: Any) -> list[float]:

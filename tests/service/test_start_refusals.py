@@ -98,7 +98,7 @@ def test_a_service_started_apart_on_the_directory_leaves_the_others_leases(
 
     monkeypatch.setattr(BatchValidator, "convert", slowly)
     monkeypatch.setattr(importer, "BLOCK_BYTES", 2048)
-    settings = Settings(port=0, data_dir=tmp_path / "data", import_batch_rows=50, lease_seconds=1.0)
+    settings = Settings(port=0, data_dir=tmp_path / "data", lease_seconds=1.0)
     dataset = create_server(settings, ["dataset"])
     dataset.start()
     training = None

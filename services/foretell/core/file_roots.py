@@ -2,9 +2,8 @@
 
 The operator names roots (FORETELL_IMPORT_ROOTS, FORETELL_EXPORT_ROOTS: directories or s3://bucket/prefix).
 Each tenant's area is ROOT/<tenant> (with authentication off, the root itself); a URI is a path relative
-to the caller's first area, or a file:// path / s3:// key under one of its areas. The internal principal (the
-training service's snapshots) writes into artifacts/snapshots only; no tenant reaches the artifact area, the
-database or the key files, whatever the roots are.
+to the caller's first area, or a file:// path / s3:// key under one of its areas. The internal principal has no
+area; no tenant reaches the artifact area, the database or the key files, whatever the roots are.
 
 Local files are never opened by path: `Place` walks from the area's root one component at a time with
 O_NOFOLLOW (a symlink anywhere below the root is refused, and checks cannot be raced by swapping one in), reads
@@ -32,7 +31,6 @@ from foretell.core.errors import InvalidArgument, invalid
 from foretell.core.settings import Settings
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-SNAPSHOTS = "snapshots"
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Place:
         """A descriptor of the directory holding the file, reached without following any link below `base`."""
         try:
             fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:  # an area's root not made yet (the snapshot area before the first snapshot)
+        except FileNotFoundError:  # an area's root not made yet
             raise self._refuse("names a directory that does not exist in your file area") from None
         try:
             for name in self.parts[:-1]:
@@ -179,7 +177,6 @@ class FileRoots:
 
     def __init__(self, settings: Settings) -> None:
         artifacts = settings.artifacts.resolve()
-        self._snapshots = artifacts / SNAPSHOTS
         # What no tenant may touch even when a root holds it (a root of data_dir with authentication off).
         self._server_files = [artifacts]
         for file in (
@@ -231,7 +228,7 @@ class FileRoots:
             return auth.INTERNAL_PRINCIPAL
         return principal.tenant  # a plain path segment (core/tenancy.PATTERN)
 
-    def _areas(self, roots: list[str | Path], tenant: str | None, snapshots: bool) -> tuple[list[_Area], list[str]]:
+    def _areas(self, roots: list[str | Path], tenant: str | None) -> tuple[list[_Area], list[str]]:
         local: list[_Area] = []
         buckets: list[str] = []
         internal = tenant == auth.INTERNAL_PRINCIPAL
@@ -243,24 +240,20 @@ class FileRoots:
             parts = (tenant,) if tenant else ()
             shown = dict.fromkeys([root.joinpath(*parts), real.joinpath(*parts)])
             local.append(_Area(real, parts, tuple(shown)))
-        if snapshots and (internal or tenant is None):
-            # The training service snapshots a group through ExportDataset, into its own directory. With
-            # authentication off its calls cannot be told apart, so there a caller may add new files there too.
-            local.append(_Area(self._snapshots, (), (self._snapshots,)))
         return local, buckets
 
     # ---- resolving ------------------------------------------------------------------------------------
 
     def source(self, uri: str, field: str) -> Place | str:
         """Where an import or batch input may be read: a local Place (checked readable) or an s3:// key."""
-        place, _ = self._resolve(uri, field, self._import, snapshots=False)
+        place, _ = self._resolve(uri, field, self._import)
         if isinstance(place, Place):
             place.check_readable()
         return place
 
-    def destination(self, uri: str, field: str, snapshots: bool = False) -> Place | str:
+    def destination(self, uri: str, field: str) -> Place | str:
         """Where an export or batch output may be written: a new local file (checked free) or an s3:// key."""
-        place, area = self._resolve(uri, field, self._export, snapshots)
+        place, area = self._resolve(uri, field, self._export)
         if isinstance(place, Place):
             if area is not None and area.parts:
                 # The tenant's own directory is the server's to make; deeper ones are the tenant's.
@@ -268,14 +261,12 @@ class FileRoots:
             place.check_writable()
         return place
 
-    def _resolve(
-        self, uri: str, field: str, roots: list[str | Path], snapshots: bool
-    ) -> tuple[Place | str, _Area | None]:
+    def _resolve(self, uri: str, field: str, roots: list[str | Path]) -> tuple[Place | str, _Area | None]:
         if not uri:
             raise invalid(field, "is required")
         if "\x00" in uri:
             raise invalid(field, "must not contain a NUL character")
-        local, buckets = self._areas(roots, self._tenant(), snapshots)
+        local, buckets = self._areas(roots, self._tenant())
         if is_s3(uri):
             bucket, key = parse_s3(uri, field)
             found = f"s3://{bucket}/{key}"
@@ -297,14 +288,12 @@ class FileRoots:
         if raw.endswith("/"):
             raise invalid(field, "names a directory; name a file")
         place, area = _place(Path(os.path.normpath(raw)) if raw.startswith("/") else None, segments, local, field)
-        if self._is_server_file(Path(place.base, *place.parts), area):
+        if self._is_server_file(Path(place.base, *place.parts)):
             raise invalid(field, "is one of the server's own files")
         return place, area
 
-    def _is_server_file(self, target: Path, area: _Area) -> bool:
+    def _is_server_file(self, target: Path) -> bool:
         for own in self._server_files:
-            if own == self._server_files[0] and area.base == self._snapshots:
-                continue  # the snapshot area is inside the artifact directory on purpose
             # foretell.db-wal, -shm and -journal go with the database file.
             if target.is_relative_to(own) or (target.parent == own.parent and target.name.startswith(f"{own.name}-")):
                 return True
@@ -317,7 +306,7 @@ def _place(absolute: Path | None, segments: list[str], areas: list[_Area], field
         if not relative:
             raise invalid(field, "names no file")
         return Place(str(areas[0].base), (*areas[0].parts, *relative), field), areas[0]
-    # The deepest area that holds the path: the snapshot area may lie inside a root that holds the data dir.
+    # The deepest area that holds the path (roots may nest).
     spellings = sorted(((shown, area) for area in areas for shown in area.shown), key=lambda s: -len(s[0].parts))
     for shown, area in spellings:
         if absolute.is_relative_to(shown) and absolute != shown:

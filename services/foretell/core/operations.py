@@ -22,7 +22,7 @@ from sqlalchemy import Boolean, Column, DateTime, Engine, LargeBinary, MetaData,
 
 from foretell.core import auth, pagination, tenancy
 from foretell.core.db import transaction
-from foretell.core.errors import PermissionDenied, absent, invalid
+from foretell.core.errors import absent, invalid
 from foretell.core.resources import Page, in_groups
 from foretell.v1 import common_pb2
 
@@ -234,11 +234,6 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     def _authorized(self, name: str) -> str:
         """The checked operation name, once the caller may access the resource it works on."""
         name = _op_name(name)
-        if auth.is_internal() and self._store.metadata(name).verb != "export":
-            # Peers follow only the snapshot exports they started (core/internal_calls.py).
-            raise PermissionDenied(
-                "the internal key may follow only dataset export operations", metadata={"principal": "internal"}
-            )
         if auth.current() is None:
             return name  # auth off: one tenant, every group; no read needed (operations are polled)
         # Tenant and group are stored with the operation, so no peer needs asking; group "" (an operation whose

@@ -54,7 +54,6 @@ class Settings(BaseSettings):
     # Imports waiting for one of those threads (each holds its spooled upload on disk); beyond this,
     # new imports get RESOURCE_EXHAUSTED.
     max_queued_imports: int = Field(default=32, ge=1)
-    import_batch_rows: int = Field(default=5000, ge=1)
     # Largest streamed upload accepted by ImportData.
     max_upload_bytes: int = Field(default=10 * 1024**3, ge=1)
     # Bad rows reported before an import stops reading.

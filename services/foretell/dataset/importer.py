@@ -114,9 +114,8 @@ class Importer:
     Memory stays flat: one block in flight, whatever the file size. If any row is bad (or the job is
     cancelled) the new parts are deleted and the dataset is untouched."""
 
-    def __init__(self, store: DatasetStore, batch_rows: int, max_violations: int) -> None:
+    def __init__(self, store: DatasetStore, max_violations: int) -> None:
         self._store = store
-        self._batch_rows = batch_rows
         self._max_violations = max_violations
 
     def run(

@@ -36,7 +36,6 @@ class DatasetJobs:
         store: DatasetStore,
         operations: OperationStore,
         workers: int,
-        batch_rows: int,
         max_violations: int,
         leases: Leases,
         max_queued_imports: int = 32,
@@ -44,7 +43,7 @@ class DatasetJobs:
         self._store = store
         self._ops = operations
         self._leases = leases
-        self._importer = Importer(store, batch_rows, max_violations)
+        self._importer = Importer(store, max_violations)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dataset-job")
         # Imports accepted but not started: each holds its upload on disk, so their number is bounded.
         self._max_queued = max_queued_imports

@@ -57,7 +57,6 @@ def add_dataset_service(
         store,
         operations,
         settings.import_workers,
-        settings.import_batch_rows,
         settings.max_reported_violations,
         leases,
         settings.max_queued_imports,

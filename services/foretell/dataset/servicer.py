@@ -357,13 +357,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def _destination(self, request: api.ExportDatasetRequest, dataset: Row[Any], job_id: str) -> Place:
         if not request.destination_uri:
-            if auth.is_internal():
-                # A peer exports only snapshots, into the snapshot area it names (core/internal_calls.py).
-                raise invalid("destination_uri", "is required for an export by a Foretell service")
             parts = (dataset.name.replace("/", "_"), f"{job_id}.csv")
             return Place.server_chosen(self._exports, parts, "destination_uri")
-        # snapshots: the training service's own snapshot exports (internal principal) land in its directory.
-        place = self._files.destination(request.destination_uri, "destination_uri", snapshots=True)
+        place = self._files.destination(request.destination_uri, "destination_uri")
         if not isinstance(place, Place):
             raise invalid("destination_uri", "dataset exports write files only; name a path in your file area")
         return place
