@@ -118,19 +118,24 @@ class BatchValidator:
         self, column: _Column, text: pa.Array, first_row: int
     ) -> tuple[pa.Array, list[tuple[int, FieldViolation]]]:
         f = column.field
-        empty = pc.fill_null(pc.equal(text, ""), True)
+        # Empty cells by the offsets (a zero-length cell), without comparing any text.
+        empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True)
+        any_empty = pc.any(empty).as_py()
         problems: list[tuple[int, FieldViolation]] = []
-        if not f.nullable and pc.any(empty).as_py():
+        if not f.nullable and any_empty:
             for i in np.flatnonzero(empty.to_numpy(zero_copy_only=False)):
                 problems.append(
                     (first_row + int(i), FieldViolation(f"rows[{first_row + int(i)}].{f.name}", "is required"))
                 )
         present = pc.invert(empty)
         values, doubtful = _fast(column.kind, text, present)
-        doubtful = pc.and_(doubtful, present)
+        if any_empty:
+            doubtful = pc.and_(doubtful, present)
         if pc.any(doubtful).as_py():
             values, slow = self._slow(column, text, values, doubtful, first_row)
             problems += slow
+        if not any_empty:
+            return values, problems  # no cell to turn into null: no copy of the column
         return pc.if_else(present, values, pa.scalar(None, values.type)), problems
 
     def _slow(
@@ -189,7 +194,7 @@ def _fast(kind: str, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Ar
 def _cast(text: pa.Array, present: pa.Array, target: pa.DataType, pattern: str) -> tuple[pa.Array, pa.Array]:
     """(values, ok): Arrow's own cast of the whole column when every cell parses (the common case, one pass);
     else the cells matching `pattern` cast and the rest marked not ok."""
-    filled = pc.if_else(present, text, "0")
+    filled = text if pc.all(present).as_py() else pc.if_else(present, text, "0")
     try:
         return pc.cast(filled, target), pc.fill_null(present, True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

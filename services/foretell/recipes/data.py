@@ -52,15 +52,26 @@ def parse_times(cells: pd.Series) -> np.ndarray:
     return seconds
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values as str, int32 index of each value): hash-based, fast on 1M strings."""
-    codes, uniques = pd.factorize(pd.Series(values, dtype=object).astype(str), sort=True)
-    return np.asarray(uniques, dtype=object), codes.astype(np.int32)
+def _codes(values: Any, extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values as str, int32 index of each value of `values` then of `extra`).
+
+    A pandas Categorical (ids read from Parquet, dictionary-encoded by Arrow) is coded from its categories:
+    its millions of cells never become Python strings. Anything else is hashed: fast on 1M strings."""
+    extra = np.asarray([] if extra is None else extra, dtype=object)
+    if isinstance(values, pd.Categorical):
+        categories = np.asarray(values.categories.astype(str), dtype=object)
+        uniques = np.unique(np.concatenate([categories, extra.astype(str)]))
+        at = np.searchsorted(uniques, categories)
+        codes = np.concatenate([at[values.codes], np.searchsorted(uniques, extra.astype(str))])
+        return uniques.astype(object), codes.astype(np.int32)
+    every = np.concatenate([np.asarray(values, dtype=object), extra])
+    found, uniques = pd.factorize(pd.Series(every, dtype=object).astype(str), sort=True)
+    return np.asarray(uniques, dtype=object), found.astype(np.int32)
 
 
 def from_arrays(
-    users: Sequence[Any] | np.ndarray,
-    items: Sequence[Any] | np.ndarray,
+    users: Sequence[Any] | np.ndarray | pd.Categorical,
+    items: Sequence[Any] | np.ndarray | pd.Categorical,
     timestamps: Sequence[float] | np.ndarray | None = None,
     *,
     event_types: Sequence[str] | np.ndarray | None = None,
@@ -83,8 +94,10 @@ def from_arrays(
         raise ValueError("timestamps must not be missing")
     order = np.argsort(times, kind="stable")
     catalog_raw = np.asarray([] if catalog is None else catalog, dtype=object)
-    user_ids, user_codes = _codes(np.asarray(users, dtype=object))
-    item_ids, item_codes = _codes(np.concatenate([np.asarray(items, dtype=object), catalog_raw]))
+    user_ids, user_codes = _codes(users if isinstance(users, pd.Categorical) else np.asarray(users, dtype=object))
+    item_ids, item_codes = _codes(
+        items if isinstance(items, pd.Categorical) else np.asarray(items, dtype=object), catalog_raw
+    )
     if event_types is None:
         names: tuple[str, ...] = ("",)
         kinds = np.zeros(n, dtype=np.int16)
@@ -145,9 +158,13 @@ def from_frame(df: pd.DataFrame, items_df: pd.DataFrame | None = None) -> Intera
         }
         if "CREATION_TIMESTAMP" in items_df.columns:
             created = parse_times(items_df["CREATION_TIMESTAMP"])
+    users, items = (
+        df[c].array if isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].to_numpy(dtype=object)
+        for c in ("USER_ID", "ITEM_ID")
+    )
     return from_arrays(
-        df["USER_ID"].to_numpy(dtype=object),
-        df["ITEM_ID"].to_numpy(dtype=object),
+        users,
+        items,
         times,
         event_types=event_types,
         values=values,
@@ -180,6 +197,9 @@ def _snapshot_frame(directory: Path, name: str, columns: Sequence[str] | None = 
             texts[field.name] = column  # numbers: epoch seconds, values
         elif pa.types.is_boolean(field.type):
             texts[field.name] = pc.if_else(column, "true", "false")  # as the CSV export writes them
+        elif field.name in ("USER_ID", "ITEM_ID") and name == "interactions":
+            # Categorical in pandas: ids are coded from their distinct values (`_codes`), not cell by cell.
+            texts[field.name] = pc.dictionary_encode(column)
         else:
             texts[field.name] = pc.cast(column, pa.string())
     return pa.table(texts).to_pandas()
