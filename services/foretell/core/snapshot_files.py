@@ -44,30 +44,18 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def part_uris(directory: Path, name: str) -> list[str] | None:
-    """The Parquet files of dataset `name` ("interactions", "target_time_series"...) in the snapshot, or None."""
-    manifest = _manifest(directory)
-    entry = None if manifest is None else manifest["datasets"].get(name)
-    return None if entry is None else list(entry["part_uris"])
-
-
-def _open(directory: Path, uri: str) -> Any:
-    store = (_manifest(directory) or {}).get("store", {})
-    fs, path = filesystem(uri, store.get("s3_endpoint_url", ""), store.get("s3_region", ""))
-    return fs.open_input_file(path)
-
-
 def read_table(directory: Path, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
     """Dataset `name` of the snapshot as one Arrow table (only `columns` that exist, when given), or None."""
-    uris = part_uris(directory, name)
-    if uris is None:
+    manifest = _manifest(directory)
+    entry = None if manifest is None else manifest["datasets"].get(name)
+    if entry is None or not entry["part_uris"]:
         return None
+    store = manifest.get("store", {}) if manifest else {}
     tables = []
-    for uri in uris:
-        with _open(directory, uri) as f:
+    for uri in entry["part_uris"]:
+        fs, path = filesystem(uri, store.get("s3_endpoint_url", ""), store.get("s3_region", ""))
+        with fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f)
             wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
             tables.append(parquet.read(columns=wanted))
-    if not tables:
-        return None
     return pa.concat_tables(tables, promote_options="default")

@@ -71,6 +71,7 @@ dataset_marks = Table(
 
 
 def row_key(name: str) -> str:
+    """How the row tables and the manifest spell a dataset or import job name of the current tenant."""
     return tenancy.prefix() + name
 
 
@@ -203,6 +204,9 @@ class PartWriter:
                 self._sink.close()
             self.written.append((self._uri, 0, 0))
             self._writer = None
+        if self._spool:  # an S3-bound part never uploaded: its local file goes too
+            os.unlink(self._spool)
+            self._spool = ""
         for uri, _, _ in self.written:
             self._files.delete(uri)
         self.written = []

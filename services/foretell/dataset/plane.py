@@ -89,21 +89,12 @@ class DataPlane:
 
     def tail_bounds(self, dataset_name: str, mapper: RowMapper) -> tuple[int, int]:
         """(mark, last id) of the SQL tail: its rows have mark < id <= last."""
-        table = tail_table(mapper)
-        mark = self.catalog.mark(dataset_name)
-        if table is None:
-            return mark, mark
         with self.engine.connect() as conn:
-            last = conn.execute(
-                select(func.max(table.c.id)).where(
-                    table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None)
-                )
-            ).scalar()
-        return mark, max(mark, int(last or 0))
+            return self.catalog.mark(dataset_name, conn), self._last_tail_id(conn, dataset_name, mapper)
 
     def tail(self, dataset_name: str, mapper: RowMapper, after: int, through: int) -> Iterator[pa.Table]:
         table = tail_table(mapper)
-        if table is None or through <= after:
+        if through <= after:
             return
         last = after
         while True:
@@ -235,6 +226,7 @@ class DataPlane:
         raise Conflict(f"{dataset_name} kept changing while the import was merged into it")
 
     def _last_tail_id(self, conn: Any, dataset_name: str, mapper: RowMapper) -> int:
+        """The id of the dataset's newest SQL row, or its mark when the parts already hold every such row."""
         table = tail_table(mapper)
         last = conn.execute(
             select(func.max(table.c.id)).where(table.c.dataset == row_key(dataset_name), table.c.import_job.is_(None))

@@ -39,12 +39,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from foretell.core import tenancy
 from foretell.core.db import transaction
 from foretell.core.errors import AlreadyExists, FailedPrecondition
 from foretell.core.resources import Page, get_row, in_groups, insert_row, name_column, now, page_rows, tenant_key, times
 from foretell.core.tenancy import mine
-from foretell.dataset.parts import PartCatalog, PartFiles
+from foretell.dataset.parts import PartCatalog, PartFiles, row_key
 from foretell.dataset.rows import RowMapper
 from foretell.dataset.schema_rules import Field
 
@@ -163,11 +162,6 @@ series = Table(
     Index("ix_series_dataset_job_item_ts", "dataset", "import_job", "item_id", "ts"),
 )
 ROW_TABLES = {"interactions": interactions, "entities": entities, "series": series}
-
-
-def row_key(name: str) -> str:
-    """How the row tables spell a dataset or import job name of the current tenant."""
-    return tenancy.prefix() + name
 
 
 def dims_key(dimensions: dict[str, str] | None) -> str:
