@@ -23,7 +23,7 @@ from foretell.recipes.data import (
     subset,
     user_item_matrix,
 )
-from foretell.recipes.evaluation import evaluate, temporal_holdout
+from foretell.recipes.evaluation import _top_k, evaluate, temporal_holdout
 from foretell.recipes.hpo import CategoricalRange, ContinuousRange, IntegerRange, default_space, search
 from foretell.recipes.registry import ParamError, parse_params, recipe_class
 from foretell.recipes.train import HpoSpec, train_solution
@@ -201,6 +201,17 @@ def test_mrr_counts_ties_at_their_expected_rank() -> None:
     train, holdout = subset(data, np.array([True, False])), {0: np.array([1])}
     # Item 1 ties with items 2 and 3 after the masked item 0: expected rank 2 of 3.
     assert evaluate(Fixed(np.array([[5.0, 1.0, 1.0, 1.0]])), train, holdout)["mrr"] == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_k_is_the_full_sort_with_ties_by_index(seed: int) -> None:
+    # Rounded scores tie often; -inf (masked items) can fill a row's top k; k may exceed the catalogue.
+    rng = np.random.default_rng(seed)
+    rows, n, k = int(rng.integers(1, 20)), int(rng.integers(1, 300)), int(rng.integers(1, 40))
+    scores = np.round(rng.standard_normal((rows, n)), int(rng.integers(0, 3))).astype(np.float32)
+    scores[rng.random((rows, n)) < rng.random()] = -np.inf
+    expected = [np.lexsort((np.arange(n), -row))[: min(k, n)] for row in scores]
+    np.testing.assert_array_equal(_top_k(scores, k), np.array(expected))
 
 
 def test_full_ranking_masks_training_items(split: tuple[Interactions, Interactions, dict[int, np.ndarray]]) -> None:

@@ -55,15 +55,18 @@ def parse_times(cells: pd.Series) -> np.ndarray:
 def _codes(values: Any, extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct values as str, int32 index of each value of `values` then of `extra`).
 
-    A pandas Categorical (ids read from Parquet, dictionary-encoded by Arrow) is coded from its categories:
-    its millions of cells never become Python strings. Anything else is hashed: fast on 1M strings."""
+    A pandas Categorical (ids read from Parquet, dictionary-encoded by Arrow) is coded from its categories
+    with Arrow's hash lookup: its millions of cells never become Python strings (numpy's object sort and
+    searchsorted took 2.5 s per 5M-row column). Anything else is hashed: fast on 1M strings."""
     extra = np.asarray([] if extra is None else extra, dtype=object)
     if isinstance(values, pd.Categorical):
-        categories = np.asarray(values.categories.astype(str), dtype=object)
-        uniques = np.unique(np.concatenate([categories, extra.astype(str)]))
-        at = np.searchsorted(uniques, categories)
-        codes = np.concatenate([at[values.codes], np.searchsorted(uniques, extra.astype(str))])
-        return uniques.astype(object), codes.astype(np.int32)
+        categories = pa.array(np.asarray(values.categories, dtype=object), pa.string())
+        every = pa.concat_arrays([categories, pa.array(extra.astype(str), pa.string())])
+        uniques = pc.unique(every)
+        uniques = uniques.take(pc.sort_indices(uniques))  # UTF-8 byte order = code point order, as sorted()
+        codes = pc.index_in(every, value_set=uniques).to_numpy()
+        n = len(categories)
+        return uniques.to_numpy(zero_copy_only=False), np.concatenate([codes[:n][values.codes], codes[n:]])
     every = np.concatenate([np.asarray(values, dtype=object), extra])
     found, uniques = pd.factorize(pd.Series(every, dtype=object).astype(str), sort=True)
     return np.asarray(uniques, dtype=object), found.astype(np.int32)
@@ -228,6 +231,18 @@ def load_snapshot(directory: Path, event_type: str = "") -> Interactions:
     return from_frame(df, items_df)
 
 
+def by_user(data: Interactions) -> np.ndarray:
+    """Indices that sort the interactions by user, keeping their time order within each user.
+
+    The same as np.argsort(data.users, kind="stable"), 5x faster: unique int64 keys (user, position)
+    take numpy's vectorised sort instead of its stable merge sort (0.13 s against 0.7 s at 5M)."""
+    n = len(data.users)
+    keys = data.users.astype(np.int64) * max(n, 1) + np.arange(n, dtype=np.int64)
+    keys.sort()
+    keys %= max(n, 1)
+    return keys
+
+
 def subset(data: Interactions, mask: np.ndarray) -> Interactions:
     """The interactions where `mask` is True, in the same user and item index spaces."""
     return Interactions(
@@ -246,7 +261,7 @@ def subset(data: Interactions, mask: np.ndarray) -> Interactions:
 
 def histories(data: Interactions) -> list[np.ndarray]:
     """Item indices of each user (all `n_users`, possibly empty) in time order."""
-    order = np.argsort(data.users, kind="stable")  # stable: keeps the time order inside a user
+    order = by_user(data)
     counts = np.bincount(data.users, minlength=data.n_users)
     return np.split(data.items[order].astype(np.int32), np.cumsum(counts)[:-1])
 
@@ -294,7 +309,7 @@ def recency_weights(data: Interactions, half_life: float) -> np.ndarray:
     if half_life <= 0:
         return np.ones(len(data.users), dtype=np.float32)
     counts = np.bincount(data.users, minlength=data.n_users)
-    order = np.argsort(data.users, kind="stable")
+    order = by_user(data)
     ends = np.cumsum(counts)[data.users[order]]
     age = np.empty(len(order), dtype=np.float64)
     age[order] = ends - 1 - np.arange(len(order))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress
+from foretell.recipes.data import by_user
 from foretell.recipes.registry import ParamError
 from foretell.training import distributed
 
@@ -144,7 +145,7 @@ class _Net(nn.Module):
 
 def _user_sequences(data: Interactions) -> list[np.ndarray]:
     """Each user's item indices in time order (data is sorted by time; a stable sort keeps it)."""
-    order = np.argsort(data.users, kind="stable")
+    order = by_user(data)
     counts = np.bincount(data.users, minlength=data.n_users)
     return np.split(data.items[order].astype(np.int64), np.cumsum(counts)[:-1])
 
