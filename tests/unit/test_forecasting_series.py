@@ -526,3 +526,130 @@ def test_plot_forecast_writes_a_png(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="upper needs one value per forecast step"):
         plot_forecast(tmp_path / "bad.png", history_ts, history, forecast_ts, mean, mean, mean[:3])
     assert not (tmp_path / "bad.png").exists()
+
+
+# ---- one shard's series from Parquet parts ------------------------------------------------------
+
+
+def _parquet_snapshot(directory: Path, seed: int = 0) -> int:
+    """Target (two part files, small row groups) and related Parquet parts as a snapshot manifest lists them;
+    returns the target's row count. Items with two stores, a missing store, gaps, late starts, early ends,
+    and related rows that start before any target row."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from foretell.core.snapshot_files import MANIFEST
+
+    rng = np.random.default_rng(seed)
+    t0 = 1_700_006_400 + 3 * 86_400  # not a Monday: weekly buckets keep the first timestamp's weekday
+    rows: list[tuple[str, str | None, int, float]] = []
+    for i in range(14):
+        stores: list[str | None] = ["a", "b"] if i % 3 == 0 else [None] if i == 5 else ["a"]
+        for store in stores:
+            # The last items start late and end early: a shard of only those still needs the whole set's grid.
+            first, last = (20 if i >= 11 or i % 4 == 1 else 0), (60 if i >= 11 or i % 5 == 2 else 90)
+            for d in range(first, last):
+                if rng.random() < 0.85:  # gaps
+                    rows.append((f"item{i:02d}", store, t0 + d * 86_400 + int(rng.integers(0, 3600)), float(d % 7 + i)))
+    order = rng.permutation(len(rows))
+    table = pa.table(
+        {
+            "ITEM_ID": pa.array([rows[k][0] for k in order], pa.string()),
+            "store": pa.array([rows[k][1] for k in order], pa.string()),
+            "TIMESTAMP": pa.array([rows[k][2] for k in order], pa.int64()),
+            "TARGET_VALUE": pa.array([rows[k][3] for k in order], pa.float64()),
+        }
+    )
+    half = len(table) // 2
+    parts = [directory / "t0.parquet", directory / "t1.parquet"]
+    pq.write_table(table.slice(0, half), parts[0], row_group_size=97)
+    pq.write_table(table.slice(half), parts[1], row_group_size=97)
+    priced = range(8)  # the other items have no related rows
+    related = pa.table(
+        {
+            "ITEM_ID": pa.array([f"item{i:02d}" for i in priced for _ in range(0, 100, 3)], pa.string()),
+            "TIMESTAMP": pa.array([t0 + (d - 10) * 86_400 for _ in priced for d in range(0, 100, 3)], pa.int64()),
+            "price": pa.array([float(i + d / 10) for i in priced for d in range(0, 100, 3)], pa.float64()),
+        }
+    )
+    pq.write_table(related, directory / "r.parquet", row_group_size=50)
+    datasets = {
+        "target_time_series": {"part_uris": [str(p) for p in parts], "row_count": len(table)},
+        "related_time_series": {"part_uris": [str(directory / "r.parquet")], "row_count": len(related)},
+    }
+    (directory / MANIFEST).write_text(json.dumps({"store": {}, "datasets": datasets}))
+    return len(table)
+
+
+@pytest.mark.parametrize("frequency", ["D", "W"])
+def test_each_shard_reads_its_own_rows_and_builds_the_whole_sets_series(
+    tmp_path: Path, frequency: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foretell.core import snapshot_files
+    from foretell.forecasting.predictor import name_key
+    from foretell.forecasting.series import load_shard
+    from foretell.training.shards import partition
+
+    total_rows = _parquet_snapshot(tmp_path)
+    policies = [FillPolicy("TARGET_VALUE", "previous"), FillPolicy("price", "previous")]
+    freq = Frequency.parse(frequency)
+    whole = load_snapshot(tmp_path, freq, 3, ["store"], policies)
+    assert len(whole) == 19 and "" in {d["store"] for d in whole.dimensions}
+    read: list[int] = []
+    real_read = snapshot_files.read_table
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        table = real_read(*args, **kwargs)
+        if args[1] == "target_time_series" and table is not None:
+            read.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(snapshot_files, "read_table", counting)
+    for n in (1, 2, 3, 5):
+        seen: list[int] = []
+        read.clear()
+        for index in range(n):
+            shard = load_shard(
+                tmp_path,
+                freq,
+                3,
+                ["store"],
+                policies,
+                lambda names, n=n, index=index: partition([name_key(*name) for name in names], n, index),
+            )
+            assert shard.total == len(whole) and shard.longest == max(len(t) for t in whole.targets)
+            assert shard.series.end == whole.end and len(shard.series) == len(shard.positions)
+            for local, position in enumerate(shard.positions):
+                assert shard.series.item_ids[local] == whole.item_ids[position]
+                assert shard.series.dimensions[local] == whole.dimensions[position]
+                assert shard.series.starts[local] == whole.starts[position]
+                np.testing.assert_array_equal(shard.series.targets[local], whole.targets[position])
+                assert shard.series.related is not None and whole.related is not None
+                np.testing.assert_array_equal(shard.series.related[local], whole.related[position])
+            seen += shard.positions
+        assert sorted(seen) == list(range(len(whole)))
+        # Each shard read its items' rows only (an item whose stores straddle two shards is read by both).
+        assert len(read) == n and (n == 1 or max(read) < total_rows) and sum(read) < total_rows + total_rows // 3
+
+
+def test_a_bad_row_in_a_shard_is_named_as_the_whole_set_names_it(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from foretell.core import snapshot_files
+    from foretell.forecasting.series import load_shard
+
+    _parquet_snapshot(tmp_path)
+    part = tmp_path / "t1.parquet"
+    table = pq.read_table(part)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), part)  # a repeated (item, store, time)
+    with pytest.raises(SeriesError) as whole:
+        load_snapshot(tmp_path, DAY, 3, ["store"])
+    item = str(whole.value).split("'")[1]
+    names = [n for n in snapshot_files.distinct(tmp_path, "target_time_series", ["ITEM_ID"]).column(0).to_pylist()]
+    assert item in names
+    with pytest.raises(SeriesError) as shard:
+        load_shard(tmp_path, DAY, 3, ["store"], [], lambda found: [i for i, n in enumerate(found) if n[0] == item])
+    assert str(shard.value) == str(whole.value) and shard.value.field == "TIMESTAMP"

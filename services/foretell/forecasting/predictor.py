@@ -345,21 +345,22 @@ def backtest_part(
     config: PredictorConfig,
     indices: Sequence[int] | None = None,
     progress: Progress = _no_progress,
+    longest: int | None = None,
 ) -> PredictorPart:
     """Backtests every candidate on the series at `indices` (default all) and chooses per series.
 
-    The history check is made on the whole set, so every shard of a predictor accepts or refuses it
-    alike. The deep model is global (one model over every series), so it is backtested only when
-    `indices` covers every series.
+    The history check is made on the whole set (`longest`: its longest series when `series` holds one
+    shard's series only), so every shard of a predictor accepts or refuses it alike. The deep model is
+    global (one model over every series), so it is backtested only when `indices` covers every series.
     """
     h, season = config.horizon, series.frequency.season_length
     lengths = [len(t) for t in series.targets]
-    check_history(lengths, config)
+    check_history(lengths if longest is None else [longest], config)
     covered = list(range(len(lengths))) if indices is None else sorted(indices)
     n_windows = config.backtest_windows
     statistical = [c for c in config.candidates if c != DEEP]
     has_deep = DEEP in config.candidates
-    if has_deep and len(covered) != len(lengths):
+    if has_deep and (len(covered) != len(lengths) or longest is not None):
         raise ValueError("the deep model is global: a predictor using it cannot be trained on part of the series")
     # cuts[w][i]: training points of series i in window w (0 = latest).
     cuts = [[length - config.offset - w * h for length in lengths] for w in range(n_windows)]
@@ -579,5 +580,9 @@ def _fallback_statistical(config: PredictorConfig) -> list[str]:
 
 
 def series_key(series: SeriesSet, i: int) -> tuple[str, str]:
-    dims = series.dimensions[i]
-    return series.item_ids[i], "&".join(f"{k}={dims[k]}" for k in sorted(dims))
+    return name_key(series.item_ids[i], series.dimensions[i])
+
+
+def name_key(item_id: str, dims: dict[str, str]) -> tuple[str, str]:
+    """A series' key in artifacts: its item and its dimension values as "name=value&..." (names sorted)."""
+    return item_id, "&".join(f"{k}={dims[k]}" for k in sorted(dims))

@@ -50,13 +50,15 @@ Vectorised throughout: rows are grouped by factorised keys, aggregated with one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from foretell.core import snapshot_files
 from foretell.forecasting.frequency import Frequency, iso
@@ -95,6 +97,16 @@ class SeriesError(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True)
+class TimeBounds:
+    """The earliest and latest target TIMESTAMP and the earliest related one (None: no related rows), in
+    epoch seconds: what fixes the grid's origin and the series' common end."""
+
+    target_min: int
+    target_max: int
+    related_min: int | None
+
+
 @dataclass
 class SeriesSet:
     frequency: Frequency
@@ -116,6 +128,19 @@ class SeriesSet:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def take(self, positions: Sequence[int]) -> SeriesSet:
+        """The series at `positions`, in that order; what is not per series stays as it is."""
+        at = list(positions)
+        return dataclasses.replace(
+            self,
+            item_ids=[self.item_ids[i] for i in at],
+            dimensions=[self.dimensions[i] for i in at],
+            starts=self.starts[at],
+            targets=[self.targets[i] for i in at],
+            related=None if self.related is None else [self.related[i] for i in at],
+            static=None if self.static is None else self.static[at],
+        )
 
     def timestamps(self, i: int) -> np.ndarray:
         """Grid timestamps of series i's target."""
@@ -140,13 +165,14 @@ class _Factor:
 def _factor(column: pd.Series, required: str = "") -> _Factor:
     """The column's factor; with `required` (a message prefix), a missing value is a SeriesError."""
     found, uniques = pd.factorize(column)  # a categorical column (load_snapshot reads ids so) is not rehashed
-    codes = np.array(found, dtype=np.int64)
+    codes = np.asarray(found, dtype=np.int64)
     texts = [str(u) for u in uniques]
     missing = codes < 0
     if missing.any():
         if required:
             row = int(np.argmax(missing))
             raise SeriesError(f"{required}: row {row + 1} has no {column.name}", str(column.name))
+        codes = codes.copy()  # never the column's own codes
         codes[missing] = len(texts)
         texts.append("")
     remap, ordered = pd.factorize(np.asarray(texts, dtype=object), sort=True)
@@ -403,8 +429,12 @@ def build_series(
     fill_policies: Sequence[FillPolicy] = (),
     related: pd.DataFrame | None = None,
     item_metadata: pd.DataFrame | None = None,
+    bounds: TimeBounds | None = None,
 ) -> SeriesSet:
     """The series of a dataset group (see the module docstring for the rules); SeriesError for bad data.
+
+    `bounds` (default: those of `target` and `related`) place a part of the rows on the grid of the whole
+    data set: `load_shard` builds one shard's series with the whole set's grid and end.
 
     `target` has ITEM_ID, TIMESTAMP (int64 epoch seconds, or ISO 8601 text), TARGET_VALUE (NaN =
     missing) and dimension columns (its non-numeric columns; numeric ones are ignored); `related`
@@ -422,7 +452,8 @@ def build_series(
     if not len(target):
         raise SeriesError(f"the {what} has no rows", TARGET)
     dims = _check_dimensions(target, dimensions)
-    target = target.reset_index(drop=True)
+    if not target.index.equals(pd.RangeIndex(len(target))):  # a copy of every column: only where needed
+        target = target.reset_index(drop=True)
     items = _factor(target["ITEM_ID"], what)
     ts = _times(target["TIMESTAMP"], items, what)
     values = _numbers(target[TARGET], items, what)
@@ -436,14 +467,19 @@ def build_series(
     n = len(rep)
 
     # The grid: weekly buckets keep the weekday of the first timestamp; steps count from `origin`.
-    anchor = int(_DAY.floor(np.asarray(ts.min())))
+    if bounds is None:
+        bounds = TimeBounds(int(ts.min()), int(ts.max()), None)
+    anchor = int(_DAY.floor(np.asarray(bounds.target_min)))
     floored = frequency.floor(ts, anchor)
     rel = _related_rows(related, dims, all_dims, anchor, frequency) if related is not None else None
-    origin = int(floored.min())
-    if rel is not None and len(rel.floored):
+    low, high = (int(x) for x in frequency.floor(np.array([bounds.target_min, bounds.target_max]), anchor))
+    origin = low
+    if bounds.related_min is not None:
+        origin = min(origin, int(frequency.floor(np.asarray(bounds.related_min), anchor)))
+    elif rel is not None and len(rel.floored):
         origin = min(origin, int(rel.floored.min()))
     steps = frequency.index(origin, floored)
-    end_step = int(steps.max())
+    end_step = int(frequency.index(origin, np.asarray(high)))
     rel_steps = frequency.index(origin, rel.floored) if rel is not None else np.zeros(0, dtype=np.int64)
     width = max(end_step + horizon, int(rel_steps.max()) if len(rel_steps) else 0) + 1
     policies = _policies(fill_policies, rel.fields if rel is not None else [])
@@ -623,21 +659,27 @@ def _read(path: Path, text: Sequence[str] | None, inferred: Sequence[str] = ()) 
 
 
 def _snapshot_frame(
-    directory: Path, name: str, text: Sequence[str] | None, inferred: Sequence[str] = ()
+    directory: Path,
+    name: str,
+    text: Sequence[str] | None,
+    inferred: Sequence[str] = (),
+    where: pc.Expression | None = None,
 ) -> pd.DataFrame | None:
     """Dataset `name` of a snapshot as `_read` gives a CSV: from its CSV, or typed from its Parquet files
-    (text columns categorical, booleans 1/0, times epoch seconds), or None when the snapshot lacks it."""
+    (text columns categorical, booleans 1/0, times epoch seconds), or None when the snapshot lacks it.
+    `where` keeps only some rows of Parquet files (a shard's)."""
     csv = directory / f"{name}.csv"
     if csv.exists():
         return _read(csv, text, inferred)
-    table = snapshot_files.read_table(directory, name)
+    table = snapshot_files.read_table(directory, name, where=where)
     if table is None:
         return None
     frame = {}
     for spec in table.schema:
         column = table.column(spec.name)
         if pa.types.is_string(spec.type) and (text is None or spec.name in text or spec.name == "ITEM_ID"):
-            frame[spec.name] = column.to_pandas().astype("category")
+            # Categorical straight from Arrow: the cells never become Python strings (73M of them at 100k series).
+            frame[spec.name] = pc.dictionary_encode(column).to_pandas()
         elif pa.types.is_boolean(spec.type):
             frame[spec.name] = column.cast(pa.float64()).to_pandas()
         else:
@@ -677,3 +719,114 @@ def load_snapshot(
     related = _snapshot_frame(directory, "related_time_series", keys)
     metadata = _snapshot_frame(directory, "item_metadata", None)
     return build_series(target, frequency, horizon, dimensions, fill_policies, related, metadata)
+
+
+# ---------------------------------------------------------------- one shard's series
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's part of a snapshot's series (`load_shard`)."""
+
+    series: SeriesSet  # the shard's series only, in the whole set's order
+    positions: list[int]  # each one's position in the whole set
+    total: int  # series in the whole set
+    longest: int  # steps of the whole set's longest series
+
+
+SeriesName = tuple[str, dict[str, str]]  # (item id, requested dimension values)
+
+
+def load_shard(
+    directory: Path,
+    frequency: Frequency,
+    horizon: int,
+    dimensions: Sequence[str],
+    fill_policies: Sequence[FillPolicy],
+    choose: Callable[[list[SeriesName]], Sequence[int]],
+) -> Shard:
+    """The series `choose` picks (positions in the whole set's order, given every series' name), reading
+    only their rows.
+
+    One streamed pass over the key and time columns gives every series' name and the whole set's
+    `TimeBounds`; the chosen items' rows are then read (filtered one row group at a time) and built on
+    the whole set's grid, so each series equals its namesake in `load_snapshot`'s set and memory follows
+    the shard, not the data set. Item metadata is not read: it serves the global deep model alone,
+    which is never sharded. A snapshot that this pass cannot vouch for (CSV files, text times, rows
+    without ITEM_ID or TIMESTAMP, a dimension it lacks) is loaded whole, which reports what is wrong.
+    """
+    directory = Path(directory)
+    dims = list(dimensions)
+    scanned = _scan_keys(directory, dims)
+    if scanned is not None:
+        names, bounds = scanned
+        positions = sorted(int(p) for p in choose(names))
+        try:
+            built = _build_part(
+                directory, frequency, horizon, dims, fill_policies, [names[p] for p in positions], bounds
+            )
+        except SeriesError:
+            built = None  # the whole set's load below names the row as it counts rows
+        if built is not None:
+            anchor = int(_DAY.floor(np.asarray(bounds.target_min)))
+            low, high = frequency.floor(np.array([bounds.target_min, bounds.target_max]), anchor)
+            return Shard(built, positions, len(names), int(frequency.index(int(low), np.asarray(high))) + 1)
+    whole = load_snapshot(directory, frequency, horizon, dims, fill_policies)
+    names = [(whole.item_ids[i], whole.dimensions[i]) for i in range(len(whole))]
+    positions = sorted(int(p) for p in choose(names))
+    return Shard(whole.take(positions), positions, len(whole), max((len(t) for t in whole.targets), default=0))
+
+
+def _build_part(
+    directory: Path,
+    frequency: Frequency,
+    horizon: int,
+    dims: list[str],
+    fill_policies: Sequence[FillPolicy],
+    chosen: list[SeriesName],
+    bounds: TimeBounds,
+) -> SeriesSet:
+    """The `chosen` series (in the whole set's order) from their items' rows, on the whole set's grid."""
+    where = pc.field("ITEM_ID").isin(pa.array(sorted({item for item, _ in chosen}), pa.string()))
+    target = _snapshot_frame(directory, "target_time_series", None, (TARGET,), where)
+    if target is None or not len(target):
+        raise SeriesError("the shard's rows do not read", TARGET)
+    keys = ["ITEM_ID", *dims, *(str(c) for c in target.columns if c not in _KEYS and _is_text(target[c]))]
+    related = _snapshot_frame(directory, "related_time_series", keys, where=where)
+    built = build_series(target, frequency, horizon, dims, fill_policies, related, None, bounds)
+    # An item's series can straddle two shards (with dimensions): keep the chosen ones.
+    at = {_name_key(name): i for i, name in enumerate(zip(built.item_ids, built.dimensions, strict=True))}
+    return built.take([at[_name_key(name)] for name in chosen])
+
+
+def _name_key(name: SeriesName) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name[0], tuple(sorted(name[1].items()))
+
+
+def _scan_keys(directory: Path, dims: list[str]) -> tuple[list[SeriesName], TimeBounds] | None:
+    """Every series' name in the whole set's order and the `TimeBounds`, from one pass over the Parquet key
+    and time columns; None when the snapshot is not one this pass can vouch for."""
+    target = snapshot_files.schema(directory, "target_time_series")
+    related = snapshot_files.schema(directory, "related_time_series")
+    related_csv = (directory / "related_time_series.csv").exists()
+    if target is None or len(set(dims)) != len(dims) or (related is None and related_csv):
+        return None
+    for name in ("ITEM_ID", *dims):
+        if target.get_field_index(name) < 0 or not pa.types.is_string(target.field(name).type):
+            return None
+    for schema in (target, related):
+        if schema is not None and (
+            schema.get_field_index("TIMESTAMP") < 0 or not pa.types.is_integer(schema.field("TIMESTAMP").type)
+        ):
+            return None
+    keys = ["ITEM_ID", *dims]
+    whole = snapshot_files.distinct(directory, "target_time_series", keys)
+    span = snapshot_files.min_max(directory, "target_time_series", "TIMESTAMP")
+    if whole is None or span is None or whole.column("ITEM_ID").null_count:
+        return None  # build_series names the row without an ITEM_ID or TIMESTAMP
+    related_span = snapshot_files.min_max(directory, "related_time_series", "TIMESTAMP") if related else None
+    columns = [[("" if v is None else v) for v in whole.column(k).to_pylist()] for k in keys]
+    # build_series's order: item, then each dimension; a missing dimension value is "".
+    rows = sorted(set(zip(*columns, strict=True)))
+    names = [(row[0], dict(zip(dims, row[1:], strict=True))) for row in rows]
+    return names, TimeBounds(int(span[0]), int(span[1]), None if related_span is None else int(related_span[0]))

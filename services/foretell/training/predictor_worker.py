@@ -31,11 +31,12 @@ from foretell.forecasting.predictor import (
     backtest_part,
     generate_forecast,
     merge_parts,
+    name_key,
     parse_hyper_parameters,
     series_key,
     train_predictor,
 )
-from foretell.forecasting.series import FillPolicy, SeriesError, SeriesSet, load_snapshot
+from foretell.forecasting.series import FillPolicy, SeriesError, SeriesName, SeriesSet, Shard, load_shard, load_snapshot
 from foretell.forecasting.table import ForecastTable
 from foretell.training import shards
 from foretell.training.worker import WorkerError
@@ -153,10 +154,10 @@ def _summary(config: PredictorConfig, result: PredictorResult, series_count: int
 
 
 def train_predictor_job(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    series = _series(spec, spec["snapshot_dir"])
     config = config_of(spec)
     if shards.count(spec) > 1:
-        return _train_shard(spec, series, config, progress)
+        return _train_shard(spec, config, progress)
+    series = _series(spec, spec["snapshot_dir"])
     try:
         result = train_predictor(series, config, progress)
     except ValueError as exc:
@@ -171,17 +172,33 @@ def train_predictor_job(spec: dict[str, Any], progress: Progress) -> dict[str, A
 
 # ---- sharded predictors -------------------------------------------------------------------
 # Shard i writes JOB_DIR/shards/i/output/: series.jsonl (per series of its partition, ascending position in
-# the whole set: {"index", "chosen", "item"}) and part.json (its per-window scores as pooled sums). Every
-# shard loads the whole snapshot, so the series, their order and the partition are the same in all of them.
+# the whole set: {"index", "chosen", "item"}) and part.json (its per-window scores as pooled sums). A shard
+# reads only its own series' rows (`load_shard`); the partition comes from every series' name, which all
+# shards read alike.
 
 
-def _train_shard(
-    spec: dict[str, Any], series: SeriesSet, config: PredictorConfig, progress: Progress
-) -> dict[str, Any]:
-    n, index = shards.count(spec), shards.index_of(spec)
-    mine = shards.partition([series_key(series, i) for i in range(len(series.targets))], n, index)
+def _shard_series(spec: dict[str, Any], n: int, index: int) -> Shard:
+    def choose(names: list[SeriesName]) -> list[int]:
+        return shards.partition([name_key(item, dims) for item, dims in names], n, index)
+
     try:
-        part = backtest_part(series, config, mine, progress)
+        return load_shard(
+            Path(spec["snapshot_dir"]),
+            Frequency.parse(spec["frequency"]),
+            int(spec["horizon"]),
+            spec.get("dimensions") or (),
+            [FillPolicy(**p) for p in spec.get("fill_policies") or ()],
+            choose,
+        )
+    except SeriesError as exc:
+        raise WorkerError("FAILED_PRECONDITION", f"{exc.field}: {exc}") from None
+
+
+def _train_shard(spec: dict[str, Any], config: PredictorConfig, progress: Progress) -> dict[str, Any]:
+    shard = _shard_series(spec, shards.count(spec), shards.index_of(spec))
+    series = shard.series
+    try:
+        part = backtest_part(series, config, None, progress, longest=shard.longest)
     except ValueError as exc:
         raise WorkerError("INVALID_ARGUMENT", str(exc)) from None
     output = Path(spec["output_dir"]) / shards.OUTPUT
@@ -191,7 +208,7 @@ def _train_shard(
     with (staging / SHARD_SERIES).open("w", encoding="utf-8") as out:
         for i, names, metrics in zip(part.indices, part.chosen, part.item_metrics, strict=True):
             entry = {
-                "index": i,
+                "index": shard.positions[i],
                 "chosen": [*series_key(series, i), names],
                 "item": _item_line(series, i, names, metrics),
             }
@@ -201,7 +218,7 @@ def _train_shard(
         return [None if v is None else v.to_json() for v in values]
 
     scores = {
-        "series_count": len(series.targets),
+        "series_count": shard.total,
         "windows": part.windows,
         "by_algorithm": {a: pooled(v) for a, v in part.by_algorithm.items()},
         "chosen_windows": pooled(part.chosen_windows),
@@ -210,7 +227,7 @@ def _train_shard(
     # A retried shard (a pod evicted and replaced) replaces what an earlier attempt left.
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
-    return {"series": len(mine)}
+    return {"series": len(series)}
 
 
 def merge_predictor_shards(spec: dict[str, Any], shard_dirs: list[Path]) -> dict[str, Any]:

@@ -61,11 +61,12 @@ def count_series(snapshot_dir: Path, dimensions: Sequence[str]) -> int:
 
     keys = ["ITEM_ID", *dimensions]
     try:
-        table = snapshot_files.read_table(snapshot_dir, "target_time_series", keys)
-        if table is not None:
-            if not set(keys) <= set(table.column_names):
+        schema = snapshot_files.schema(snapshot_dir, "target_time_series")
+        if schema is not None:
+            if not set(keys) <= set(schema.names):
                 return 0
-            return table.group_by(keys).aggregate([]).num_rows
+            table = snapshot_files.distinct(snapshot_dir, "target_time_series", keys)  # streamed: constant memory
+            return 0 if table is None else table.num_rows
         seen: set[tuple[str, ...]] = set()
         for chunk in pd.read_csv(
             snapshot_dir / TARGET_FILE, usecols=keys, dtype=str, keep_default_na=False, chunksize=1_000_000
