@@ -244,6 +244,7 @@ class TreeSampler:
         self.stage = "start"
         self.tree_peak = 0
         self.worker_peak = 0
+        self.workers_sum_peak = 0  # every training worker at once: the shards of one job run side by side
         self.stage_peaks: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
@@ -261,9 +262,12 @@ class TreeSampler:
         total = sum(rss for _, rss, _ in tree)
         self.tree_peak = max(self.tree_peak, total)
         self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), total)
+        workers = 0
         for pid, rss, cmd in tree:
             if "foretell.training.worker" in cmd:
                 self.worker_peak = max(self.worker_peak, rss, proc_status(pid, "VmHWM"))
+                workers += rss
+        self.workers_sum_peak = max(self.workers_sum_peak, workers)
 
     def _run(self) -> None:
         while True:
@@ -362,7 +366,9 @@ def database(url: str) -> Iterator[str]:
         yield temp
 
 
-def start_server(data_dir: Path, import_root: Path, database_url: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_server(
+    data_dir: Path, import_root: Path, database_url: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -380,6 +386,7 @@ def start_server(data_dir: Path, import_root: Path, database_url: str) -> tuple[
     }
     if database_url:
         env["FORETELL_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "foretell.runtime"], stdout=out, stderr=subprocess.STDOUT,
                                 env=env)  # fmt: skip

@@ -112,3 +112,28 @@ def test_scale_bench_sizes(text: str, value: int) -> None:
     script = load_script()
     assert script.parse_size(text) == value
     assert script.parse_size(script.label(value)) == value
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+def test_forecast_scale_bench_runs_end_to_end_in_shards(tmp_path: Path) -> None:
+    load_script()  # the forecast bench imports its server and sampling helpers
+    spec = importlib.util.spec_from_file_location("forecast_scale_bench", ROOT / "bench" / "forecast_scale_bench.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "forecast.json"
+    argv = [
+        "--series", "60", "--days", "60", "--horizon", "7", "--shard-series", "20", "--queries", "10",
+        "--poll", "0.2", "--skip-floors", "--workdir", str(tmp_path / "work"), "--out", str(out),
+    ]  # fmt: skip
+    assert script.main(argv) == 0
+    report = json.loads(out.read_text())
+    f = report["foretell"]
+    assert report["rows"] == 3_600 and f["shards"] == 3
+    for name in ("import_s", "import_rows_per_s", "snapshot_s", "training_s", "predictor_s", "forecast_s",
+                 "query_p50_ms", "query_p99_ms"):  # fmt: skip
+        assert positive(f.get(name)), (name, f.get(name))
+    assert any("shard" in stage["message"] for stage in f["predictor_stages"])
+    for name in ("tree_peak_mb", "server_peak_mb", "worker_peak_mb", "workers_at_once_peak_mb"):
+        assert positive(f["memory"].get(name)), (name, f["memory"])
