@@ -34,6 +34,11 @@ TRICKY = {
         "2024-01-31T12:00:00",
         "2024-01-31T12:00:00Z",
         "2024-01-31",
+        "2024-1-31",
+        "2024-01-31 1:2:3",
+        " 2024-01-31 ",
+        "2024-02-30",
+        "0001-01-01",
         "9999999999999",
         "soon",
         "",
@@ -98,3 +103,17 @@ def test_mixed_columns_of_good_and_bad_cells() -> None:
 def test_random_cells(cells: list[tuple[str, str, str]]) -> None:
     rows = [["i", ts, value, count, "", "", "", store] for ts, value, count in cells for store in ("s",)]
     _compare("series", rows)
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["2024-01-31", "1999-12-31", "2024-02-29", "0001-01-01"],  # a daily series: the one-cast path
+        ["2024-01-31", "2024-02-30"],  # a day that does not exist: the row parser's message
+        ["2024-01-31", "2024-1-31", "2024-01-31 "],  # not the exact shape
+        ["2024-01-31", ""],  # a missing cell
+        ["2024-01-31", "1700000000"],
+    ],
+)
+def test_columns_of_dates_get_the_row_parsers_values(dates: list[str]) -> None:
+    _compare("series", [["i", ts, "1", "", "", "", "", ""] for ts in dates])
