@@ -40,9 +40,10 @@ if str(ROOT / "services") not in sys.path:
 
 from foretell.recipes.base import Interactions, Param, Progress, Recommender, no_progress  # noqa: E402
 from foretell.recipes.data import from_frame, user_item_matrix  # noqa: E402
-from foretell.recipes.evaluation import evaluate, temporal_holdout  # noqa: E402
+from foretell.recipes.evaluation import PROTOCOLS, evaluate, has_time_signal, holdout  # noqa: E402
 from foretell.recipes.hpo import default_space, search  # noqa: E402
-from foretell.recipes.registry import parse_params, recipe_class  # noqa: E402
+from foretell.recipes.registry import recipe_class  # noqa: E402
+from foretell.recipes.train import solution_params  # noqa: E402
 
 RECIPES = ("popularity-count", "sims", "ease", "als", "sequence")
 REPORTED = ("ndcg_at_10", "recall_at_20", "mrr", "catalog_coverage")
@@ -55,15 +56,16 @@ GRID = {"factors": (64, 128, 256), "regularization": (1.0, 10.0, 50.0, 200.0), "
 # ---- data ---------------------------------------------------------------------------------
 
 
-def load(root: Path, name: str) -> Interactions:
+def load(root: Path, name: str, timestamps: bool = True) -> Interactions:
+    """A data set; without `timestamps`, its pairs in the file's order, as a file without a TIMESTAMP column."""
     if name == "movielens-100k":
         df = pd.read_csv(root / name / "u.data", sep="\t", names=["USER_ID", "ITEM_ID", "RATING", "TIMESTAMP"])
-        return from_frame(df)
+        return from_frame(df if timestamps else df.drop(columns="TIMESTAMP"))
     ratings = pd.read_csv(root / name / "ratings.csv")
     movies = pd.read_csv(root / name / "movies.csv")
     df = ratings.rename(columns={"userId": "USER_ID", "movieId": "ITEM_ID", "timestamp": "TIMESTAMP"})
     items = movies.rename(columns={"movieId": "ITEM_ID", "genres": "GENRES"})[["ITEM_ID", "GENRES"]]
-    return from_frame(df, items)
+    return from_frame(df if timestamps else df.drop(columns="TIMESTAMP"), items)
 
 
 # ---- peers (wrapped as Recommenders so the same `evaluate` scores them) ---------------------
@@ -94,6 +96,43 @@ class FactorPeer(Recommender):
     @classmethod
     def load(cls, directory: Path) -> FactorPeer:
         raise NotImplementedError
+
+
+class TextbookEase(Recommender):
+    """EASE as published (Steck, WWW 2019): B = I - P / diag(P), P = (X'X + l2 I)^-1, binary X, scores X_u B."""
+
+    name: ClassVar[str] = "textbook-ease"
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights, self.n_items = weights, len(weights)
+
+    @classmethod
+    def fit(cls, data: Interactions, params: dict[str, Any], progress: Progress = no_progress) -> TextbookEase:
+        x = user_item_matrix(data, binary=True)
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += float(params["l2"])
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)
+        b[np.diag_indices_from(b)] = 0.0
+        return cls(b.astype(np.float32))
+
+    def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        rows = np.zeros((len(histories), self.n_items), dtype=np.float32)
+        for r, h in enumerate(histories):
+            rows[r, np.asarray(h, dtype=np.int64)] = 1.0
+        out: np.ndarray = rows @ self.weights
+        return out
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path) -> TextbookEase:
+        raise NotImplementedError
+
+
+EASE_L2 = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)  # the textbook's lambda, picked on validation
 
 
 class PopularityPeer(Recommender):
@@ -152,7 +191,7 @@ def foretell_rows(
     overrides: dict[str, str],
 ) -> list[dict[str, Any]]:
     cls = recipe_class(recipe)
-    defaults = parse_params(recipe, overrides)
+    defaults = solution_params(recipe, overrides, train)  # what training takes for this data out of the box
     validation = evaluate(cls.fit(val_train, defaults), val_train, val)
     model, seconds = timed_fit(lambda: cls.fit(train, defaults))
     label = f"foretell {recipe}" + "".join(f" {k}={v}" for k, v in overrides.items())
@@ -206,13 +245,36 @@ def implicit_row(
     )
 
 
-def run(root: Path, name: str, trials: int, sequence_epochs: int) -> dict[str, Any]:
-    data = load(root, name)
-    train, test = temporal_holdout(data)
-    val_train, val = temporal_holdout(train)
+def textbook_ease_row(
+    train: Interactions, test: dict[int, np.ndarray], val_train: Interactions, val: dict[int, np.ndarray]
+) -> dict[str, Any]:
+    began = time.perf_counter()
+    tried = [(evaluate(TextbookEase.fit(val_train, {"l2": l2}), val_train, val), l2) for l2 in EASE_L2]
+    validation, l2 = max(tried, key=lambda t: t[0]["ndcg_at_10"])
+    tuning = time.perf_counter() - began
+    model, seconds = timed_fit(lambda: TextbookEase.fit(train, {"l2": l2}))
+    return row("textbook ease (tuned)", "peer", model, seconds, train, test, params={"l2": l2},
+               validation=validation, tuning_seconds=tuning)  # fmt: skip
+
+
+def run(
+    root: Path,
+    name: str,
+    trials: int,
+    sequence_epochs: int,
+    protocol: str = "auto",
+    timestamps: bool = True,
+    recipes: tuple[str, ...] = RECIPES,
+) -> dict[str, Any]:
+    data = load(root, name, timestamps)
+    if protocol == "auto":  # as training chooses: by the times, when they order anything
+        protocol = "time" if has_time_signal(data) else "random"
+    train, test = holdout(data, protocol, 0.1, 5, None, 0)
+    val_train, val = holdout(train, protocol, 0.1, 5, None, 1)
+    name = f"{name}{'' if timestamps else ' without timestamps'}, {protocol} hold-out"
     print(f"{name}: {data.n_users} users, {data.n_items} items, {len(data.users)} interactions, {len(test)} test users")
     rows = []
-    for recipe in RECIPES:
+    for recipe in recipes:
         try:
             recipe_class(recipe)
         except ImportError as exc:
@@ -221,6 +283,7 @@ def run(root: Path, name: str, trials: int, sequence_epochs: int) -> dict[str, A
         overrides = {"epochs": str(sequence_epochs)} if recipe == "sequence" and sequence_epochs else {}
         rows += foretell_rows(recipe, trials, train, test, val_train, val, overrides)
     rows.append(implicit_row(train, test, val_train, val))
+    rows.append(textbook_ease_row(train, test, val_train, val))
     model, seconds = timed_fit(lambda: PopularityPeer.fit(train, {}))
     rows.append(row("popularity", "peer", model, seconds, train, test))
     return {
@@ -268,9 +331,22 @@ def main() -> None:
         default=10,
         help="epochs of the sequence recipe (0: its default; ~1 min each on 2 CPU cores)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=("auto", *PROTOCOLS),
+        default="auto",
+        help="hold-out: each user's latest 10%% (time) or a random 10%% (random); auto: time where the times order "
+        "anything, as training does",
+    )
+    parser.add_argument("--no-timestamps", action="store_true", help="drop TIMESTAMP: the pairs in file order")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="Foretell recipes to run (comma-separated)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = [run(args.data, name, args.trials, args.sequence_epochs) for name in args.datasets.split(",")]
+    recipes = tuple(args.recipes.split(","))
+    results = [
+        run(args.data, name, args.trials, args.sequence_epochs, args.protocol, not args.no_timestamps, recipes)
+        for name in args.datasets.split(",")
+    ]
     print()
     print("\n\n".join(table(r) for r in results))
     if args.json:

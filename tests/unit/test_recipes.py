@@ -23,7 +23,7 @@ from foretell.recipes.data import (
     subset,
     user_item_matrix,
 )
-from foretell.recipes.evaluation import _top_k, evaluate, temporal_holdout
+from foretell.recipes.evaluation import _top_k, evaluate, has_time_signal, random_holdout, temporal_holdout
 from foretell.recipes.hpo import CategoricalRange, ContinuousRange, IntegerRange, default_space, search
 from foretell.recipes.registry import ParamError, parse_params, recipe_class
 from foretell.recipes.train import HpoSpec, train_solution
@@ -171,6 +171,41 @@ def test_temporal_holdout_takes_the_latest_interactions() -> None:
     assert not np.any((train.users == 2) & (train.items == item["i0"]))
     sampled_train, sampled = temporal_holdout(data, fraction=0.1, max_users=1, seed=3)
     assert len(sampled) == 1 and len(sampled_train.users) == 44 - sum(len(v) for v in sampled.values())
+
+
+def test_time_signal_is_absent_without_times_with_one_time_or_in_file_order() -> None:
+    users, items = ["a", "a", "b", "b"], ["x", "y", "x", "z"]
+    assert not has_time_signal(from_arrays(users, items))  # no TIMESTAMP: numbered in file order
+    assert not has_time_signal(from_arrays(users, items, [7, 7, 7, 7]))
+    assert not has_time_signal(from_arrays(users, items, [10, 20, 30, 40]))  # one per row, equal steps
+    assert has_time_signal(from_arrays(users, items, [10, 20, 20, 45]))
+
+
+def test_random_holdout_takes_a_random_share_of_each_user() -> None:
+    users = ["a"] * 30 + ["b"] * 4 + ["c"] * 10
+    items = [f"i{k}" for k in range(30)] + ["i0", "i1", "i2", "i3"] + [f"i{k}" for k in range(10)]
+    data = from_arrays(users, items, list(range(44)))
+    held = [random_holdout(data, fraction=0.1, min_interactions=5, seed=s)[1] for s in range(6)]
+    for holdout in held:
+        assert sorted(holdout) == [0, 2] and len(holdout[0]) == 3 and len(holdout[2]) == 1  # b: too few
+    assert len({tuple(sorted(data.item_ids[h[0]])) for h in held}) > 1, "random, not always the same items"
+    assert held[0][0].tolist() == random_holdout(data, fraction=0.1, min_interactions=5, seed=0)[1][0].tolist()
+    latest = temporal_holdout(data, fraction=0.1, min_interactions=5)[1]
+    assert any(sorted(h[0].tolist()) != sorted(latest[0].tolist()) for h in held)
+
+
+@pytest.mark.parametrize("recipe", ["ease", "als", "sims"])
+def test_without_times_training_holds_out_at_random_and_weighs_no_recency(recipe: str) -> None:
+    timed = planted()
+    data = from_arrays(timed.user_ids[timed.users], timed.item_ids[timed.items])  # the same pairs, no times
+    messages: list[str] = []
+    result = train_solution(data, recipe, {}, None, lambda f, m="", **c: messages.append(m))
+    assert result.params["recent_half_life"] == 0.0 and result.metrics["ndcg_at_10"] > 0
+    assert any("at random" in m for m in messages)
+    kept = train_solution(data, recipe, {"recent_half_life": "3"}, None, no_progress)  # the solution's choice stands
+    assert kept.params["recent_half_life"] == 3.0
+    with_times = train_solution(timed, recipe, {}, None, no_progress)
+    assert with_times.params["recent_half_life"] == recipe_class(recipe).params["recent_half_life"].default
 
 
 def test_metrics_match_a_hand_computed_example() -> None:

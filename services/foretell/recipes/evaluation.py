@@ -24,6 +24,16 @@ KS = (5, 10, 20, 25)
 COVERAGE_K = 10
 
 
+PROTOCOLS = ("time", "random")
+
+
+def has_time_signal(data: Interactions) -> bool:
+    """Whether the interactions' times order them at all: not all equal, and not one time per interaction at equal
+    steps (the file's order: `from_arrays` numbers the rows 0..n-1 when there is no TIMESTAMP column)."""
+    steps = np.diff(data.timestamps)
+    return len(steps) > 0 and steps.min() != steps.max()
+
+
 def temporal_holdout(
     data: Interactions,
     fraction: float = 0.1,
@@ -37,6 +47,41 @@ def temporal_holdout(
     keep everything in train). Returns (train, {user: held-out item indices not in the user's train
     items}); users whose held-out items all reappear in their train part are left out of the dict.
     """
+    # Position of each interaction from its user's end (0 = latest); data is sorted by time.
+    return _holdout(data, by_user(data)[::-1], fraction, min_interactions, max_users, seed)
+
+
+def random_holdout(
+    data: Interactions,
+    fraction: float = 0.1,
+    min_interactions: int = 5,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> tuple[Interactions, dict[int, np.ndarray]]:
+    """`temporal_holdout` with a random ceil(fraction * n) of each eligible user's interactions instead of the
+    latest: the protocol for interactions whose times say nothing (`has_time_signal`)."""
+    shuffled = np.random.default_rng(seed + 1_000_003).permutation(len(data.users))
+    order = shuffled[np.argsort(data.users[shuffled], kind="stable")]  # by user, in random order within
+    return _holdout(data, order, fraction, min_interactions, max_users, seed)
+
+
+def holdout(
+    data: Interactions, protocol: str, fraction: float, min_interactions: int, max_users: int | None, seed: int
+) -> tuple[Interactions, dict[int, np.ndarray]]:
+    """The `protocol` ("time" or "random") hold-out."""
+    split = {"time": temporal_holdout, "random": random_holdout}[protocol]
+    return split(data, fraction, min_interactions, max_users, seed)
+
+
+def _holdout(
+    data: Interactions,
+    order: np.ndarray,
+    fraction: float,
+    min_interactions: int,
+    max_users: int | None,
+    seed: int,
+) -> tuple[Interactions, dict[int, np.ndarray]]:
+    """Holds out each eligible user's first interactions in `order` (grouped by user, in any user order)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError("fraction must lie strictly between 0 and 1")
     counts = np.bincount(data.users, minlength=data.n_users)
@@ -49,13 +94,13 @@ def temporal_holdout(
         eligible = np.zeros_like(eligible)
         eligible[chosen] = True
     n_hold[~eligible] = 0
-    # Position of each interaction from its user's end (0 = latest); data is sorted by time.
-    order = by_user(data)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    from_end = np.empty(len(order), dtype=np.int64)
+    # Rank of each interaction within its user's run of `order` (0 = held out first).
     sorted_users = data.users[order]
-    from_end[order] = starts[sorted_users] + counts[sorted_users] - 1 - np.arange(len(order))
-    held = from_end < n_hold[data.users]
+    firsts = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
+    run_start = np.repeat(firsts, np.diff(np.r_[firsts, len(order)]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - run_start
+    held = rank < n_hold[data.users]
     train = subset(data, ~held)
     # Held-out pairs that are not in the user's train part, deduplicated, grouped by user.
     n_items = np.int64(data.n_items)
@@ -67,8 +112,8 @@ def temporal_holdout(
     users, items = keys // n_items, (keys % n_items).astype(np.int32)
     edges = np.concatenate([[0], np.flatnonzero(np.diff(users)) + 1, [len(users)]]).tolist()
     # Slices, not np.split: its per-group overhead was a second per 10k users.
-    holdout = {int(users[lo]): items[lo:hi] for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo}
-    return train, holdout
+    held_out = {int(users[lo]): items[lo:hi] for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo}
+    return train, held_out
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -1,9 +1,14 @@
 """The one training entry point the worker calls: split, (tune), fit, evaluate, refit on everything.
 
+Interactions whose times order nothing (no TIMESTAMP column, one time for all, or the file's order:
+`evaluation.has_time_signal`) are held out at random, and the recipes' `recent_half_life` is 0 unless
+the solution sets it: weighing "recent" items by file position would be noise, and a time-based
+hold-out would reward exactly that noise.
+
 Stages and their share of the progress bar, proportional to their expected cost (one unit is
 one fit on the training part):
-  1. temporal hold-out: the latest 10% of each user's interactions (users with >= 5, at most
-     EVAL_MAX_USERS sampled users) become the test hold-out;
+  1. hold-out: the latest 10% of each user's interactions (users with >= 5, at most EVAL_MAX_USERS
+     sampled users) become the test hold-out; a random 10% without a time signal;
   2. with HPO: the training part is split the same way again (validation, at most
      HPO_MAX_USERS users) and `hpo.search` runs its trials on it (one unit each);
   3. fit on the training part with the chosen parameters, evaluate on the test hold-out
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foretell.recipes.base import Interactions, Progress, Recommender
-from foretell.recipes.evaluation import evaluate, temporal_holdout
+from foretell.recipes.evaluation import evaluate, has_time_signal, holdout
 from foretell.recipes.hpo import (
     CategoricalRange,
     ContinuousRange,
@@ -112,6 +117,15 @@ class _Monotone:
         return report
 
 
+def solution_params(recipe: str, raw_params: dict[str, str], data: Interactions) -> dict[str, Any]:
+    """`parse_params` with the defaults the data calls for: `recent_half_life` 0 (unless set) where the
+    interactions' times order nothing (see the module docstring)."""
+    unset = "recent_half_life" in recipe_class(recipe).params and "recent_half_life" not in raw_params
+    if unset and not has_time_signal(data):
+        raw_params = {**raw_params, "recent_half_life": "0"}
+    return parse_params(recipe, raw_params)
+
+
 def train_solution(
     data: Interactions,
     recipe: str,
@@ -125,22 +139,22 @@ def train_solution(
     Raises `registry.ParamError` for bad hyper-parameters or ranges and ValueError when the
     recipe refuses the data (e.g. ease above max_items).
     """
-    params = parse_params(recipe, raw_params)
     cls = recipe_class(recipe)
+    timed = has_time_signal(data)
+    params = solution_params(recipe, raw_params, data)
+    protocol = "time" if timed else "random"
     report = _Monotone(progress)
-    report(0.0, "splitting off the hold-out")
-    train, holdout = temporal_holdout(data, HOLDOUT_FRACTION, MIN_INTERACTIONS, max_users=EVAL_MAX_USERS, seed=seed)
+    report(0.0, "splitting off the hold-out" + ("" if timed else " at random: the interactions' times order nothing"))
+    train, held = holdout(data, protocol, HOLDOUT_FRACTION, MIN_INTERACTIONS, EVAL_MAX_USERS, seed)
     trials: list[Trial] = []
-    n_trials = hpo.trials if hpo is not None and holdout else 0
+    n_trials = hpo.trials if hpo is not None and held else 0
     # Cost units: each trial and the evaluation fit ~1, evaluation 0.2, the final fit ~1 (warm-started
     # recipes take less; the bar then jumps at the end, which is harmless).
-    total = 0.05 + n_trials + (1.2 if holdout else 0.0) + 1.0
+    total = 0.05 + n_trials + (1.2 if held else 0.0) + 1.0
     at = 0.05 / total
-    if hpo is not None and holdout:
+    if hpo is not None and held:
         space = hpo.space(recipe)
-        val_train, val_holdout = temporal_holdout(
-            train, HOLDOUT_FRACTION, MIN_INTERACTIONS, max_users=HPO_MAX_USERS, seed=seed + 1
-        )
+        val_train, val_holdout = holdout(train, protocol, HOLDOUT_FRACTION, MIN_INTERACTIONS, HPO_MAX_USERS, seed + 1)
         end = at + n_trials / total
         if val_holdout and space:
             params, trials = search(
@@ -160,11 +174,11 @@ def train_solution(
         at = end
     metrics: dict[str, float] = {}
     model: Recommender | None = None
-    if holdout:
+    if held:
         model = cls.fit(train, params, report.stage(at, at + 1.0 / total, "fitting"))
         at += 1.0 / total
         report(at, "evaluating")
-        metrics = evaluate(model, train, holdout)
+        metrics = evaluate(model, train, held)
         at += 0.2 / total
     report(at, "final fit")
     final_progress = report.stage(at, 1.0, "final fit")
