@@ -71,7 +71,18 @@ def load(root: Path, name: str, timestamps: bool = True) -> Interactions:
 # ---- peers (wrapped as Recommenders so the same `evaluate` scores them) ---------------------
 
 
-class FactorPeer(Recommender):
+class Peer(Recommender):
+    """A baseline scored by the same `evaluate`; never saved."""
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path) -> Peer:
+        raise NotImplementedError
+
+
+class FactorPeer(Peer):
     name: ClassVar[str] = "implicit-als"
     params: ClassVar[dict[str, Param]] = {}
 
@@ -90,15 +101,8 @@ class FactorPeer(Recommender):
         out: np.ndarray = self.users[users] @ self.items.T
         return out
 
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError
 
-    @classmethod
-    def load(cls, directory: Path) -> FactorPeer:
-        raise NotImplementedError
-
-
-class TextbookEase(Recommender):
+class TextbookEase(Peer):
     """EASE as published (Steck, WWW 2019): B = I - P / diag(P), P = (X'X + l2 I)^-1, binary X, scores X_u B."""
 
     name: ClassVar[str] = "textbook-ease"
@@ -124,18 +128,11 @@ class TextbookEase(Recommender):
         out: np.ndarray = rows @ self.weights
         return out
 
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: Path) -> TextbookEase:
-        raise NotImplementedError
-
 
 EASE_L2 = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)  # the textbook's lambda, picked on validation
 
 
-class PopularityPeer(Recommender):
+class PopularityPeer(Peer):
     name: ClassVar[str] = "popularity"
     params: ClassVar[dict[str, Param]] = {}
 
@@ -148,13 +145,6 @@ class PopularityPeer(Recommender):
 
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         return np.tile(self.counts, (len(users), 1))
-
-    def save(self, directory: Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: Path) -> PopularityPeer:
-        raise NotImplementedError
 
 
 # ---- runs ---------------------------------------------------------------------------------
