@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,14 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _parts(directory: Path, name: str) -> Iterator[pq.ParquetFile] | None:
+def _parts(directory: Path, name: str) -> Generator[pq.ParquetFile] | None:
     manifest = _manifest(directory)
     entry = None if manifest is None else manifest["datasets"].get(name)
     if manifest is None or entry is None or not entry["part_uris"]:
         return None
     store = manifest.get("store", {})
 
-    def files() -> Iterator[pq.ParquetFile]:
+    def files() -> Generator[pq.ParquetFile]:
         for uri in entry["part_uris"]:
             fs, path = filesystem(uri, store.get("s3_endpoint_url", ""), store.get("s3_region", ""))
             with fs.open_input_file(path) as f:
@@ -64,7 +64,12 @@ def _parts(directory: Path, name: str) -> Iterator[pq.ParquetFile] | None:
 def schema(directory: Path, name: str) -> pa.Schema | None:
     """The Arrow schema of dataset `name`'s first part, or None when the snapshot has no Parquet part of it."""
     parts = _parts(directory, name)
-    return None if parts is None else next(parts).schema_arrow
+    if parts is None:
+        return None
+    try:
+        return next(parts).schema_arrow
+    finally:
+        parts.close()  # closes the file the generator holds open
 
 
 def batches(directory: Path, name: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
