@@ -26,7 +26,6 @@ Peak RSS of the server tree, of one worker and of all workers at once, sampled e
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from scale_bench import (
     WORKER_STARTED,
     TreeSampler,
     _end_time,
+    cached_file,
     git_commit,
     machine,
     proc_status,
@@ -58,18 +58,15 @@ CHUNK_SERIES = 5_000
 def ensure_csv(workdir: Path, series: int, days: int, seed: int) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"series-{series}x{days}.csv"
-    sidecar = path.with_suffix(".json")
-    wanted = {"series": series, "days": days, "seed": seed, "format": 1}
-    if path.exists() and sidecar.exists():
-        with contextlib.suppress(ValueError):
-            if json.loads(sidecar.read_text()) == wanted:
-                say(f"data: reusing {path} ({path.stat().st_size / 2**20:,.0f} MB)")
-                return path
+    settings = {"series": series, "days": days, "seed": seed, "format": 1}
+    return cached_file(path, settings, lambda p: generate_csv(p, series, days, seed))
+
+
+def generate_csv(path: Path, series: int, days: int, seed: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    t = time.perf_counter()
     rng = np.random.default_rng(seed)
     dates = pa.array(np.datetime_as_string(np.datetime64("2024-01-01") + np.arange(days), unit="D"))
     schema = pa.schema([("ITEM_ID", pa.string()), ("TIMESTAMP", pa.string()), ("TARGET_VALUE", pa.float64())])
@@ -91,9 +88,6 @@ def ensure_csv(workdir: Path, series: int, days: int, seed: int) -> Path:
                 )
                 say(f"data: {lo + n:,}/{series:,} series")
     partial.replace(path)
-    sidecar.write_text(json.dumps(wanted))
-    say(f"data: wrote {path} ({path.stat().st_size / 2**20:,.0f} MB) in {time.perf_counter() - t:.0f} s")
-    return path
 
 
 def floors(path: Path, rows: int, args: argparse.Namespace) -> dict[str, Any]:

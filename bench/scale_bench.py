@@ -122,16 +122,20 @@ class Shape:
 def ensure_csv(workdir: Path, shape: Shape) -> Path:
     """The file for `shape` in workdir, generated unless an identical one is there."""
     path = workdir / f"interactions-{label(shape.rows)}.csv"
+    return cached_file(path, {**shape.__dict__, "format": 1}, lambda p: generate_csv(p, shape))
+
+
+def cached_file(path: Path, settings: dict[str, Any], generate: Callable[[Path], None]) -> Path:
+    """`path`, made by `generate(path)` unless its JSON sidecar says it was made with the same `settings`."""
     sidecar = path.with_suffix(".json")
-    wanted = {**shape.__dict__, "format": 1}
     if path.exists() and sidecar.exists():
         with contextlib.suppress(ValueError):
-            if json.loads(sidecar.read_text()) == wanted:
+            if json.loads(sidecar.read_text()) == settings:
                 say(f"data: reusing {path} ({path.stat().st_size / 2**20:,.0f} MB)")
                 return path
     t = time.perf_counter()
-    generate_csv(path, shape)
-    sidecar.write_text(json.dumps(wanted))
+    generate(path)
+    sidecar.write_text(json.dumps(settings))
     say(f"data: wrote {path} ({path.stat().st_size / 2**20:,.0f} MB) in {time.perf_counter() - t:.1f} s")
     return path
 
