@@ -51,12 +51,13 @@ _INTEGER = r"^-?[0-9]{1,18}$"
 _EPOCH = r"^-?[0-9]{1,12}$"
 _DECIMAL = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?$"
 _CONTROL = "[\x00-\x1f\x7f]"
+_DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
 # (strptime format, the exact shape it may read): Arrow's strptime also takes "2024-1-5" and "1:2:3", which the row
 # parser (datetime.fromisoformat) refuses, so only cells of the exact shape are parsed here; the rest go to it.
 _ISO_FORMATS = (
     ("%Y-%m-%d %H:%M:%S", r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"),
     ("%Y-%m-%dT%H:%M:%S", r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"),
-    ("%Y-%m-%d", r"^\d{4}-\d{2}-\d{2}$"),  # a date: midnight UTC
+    ("%Y-%m-%d", _DATE_SHAPE),  # a date: midnight UTC
 )
 
 
@@ -254,7 +255,7 @@ def _dates(text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Array] | Non
     if first is None or len(first) != 10 or first[4] != "-":
         return None
     filled = text if pc.all(present).as_py() else pc.if_else(present, text, "2000-01-01")
-    if not pc.all(pc.match_substring_regex(filled, _ISO_FORMATS[-1][1])).as_py():
+    if not pc.all(pc.match_substring_regex(filled, _DATE_SHAPE)).as_py():
         return None
     try:  # Arrow's date parser refuses "2024-02-30" as the row parser does
         days = pc.cast(filled, pa.date32())

@@ -106,6 +106,21 @@ class TimeBounds:
     target_max: int
     related_min: int | None
 
+    @property
+    def anchor(self) -> int:
+        """Weekly buckets keep the weekday of the first timestamp: the day it falls on."""
+        return int(_DAY.floor(np.asarray(self.target_min)))
+
+    def target_buckets(self, frequency: Frequency) -> tuple[int, int]:
+        """The grid timestamps of the first and the last target bucket."""
+        low, high = frequency.floor(np.array([self.target_min, self.target_max]), self.anchor)
+        return int(low), int(high)
+
+    def longest(self, frequency: Frequency) -> int:
+        """Steps of the longest target series: from the first bucket to the last."""
+        low, high = self.target_buckets(frequency)
+        return int(frequency.index(low, np.asarray(high))) + 1
+
 
 @dataclass
 class SeriesSet:
@@ -469,10 +484,10 @@ def build_series(
     # The grid: weekly buckets keep the weekday of the first timestamp; steps count from `origin`.
     if bounds is None:
         bounds = TimeBounds(int(ts.min()), int(ts.max()), None)
-    anchor = int(_DAY.floor(np.asarray(bounds.target_min)))
+    anchor = bounds.anchor
     floored = frequency.floor(ts, anchor)
     rel = _related_rows(related, dims, all_dims, anchor, frequency) if related is not None else None
-    low, high = (int(x) for x in frequency.floor(np.array([bounds.target_min, bounds.target_max]), anchor))
+    low, high = bounds.target_buckets(frequency)
     origin = low
     if bounds.related_min is not None:
         origin = min(origin, int(frequency.floor(np.asarray(bounds.related_min), anchor)))
@@ -768,9 +783,7 @@ def load_shard(
         except SeriesError:
             built = None  # the whole set's load below names the row as it counts rows
         if built is not None:
-            anchor = int(_DAY.floor(np.asarray(bounds.target_min)))
-            low, high = frequency.floor(np.array([bounds.target_min, bounds.target_max]), anchor)
-            return Shard(built, positions, len(names), int(frequency.index(int(low), np.asarray(high))) + 1)
+            return Shard(built, positions, len(names), bounds.longest(frequency))
     whole = load_snapshot(directory, frequency, horizon, dims, fill_policies)
     names = [(whole.item_ids[i], whole.dimensions[i]) for i in range(len(whole))]
     positions = sorted(int(p) for p in choose(names))
